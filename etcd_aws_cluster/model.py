@@ -1,0 +1,135 @@
+"""Facts the agent gathers and the plan it derives: small frozen values, no behaviour beyond naming."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Lifecycle states whose instance is, or is about to be, a cluster member.
+MEMBER_STATES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed"})
+# States whose instance is on its way out for good: its member may be removed.
+GONE_STATES = frozenset({"Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    instance_id: str
+    private_ip: str
+    region: str
+
+
+@dataclass(frozen=True)
+class AsgInstance:
+    instance_id: str
+    lifecycle_state: str
+    private_ip: str | None
+
+    @property
+    def counts_as_member(self) -> bool:
+        return self.lifecycle_state in MEMBER_STATES
+
+    @property
+    def is_gone(self) -> bool:
+        return self.lifecycle_state in GONE_STATES
+
+
+@dataclass(frozen=True)
+class AsgView:
+    name: str
+    desired_capacity: int
+    instances: tuple[AsgInstance, ...]
+
+    def members(self) -> tuple[AsgInstance, ...]:
+        """Instances that count as cluster members, sorted by instance id."""
+        return tuple(sorted((i for i in self.instances if i.counts_as_member), key=lambda i: i.instance_id))
+
+    def find(self, instance_id: str) -> AsgInstance | None:
+        return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...] = ()
+    is_learner: bool = False
+
+    @property
+    def started(self) -> bool:
+        """etcd's own rule: a member that has published its name has started at least once."""
+        return bool(self.name)
+
+    @property
+    def hex_id(self) -> str:
+        return f"{self.id:x}"
+
+
+@dataclass(frozen=True)
+class MemberList:
+    """One peer's answer to a member list call."""
+
+    members: tuple[Member, ...]
+    cluster_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The result of asking one ASG instance's etcd for the member list."""
+
+    instance_id: str
+    ip: str
+    answer: MemberList | None = None
+    error: str | None = None
+    # Peer URLs this peer's etcd bootstraps with, when it is still forming a new cluster (no quorum yet):
+    # its client port then accepts connections but does not answer, so the peer port is asked instead.
+    bootstrapping: frozenset[str] | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.answer is not None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """How member URLs are formed from an instance's IP."""
+
+    client_scheme: str = "http"
+    peer_scheme: str = "http"
+    client_port: int = 2379
+    peer_port: int = 2380
+
+    def peer_url(self, ip: str) -> str:
+        return f"{self.peer_scheme}://{ip}:{self.peer_port}"
+
+    def client_url(self, ip: str) -> str:
+        return f"{self.client_scheme}://{ip}:{self.client_port}"
+
+
+@dataclass(frozen=True)
+class Facts:
+    me: Identity
+    asg: AsgView
+    probes: tuple[Probe, ...]
+    endpoints: Endpoints
+    has_local_data: bool = False
+
+
+class Decision(str, enum.Enum):
+    NEW = "new"  # no cluster exists and the ASG view is complete: bootstrap one
+    MEMBER = "member"  # this instance is already in the member list
+    JOIN = "join"  # a cluster exists: remove gone members, add this instance
+    RESTART = "restart"  # no peer answers but local member data exists: etcd restarts from it
+    WAIT = "wait"  # not enough is known yet to decide safely; look again
+
+
+@dataclass(frozen=True)
+class Plan:
+    decision: Decision
+    reason: str
+    cluster_state: str = "existing"
+    initial_cluster: tuple[tuple[str, str], ...] = ()
+    remove: tuple[Member, ...] = ()
+    add_self: bool = False
+    move_data_aside: bool = False
+    members: tuple[Member, ...] = field(default=(), compare=False)

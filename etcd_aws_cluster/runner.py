@@ -1,0 +1,323 @@
+"""One run of the agent: facts -> plan -> membership changes -> env file, under one deadline."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import datetime
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from etcd_aws_cluster import envfile
+from etcd_aws_cluster import plan as planner
+from etcd_aws_cluster.deadline import Deadline, backoff
+from etcd_aws_cluster.errors import AgentError, EtcdError, LockError, UnsafeError
+from etcd_aws_cluster.etcd import EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.imds import Imds
+from etcd_aws_cluster.model import AsgView, Decision, Endpoints, Facts, Identity, Member, Plan, Probe
+
+if TYPE_CHECKING:
+    import requests
+
+    from etcd_aws_cluster.aws import Aws
+    from etcd_aws_cluster.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PROGRESS_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    me: Identity
+    plan: Plan
+    values: dict[str, str]
+    text: str
+
+
+def local_data_dir(candidates: tuple[Path, ...]) -> Path | None:
+    """The data dir holding etcd member data (a WAL), if any."""
+    for directory in candidates:
+        wal = directory / "member" / "wal"
+        with contextlib.suppress(OSError):
+            if any(wal.glob("*.wal")):
+                return directory
+    return None
+
+
+def move_aside(directory: Path, now: datetime.datetime) -> Path:
+    """Rename a stale data dir to a timestamped sibling (never delete) and leave an empty one in its place."""
+    target = directory.with_name(f"{directory.name}.stale-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    info = directory.stat()
+    os.rename(directory, target)
+    directory.mkdir(mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chown(directory, info.st_uid, info.st_gid)
+    return target
+
+
+@contextlib.contextmanager
+def host_lock(path: Path, deadline: Deadline) -> Iterator[None]:
+    """Serialize runs on one host; wait for another run under the deadline."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as exc:
+        raise LockError(f"cannot open lock file {path}: {exc.strerror or exc}") from None
+    with handle:
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not announced:
+                    log.info("another run holds %s; waiting for it", path)
+                    announced = True
+                if not deadline.pause(0.1):
+                    raise LockError(f"another run held {path} until the deadline") from None
+        yield
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: requests.Session | None = None,
+        environ: Mapping[str, str] | None = None,
+        connect_aws: Callable[[str], Aws] | None = None,
+        deadline: Deadline | None = None,
+        now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+    ) -> None:
+        import requests
+
+        self.settings = settings
+        self.environ = os.environ if environ is None else environ
+        self.deadline = deadline or Deadline(settings.timeout)
+        self.session = session or requests.Session()
+        self.endpoints = Endpoints(
+            settings.client_scheme, settings.peer_scheme, settings.client_port, settings.peer_port
+        )
+        tls = Tls(settings.ca_file, settings.cert_file, settings.key_file)
+        tls.check_files()
+        self.etcd = EtcdClient(self.session, tls, settings.api)
+        self._connect_aws = connect_aws or self._default_aws
+        self._now = now
+
+    def _default_aws(self, region: str) -> Aws:
+        from etcd_aws_cluster.aws import Aws
+
+        return Aws.connect(
+            region,
+            timeout=self.settings.aws_timeout,
+            max_attempts=self.settings.aws_max_attempts,
+            environ=self.environ,
+        )
+
+    # --- facts -----------------------------------------------------------------------------------------
+    def identity(self) -> Identity:
+        imds = Imds(
+            self.session,
+            self.deadline,
+            endpoint=self._imds_endpoint(),
+            timeout=self.settings.imds_timeout,
+            allow_v1=self.settings.imds_v1_fallback,
+        )
+        me = imds.identity()
+        log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
+        return me
+
+    def _imds_endpoint(self) -> str:
+        from etcd_aws_cluster.imds import endpoint_from
+
+        return endpoint_from(self.environ)
+
+    def group_name(self, aws: Aws, me: Identity) -> str:
+        if self.settings.asg_name:
+            return self.settings.asg_name
+        if self.settings.asg_tag:
+            key, value = self.settings.asg_tag.split("=", 1)
+            return aws.group_by_tag(key, value)
+        return aws.group_of(me.instance_id)
+
+    def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
+        """Ask every ASG instance's etcd for the member list at once; a hung peer costs one probe timeout."""
+        targets = [i for i in asg.instances if i.private_ip and not i.is_gone]
+        if not targets:
+            return ()
+        timeout = self.deadline.cap(self.settings.probe_timeout)
+
+        def ask(instance_id: str, ip: str) -> Probe:
+            try:
+                answer = self.etcd.list_members(self.endpoints.client_url(ip), timeout)
+            except EtcdRequestError as exc:
+                return Probe(instance_id, ip, error=exc.kind)
+            except AgentError as exc:  # an invalid value in the answer
+                return Probe(instance_id, ip, error=f"invalid answer: {exc}")
+            return Probe(instance_id, ip, answer=answer)
+
+        probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets if i.private_ip])
+        if not any(p.answered for p in probes) and any(p.error == "timeout" for p in probes):
+            probes = self._ask_bootstrapping(probes, timeout)
+        for probe in probes:
+            if probe.answer is not None:
+                log.info("etcd on %s (%s) lists %d members", probe.instance_id, probe.ip, len(probe.answer.members))
+            else:
+                log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.error)
+        return probes
+
+    def _ask_bootstrapping(self, probes: tuple[Probe, ...], timeout: float) -> tuple[Probe, ...]:
+        """Silent client ports may belong to etcds still forming a cluster: ask their peer ports what they form."""
+
+        def ask(probe: Probe) -> Probe:
+            if probe.error != "timeout":
+                return probe
+            try:
+                urls = self.etcd.bootstrapping_peers(self.endpoints.peer_url(probe.ip), timeout)
+            except AgentError:
+                return probe
+            return replace(probe, bootstrapping=urls)
+
+        return self._parallel([(ask, (p,)) for p in probes])
+
+    def _parallel(self, calls: list[tuple[Callable[..., Probe], tuple[object, ...]]]) -> tuple[Probe, ...]:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+            futures = [pool.submit(fn, *args) for fn, args in calls]
+            return tuple(f.result() for f in futures)
+
+    def facts(self, me: Identity, asg: AsgView) -> Facts:
+        return Facts(
+            me=me,
+            asg=asg,
+            probes=self.probe_all(asg),
+            endpoints=self.endpoints,
+            has_local_data=local_data_dir(self.settings.data_dirs()) is not None,
+        )
+
+    # --- decide ----------------------------------------------------------------------------------------
+    def decide(self, aws: Aws, me: Identity, group: str) -> tuple[Plan, Facts]:
+        """Gather facts and decide, looking again while the plan says WAIT, until the deadline."""
+        attempt = 0
+        last_progress = -PROGRESS_EVERY
+        while True:
+            asg = aws.describe(group)
+            self._log_asg(asg)
+            facts = self.facts(me, asg)
+            plan = planner.decide(facts, stale_data=self.settings.stale_data)
+            if plan.decision is not Decision.WAIT:
+                return plan, facts
+            elapsed = self.deadline.elapsed()
+            if elapsed - last_progress >= PROGRESS_EVERY:
+                log.info("waiting (%.0fs of %.0fs): %s", elapsed, self.settings.timeout, plan.reason)
+                last_progress = elapsed
+            if not self.deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
+                raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
+            attempt += 1
+
+    def _log_asg(self, asg: AsgView) -> None:
+        listed = ", ".join(f"{i.instance_id} {i.lifecycle_state} {i.private_ip or '-'}" for i in asg.instances)
+        log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
+
+    # --- act -------------------------------------------------------------------------------------------
+    def _retry(self, what: str, call: Callable[[str], T], client_urls: list[str]) -> T:
+        """Call etcd through any answering member; retry transient answers with backoff under the deadline."""
+        attempt = 0
+        while True:
+            last: EtcdRequestError | None = None
+            for url in client_urls:
+                try:
+                    return call(url)
+                except EtcdRequestError as exc:
+                    if not exc.transient:
+                        raise EtcdError(f"{what} failed: {exc}") from None
+                    last = exc
+            log.info("%s: %s; retrying", what, last)
+            if not self.deadline.pause(backoff(attempt)):
+                raise EtcdError(f"{what} did not succeed before the deadline: {last}")
+            attempt += 1
+
+    def act(self, me: Identity, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
+        """Carry out the plan's membership changes. Returns the plan to write and False when a concurrent
+        joiner was detected and this instance backed off (the caller decides again)."""
+        if plan.move_data_aside:
+            directory = local_data_dir(self.settings.data_dirs())
+            if directory is not None:
+                moved = move_aside(directory, self._now())
+                log.warning("this node's etcd data belongs to no current member: moved %s to %s", directory, moved)
+        client_urls = [self.endpoints.client_url(p.ip) for p in facts.probes if p.answered]
+        timeout = self.settings.probe_timeout * 2
+        for member in plan.remove:
+            label = f"removing gone member {member.name or '(unstarted)'} {member.hex_id}"
+            removed = self._retry(label, self._remover(member.id, timeout), client_urls)
+            log.info("%s: %s", label, "done" if removed else "already gone")
+        if not plan.add_self:
+            return plan, True
+        my_peer = self.endpoints.peer_url(me.private_ip)
+        added = self._retry(
+            f"adding this instance ({my_peer})",
+            lambda url: self.etcd.add_member(url, [my_peer], timeout),
+            client_urls,
+        )
+        log.info("added this instance as member %s", added.hex_id)
+        members = self._retry("listing members", lambda url: self.etcd.list_members(url, timeout), client_urls).members
+        rivals = self._concurrent_joiners(me, facts.asg, members)
+        if rivals:
+            log.info("another instance joined at the same time (%s); backing off and deciding again", rivals)
+            self._retry("withdrawing this instance", self._remover(added.id, timeout), client_urls)
+            return plan, False
+        cluster = planner.initial_cluster(members, facts.asg, me, self.endpoints)
+        return replace(plan, initial_cluster=cluster, members=members), True
+
+    def _remover(self, member_id: int, timeout: float) -> Callable[[str], bool]:
+        return lambda url: self.etcd.remove_member(url, member_id, timeout)
+
+    def _concurrent_joiners(self, me: Identity, asg: AsgView, members: tuple[Member, ...]) -> str:
+        others = [m for m in members if not m.started and not planner.is_me(m, me, self.endpoints)]
+        names = [owner.instance_id for m in others if (owner := planner.instance_of(m, asg)) is not None]
+        return ", ".join(names)
+
+    # --- the whole run ---------------------------------------------------------------------------------
+    def run(self, *, dry_run: bool = False) -> Outcome:
+        me = self.identity()
+        aws = self._connect_aws(me.region)
+        group = self.group_name(aws, me)
+        if dry_run:
+            plan, facts = self.decide(aws, me, group)
+            self._log_plan(plan)
+            return self._outcome(me, plan)
+        with host_lock(self.settings.lock_file, self.deadline):
+            attempt = 0
+            while True:
+                plan, facts = self.decide(aws, me, group)
+                self._log_plan(plan)
+                plan, settled = self.act(me, plan, facts)
+                if settled:
+                    break
+                if not self.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
+                    raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
+                attempt += 1
+            outcome = self._outcome(me, plan)
+            envfile.write(self.settings.output, outcome.text)
+        if self.settings.output != "-":
+            log.info("wrote %s: %s, state %s", self.settings.output, me.instance_id, plan.cluster_state)
+        return outcome
+
+    def _outcome(self, me: Identity, plan: Plan) -> Outcome:
+        values = envfile.variables(me, plan, self.endpoints, listen_loopback=self.settings.listen_loopback)
+        return Outcome(me, plan, values, envfile.render(values))
+
+    def _log_plan(self, plan: Plan) -> None:
+        log.info(
+            "decision=%s state=%s remove=%s add_self=%s: %s",
+            plan.decision.value,
+            plan.cluster_state,
+            ",".join(m.name or m.hex_id for m in plan.remove) or "-",
+            "yes" if plan.add_self else "no",
+            plan.reason,
+        )

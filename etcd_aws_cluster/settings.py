@@ -1,0 +1,155 @@
+"""The one settings model and its sources.
+
+Priority, highest first: command line > environment (`ETCD_AWS_CLUSTER_*`) > drop-ins
+`<config dir>/config.d/*.toml` (sorted, later wins) > `config.toml` > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from etcd_aws_cluster.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9/3.10 (the RPM's target)
+    import tomli as tomllib
+
+ENV_PREFIX = "ETCD_AWS_CLUSTER_"
+DEFAULT_CONFIG = Path("/etc/etcd-aws-cluster/config.toml")
+DEFAULT_DATA_DIRS = (Path("/var/lib/etcd/default"), Path("/var/lib/etcd"))
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default and meaning (the README table is generated from the same words)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    output: str = Field("/etc/sysconfig/etcd-cluster", description="env file to write; '-' prints it to stdout")
+    data_dir: Optional[Path] = Field(  # noqa: UP045 - pydantic evaluates this on Python 3.9
+        None,
+        description="etcd data dir, to detect local member data; empty: /var/lib/etcd/default or /var/lib/etcd",
+    )
+    client_scheme: Literal["http", "https"] = Field("http", description="scheme of etcd client URLs")
+    peer_scheme: Literal["http", "https"] = Field("http", description="scheme of etcd peer URLs")
+    client_port: int = Field(2379, ge=1, le=65535, description="etcd client port")
+    peer_port: int = Field(2380, ge=1, le=65535, description="etcd peer port")
+    listen_loopback: bool = Field(True, description="also listen for clients on 127.0.0.1")
+    ca_file: Optional[Path] = Field(None, description="CA bundle to verify peers' etcd client TLS")  # noqa: UP045
+    cert_file: Optional[Path] = Field(None, description="client certificate for etcd client TLS")  # noqa: UP045
+    key_file: Optional[Path] = Field(None, description="key of cert_file")  # noqa: UP045
+    api: Literal["auto", "v3", "v2"] = Field("auto", description="etcd API: v3 JSON gateway, v2, or auto (v3 first)")
+    asg_name: Optional[str] = Field(None, description="use this ASG instead of the instance's own")  # noqa: UP045
+    asg_tag: Optional[str] = Field(  # noqa: UP045
+        None, description="select the ASG by a tag, as key=value, instead of the instance's own"
+    )
+    imds_v1_fallback: bool = Field(True, description="fall back to IMDSv1 when the token endpoint is unsupported")
+    timeout: float = Field(180.0, gt=0, le=3600, description="deadline in seconds for the whole run")
+    probe_timeout: float = Field(2.0, gt=0, le=60, description="seconds to wait for one peer's member list")
+    imds_timeout: float = Field(2.0, gt=0, le=60, description="seconds per instance metadata request")
+    aws_timeout: float = Field(10.0, gt=0, le=120, description="seconds per AWS API request")
+    aws_max_attempts: int = Field(5, ge=1, le=20, description="attempts per AWS API call (botocore standard retries)")
+    stale_data: Literal["move", "refuse"] = Field(
+        "move", description="local data of a removed member: move it aside and rejoin, or refuse"
+    )
+    lock_file: Path = Field(Path("/run/etcd-aws-cluster.lock"), description="lock that serializes runs on a host")
+
+    @field_validator("asg_tag")
+    @classmethod
+    def _tag_has_key_and_value(cls, value: str | None) -> str | None:
+        if value is not None and ("=" not in value or not value.split("=", 1)[0]):
+            raise ValueError("must be key=value")
+        return value
+
+    @field_validator("data_dir", "ca_file", "cert_file", "key_file", "asg_name", "asg_tag", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def data_dirs(self) -> tuple[Path, ...]:
+        return (self.data_dir,) if self.data_dir else DEFAULT_DATA_DIRS
+
+
+class _TomlFiles(PydanticBaseSettingsSource):
+    """Settings from already-merged TOML data."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = dict(data)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+def config_files(config: Path) -> list[Path]:
+    """The main file, then its drop-ins in sorted order (later wins)."""
+    dropins = sorted((config.parent / "config.d").glob("*.toml")) if config.parent.is_dir() else []
+    return [config, *dropins]
+
+
+def read_toml(files: list[Path]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                merged.update(tomllib.load(handle))
+        except FileNotFoundError:
+            continue
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return merged
+
+
+def load(
+    overrides: Mapping[str, Any], config: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from every source; raise ConfigError naming the bad setting and its source."""
+    env = os.environ if environ is None else environ
+    config = config or Path(env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+    toml_data = read_toml(config_files(config))
+
+    class _Sources(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, _TomlFiles(settings_cls, toml_data)
+
+    try:
+        loaded = _Sources(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err, toml_data) for err in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+    return Settings.model_construct(**loaded.model_dump())
+
+
+def _describe(error: Any, toml_data: Mapping[str, Any]) -> str:
+    name = ".".join(str(part) for part in error.get("loc", ())) or "?"
+    where = f"{ENV_PREFIX}{name.upper()}"
+    if name in toml_data:
+        where += " / config key " + name
+    if error.get("type") == "extra_forbidden":
+        return f"unknown config key {name!r}"
+    return f"{name} ({where}): {error.get('msg', 'invalid')}"
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """ETCD_AWS_CLUSTER_* variables that match no setting: most likely typos worth a warning."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {ENV_PREFIX + "CONFIG"}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
