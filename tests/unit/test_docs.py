@@ -1,0 +1,33 @@
+"""The README must say what the code does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from etcd_aws_cluster.errors import EXIT_CODES
+from etcd_aws_cluster.settings import ENV_PREFIX, Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `(\w+)` \| `ETCD_AWS_CLUSTER_\w+` \| ([^|]+) \|", README, re.M))
+    assert set(rows) == set(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        assert f"`{ENV_PREFIX}{name.upper()}`" in README
+        default = field.default
+        shown = rows[name].strip()
+        if default is None:
+            assert shown == "(empty)", name
+        elif isinstance(default, bool):
+            assert shown == f"`{str(default).lower()}`", name
+        elif isinstance(default, float):
+            assert float(shown.strip("`")) == default, name
+        else:
+            assert shown == f"`{default}`", name
+
+
+def test_readme_exit_codes_match() -> None:
+    for code, meaning in EXIT_CODES:
+        assert re.search(rf"^\| {code} \| {re.escape(meaning)}", README, re.M), code

@@ -1,0 +1,295 @@
+"""Table tests of the pure decision: every outcome and every refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.model import (
+    AsgInstance,
+    AsgView,
+    Decision,
+    Endpoints,
+    Facts,
+    Identity,
+    Member,
+    MemberList,
+    Probe,
+)
+from etcd_aws_cluster.plan import decide, quorum, render_initial_cluster
+
+EP = Endpoints()
+IDS = ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c", "i-0000000000000000d"]
+IPS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+
+
+def inst(n: int, state: str = "InService", ip: bool = True) -> AsgInstance:
+    return AsgInstance(IDS[n], state, IPS[n] if ip else None)
+
+
+def member(n: int, *, started: bool = True, learner: bool = False, name: str | None = None) -> Member:
+    return Member(
+        id=100 + n,
+        name=(IDS[n] if name is None else name) if started else "",
+        peer_urls=(EP.peer_url(IPS[n]),),
+        client_urls=(EP.client_url(IPS[n]),) if started else (),
+        is_learner=learner,
+    )
+
+
+def answered(n: int, members: tuple[Member, ...], cluster_id: int = 7) -> Probe:
+    return Probe(IDS[n], IPS[n], answer=MemberList(members, cluster_id))
+
+
+def failed(n: int, error: str = "refused") -> Probe:
+    return Probe(IDS[n], IPS[n], error=error)
+
+
+def facts(
+    me: int,
+    instances: list[AsgInstance],
+    probes: list[Probe],
+    desired: int | None = None,
+    local: bool = False,
+) -> Facts:
+    return Facts(
+        me=Identity(IDS[me], IPS[me], "us-east-1"),
+        asg=AsgView("etcd", len(instances) if desired is None else desired, tuple(instances)),
+        probes=tuple(probes),
+        endpoints=EP,
+        has_local_data=local,
+    )
+
+
+def test_quorum() -> None:
+    assert [quorum(n) for n in range(1, 8)] == [1, 2, 2, 3, 3, 4, 4]
+
+
+def test_new_cluster_when_nobody_answers_and_asg_is_complete() -> None:
+    plan = decide(facts(1, [inst(2), inst(0), inst(1)], [failed(0), failed(1), failed(2)]))
+    assert plan.decision is Decision.NEW
+    assert plan.cluster_state == "new"
+    # sorted by name, the same on every node
+    assert render_initial_cluster(plan.initial_cluster) == ",".join(f"{IDS[n]}=http://{IPS[n]}:2380" for n in range(3))
+    assert not plan.remove and not plan.add_self
+
+
+def test_every_node_computes_the_same_new_cluster() -> None:
+    instances = [inst(0), inst(1), inst(2)]
+    probes = [failed(0), failed(1), failed(2)]
+    plans = {decide(facts(n, instances, probes)).initial_cluster for n in range(3)}
+    assert len(plans) == 1
+
+
+@pytest.mark.parametrize(
+    ("instances", "desired", "why"),
+    [
+        ([inst(0), inst(1)], 3, "2 of 3"),
+        ([inst(0), inst(1), inst(2, ip=False)], 3, "2 of 3"),
+        ([inst(0), inst(1), inst(2, "Terminating")], 3, "2 of 3"),
+        ([inst(0), inst(1), inst(2)], 0, "desired capacity 0"),
+    ],
+)
+def test_wait_while_the_asg_view_is_incomplete(instances: list[AsgInstance], desired: int, why: str) -> None:
+    plan = decide(facts(0, instances, [failed(i) for i in range(len(instances))], desired=desired))
+    assert plan.decision is Decision.WAIT
+    assert why in plan.reason
+
+
+def test_pending_instances_count_while_bootstrapping() -> None:
+    plan = decide(facts(0, [inst(0, "Pending"), inst(1, "Pending:Wait"), inst(2)], [failed(0), failed(1), failed(2)]))
+    assert plan.decision is Decision.NEW
+
+
+@pytest.mark.parametrize("error", ["timeout", "unreachable", "http", "tls"])
+def test_never_new_while_a_peer_might_be_running(error: str) -> None:
+    plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), failed(1, error), failed(2)]))
+    assert plan.decision is Decision.WAIT
+    assert IDS[1] in plan.reason
+
+
+def test_new_when_the_silent_peer_bootstraps_the_same_cluster() -> None:
+    urls = frozenset(EP.peer_url(ip) for ip in IPS[:3])
+    silent = Probe(IDS[1], IPS[1], error="timeout", bootstrapping=urls)
+    plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), silent, failed(2)]))
+    assert plan.decision is Decision.NEW
+
+
+def test_wait_when_the_silent_peer_bootstraps_another_cluster() -> None:
+    urls = frozenset(EP.peer_url(ip) for ip in IPS[1:4])
+    silent = Probe(IDS[1], IPS[1], error="timeout", bootstrapping=urls)
+    plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), silent, failed(2)]))
+    assert plan.decision is Decision.WAIT
+
+
+def test_restart_from_local_data_when_nobody_answers() -> None:
+    plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2, "timeout")], local=True))
+    assert plan.decision is Decision.RESTART
+    assert plan.cluster_state == "existing"
+
+
+def test_local_data_never_gives_new_even_with_incomplete_asg() -> None:
+    plan = decide(facts(0, [inst(0), inst(1)], [failed(0), failed(1)], desired=3, local=True))
+    assert plan.decision is Decision.RESTART
+    assert plan.cluster_state == "existing"
+
+
+def test_already_a_started_member() -> None:
+    members = (member(0), member(1), member(2))
+    plan = decide(facts(1, [inst(0), inst(1), inst(2)], [answered(n, members) for n in range(3)], local=True))
+    assert plan.decision is Decision.MEMBER
+    assert plan.cluster_state == "existing"
+    assert not plan.remove and not plan.add_self
+
+
+def test_added_but_unstarted_member_is_me() -> None:
+    members = (member(0), member(1), member(2, started=False))
+    plan = decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members), failed(2)]))
+    assert plan.decision is Decision.MEMBER
+    assert (IDS[2], EP.peer_url(IPS[2])) in plan.initial_cluster
+
+
+def test_join_removes_the_gone_member_and_adds_self() -> None:
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(1), inst(3)]  # instance 2 was terminated and replaced by 3
+    plan = decide(facts(3, instances, [answered(0, members), answered(1, members), failed(3)]))
+    assert plan.decision is Decision.JOIN
+    assert [m.id for m in plan.remove] == [102]
+    assert plan.add_self
+    assert plan.cluster_state == "existing"
+    assert [name for name, _ in plan.initial_cluster] == [IDS[0], IDS[1], IDS[3]]
+
+
+def test_join_removes_member_of_terminating_instance() -> None:
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(1), inst(2, "Terminating:Wait"), inst(3)]
+    plan = decide(facts(3, instances, [answered(0, members), answered(1, members), failed(3)]))
+    assert [m.id for m in plan.remove] == [102]
+
+
+def test_join_keeps_members_of_standby_instances() -> None:
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(1), inst(2, "Standby"), inst(3)]
+    probes = [answered(0, members), answered(1, members), answered(2, members), failed(3)]
+    plan = decide(facts(3, instances, probes))
+    assert plan.decision is Decision.JOIN
+    assert plan.remove == ()
+
+
+def test_join_removes_unstarted_members_first() -> None:
+    gone = Member(104, "i-0000000000000000e", ("http://10.0.0.5:2380",), ("http://10.0.0.5:2379",))
+    members = (member(0), member(1), member(2), gone, Member(999, "", ("http://10.9.9.9:2380",)))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    probes = [answered(n, members) for n in range(3)] + [failed(3)]
+    plan = decide(facts(3, instances, probes))
+    assert [m.id for m in plan.remove] == [999, 104]
+
+
+def test_unstarted_gone_voter_counts_against_quorum() -> None:
+    # etcd counts an added-but-unstarted voter: 2 healthy of 4 voters is no quorum
+    members = (member(0), member(1), member(2), Member(999, "", ("http://10.9.9.9:2380",)))
+    instances = [inst(0), inst(1), inst(3)]
+    with pytest.raises(UnsafeError, match="no quorum: 2 of 4"):
+        decide(facts(3, instances, [answered(0, members), answered(1, members), failed(3)]))
+
+
+def test_rerun_after_partial_join_finds_own_unstarted_member() -> None:
+    members = (member(0), member(1), member(2), member(3, started=False))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    probes = [answered(n, members) for n in range(3)]
+    plan = decide(facts(3, instances, probes))
+    assert plan.decision is Decision.MEMBER  # 3 is me: my own unstarted member
+
+
+def test_second_joiner_waits_for_the_first() -> None:
+    members = (member(0), member(1), member(2), member(3, started=False))
+    instances = [inst(0), inst(1), inst(2), inst(3), AsgInstance("i-0000000000000000e", "InService", "10.0.0.5")]
+    probes = [answered(n, members) for n in range(3)]
+    f = Facts(
+        Identity("i-0000000000000000e", "10.0.0.5", "us-east-1"),
+        AsgView("etcd", 5, tuple(instances)),
+        tuple(probes),
+        EP,
+    )
+    plan = decide(f)
+    assert plan.decision is Decision.WAIT
+    assert IDS[3] in plan.reason
+
+
+def test_refuse_without_quorum() -> None:
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(3)]  # 1 and 2 are gone: only 1 of 3 voters answers
+    with pytest.raises(UnsafeError, match="no quorum: 1 of 3"):
+        decide(facts(3, instances, [answered(0, members), failed(3)], desired=3))
+
+
+def test_refuse_removal_that_breaks_quorum() -> None:
+    # 3 voters, 2 healthy, but one healthy member's instance left the ASG: removing it leaves 1 of 2.
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(2, ip=True), inst(3)]
+    probes = [answered(0, members), answered(1, members), failed(2, "timeout"), failed(3)]
+    with pytest.raises(UnsafeError, match="removing member"):
+        decide(facts(3, instances, probes))
+
+
+def test_refuse_add_that_needs_more_healthy_members() -> None:
+    # 4 voters all in the ASG, 2 answer (quorum of 4 is 3): no quorum at all
+    members = (member(0), member(1), member(2), Member(104, "x-other", ("http://10.0.0.9:2380",)))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    probes = [answered(0, members), answered(1, members), failed(2, "timeout"), failed(3)]
+    with pytest.raises(UnsafeError):
+        decide(facts(3, instances, probes, desired=5))
+
+
+def test_refuse_answers_from_two_clusters() -> None:
+    members = (member(0), member(1))
+    probes = [answered(0, members, cluster_id=1), answered(1, members, cluster_id=2), failed(2)]
+    with pytest.raises(UnsafeError, match="different etcd clusters"):
+        decide(facts(2, [inst(0), inst(1), inst(2)], probes))
+
+
+def test_stale_local_data_is_moved_aside_on_join() -> None:
+    members = (member(0), member(1))
+    plan = decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True))
+    assert plan.decision is Decision.JOIN
+    assert plan.move_data_aside
+
+
+def test_stale_local_data_refused_when_configured() -> None:
+    members = (member(0), member(1))
+    f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
+    with pytest.raises(UnsafeError, match="stale_data=refuse"):
+        decide(f, stale_data="refuse")
+
+
+def test_member_with_my_ip_from_a_gone_instance_is_replaced() -> None:
+    old = Member(555, "i-00000000000000fff", (EP.peer_url(IPS[2]),), (EP.client_url(IPS[2]),))
+    members = (member(0), member(1), old)
+    plan = decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)]))
+    assert plan.decision is Decision.JOIN
+    assert [m.id for m in plan.remove] == [555]
+
+
+def test_refuse_member_named_me_with_other_peer_url() -> None:
+    wrong = Member(555, IDS[2], ("http://10.9.9.9:2380",))
+    members = (member(0), member(1), wrong)
+    with pytest.raises(UnsafeError, match="member update"):
+        decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)]))
+
+
+@pytest.mark.parametrize("state", ["Standby", "Terminating", "Detached"])
+def test_refuse_when_this_instance_does_not_count(state: str) -> None:
+    with pytest.raises(UnsafeError, match=state):
+        decide(facts(0, [inst(0, state), inst(1)], [failed(1)]))
+
+
+def test_refuse_when_this_instance_is_not_in_the_asg() -> None:
+    with pytest.raises(UnsafeError, match="not in ASG"):
+        decide(facts(3, [inst(0), inst(1)], [failed(0)]))
+
+
+def test_learner_members_do_not_count_toward_quorum() -> None:
+    # 2 voters healthy + 1 learner whose instance is gone: removing the learner is always safe
+    members = (member(0), member(1), member(2, learner=True))
+    plan = decide(facts(3, [inst(0), inst(1), inst(3)], [answered(0, members), answered(1, members), failed(3)]))
+    assert [m.id for m in plan.remove] == [102]
