@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decide and print the plan and the file it would write; change nothing",
     )
-    parser.add_argument("-c", "--config", metavar="FILE", type=Path, help="config file (default: %(default)s)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="config file (default: /etc/etcd-aws-cluster/config.toml, or $ETCD_AWS_CLUSTER_CONFIG)",
+    )
     parser.add_argument("--asg-name", metavar="NAME", help="use this Auto Scaling group instead of the instance's own")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, help="deadline for the whole run (default: 180)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -31,3 +31,12 @@ def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
 def test_readme_exit_codes_match() -> None:
     for code, meaning in EXIT_CODES:
         assert re.search(rf"^\| {code} \| {re.escape(meaning)}", README, re.M), code
+
+
+def test_man_page_is_generated_from_the_code() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(root / "scripts" / "manpage.py"), "--check"], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()

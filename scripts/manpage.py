@@ -1,0 +1,102 @@
+"""Generate docs/etcd-aws-cluster.8 from the argument parser, the settings model and the exit codes.
+
+`python scripts/manpage.py` rewrites the page; `--check` exits 1 when the committed page is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etcd_aws_cluster import __version__  # noqa: E402
+from etcd_aws_cluster.cli import DESCRIPTION, build_parser  # noqa: E402
+from etcd_aws_cluster.errors import EXIT_CODES  # noqa: E402
+from etcd_aws_cluster.settings import ENV_PREFIX, Settings  # noqa: E402
+
+PAGE = ROOT / "docs" / "etcd-aws-cluster.8"
+
+
+def esc(text: str) -> str:
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in text.splitlines())
+
+
+def options(parser: argparse.ArgumentParser) -> list[str]:
+    out: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        flags = ", ".join(f"\\fB{esc(s)}\\fR" for s in action.option_strings)
+        if action.metavar:
+            flags += f" \\fI{esc(str(action.metavar))}\\fR"
+        help_text = (action.help or "") % {"default": action.default, "prog": parser.prog}
+        out += [".TP", flags, esc(help_text)]
+    return out
+
+
+def render() -> str:
+    parser = build_parser()
+    lines = [
+        f'.TH ETCD\\-AWS\\-CLUSTER 8 "" "etcd-aws-cluster {__version__}" "System Administration"',
+        ".SH NAME",
+        "etcd\\-aws\\-cluster \\- bootstrap or join an etcd cluster on an AWS Auto Scaling group",
+        ".SH SYNOPSIS",
+        "\\fBetcd\\-aws\\-cluster\\fR [\\fIOPTIONS\\fR] [\\fBrun\\fR]",
+        ".SH DESCRIPTION",
+        ".nf",
+        esc(DESCRIPTION),
+        ".fi",
+        ".SH OPTIONS",
+        *options(parser),
+        ".SH SETTINGS",
+        "Highest priority first: command\\-line options, environment variables",
+        f"\\fB{esc(ENV_PREFIX)}\\fR\\fINAME\\fR, drop\\-ins",
+        "\\fI/etc/etcd\\-aws\\-cluster/config.d/*.toml\\fR (sorted, later wins), the config file",
+        "\\fI/etc/etcd\\-aws\\-cluster/config.toml\\fR, then defaults. TOML keys are the setting names.",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = "(empty)" if field.default is None else str(field.default)
+        if isinstance(field.default, bool):
+            default = default.lower()
+        lines += [
+            ".TP",
+            f"\\fB{esc(name)}\\fR, \\fB{esc(ENV_PREFIX + name.upper())}\\fR (default: {esc(default)})",
+            esc(field.description or ""),
+        ]
+    lines += [".SH EXIT STATUS"]
+    for code, meaning in EXIT_CODES:
+        lines += [".TP", f"\\fB{code}\\fR", esc(meaning)]
+    lines += [
+        ".SH FILES",
+        ".TP",
+        "\\fI/etc/sysconfig/etcd\\-cluster\\fR",
+        "the env file etcd starts from (written atomically, mode 0644)",
+        ".TP",
+        "\\fI/etc/etcd\\-aws\\-cluster/config.toml\\fR, \\fI/etc/etcd\\-aws\\-cluster/config.d/*.toml\\fR",
+        "settings",
+        ".TP",
+        "\\fI/etc/etcd\\-aws\\-cluster/disabled\\fR",
+        "when present, etcd\\-aws\\-cluster.service does not run",
+        ".SH SEE ALSO",
+        "\\fBetcd\\fR(1), \\fBsystemd.exec\\fR(5), \\fBjournalctl\\fR(1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        if not PAGE.exists() or PAGE.read_text() != text:
+            print(f"{PAGE} is out of date: run python scripts/manpage.py", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
