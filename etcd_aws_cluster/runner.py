@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from etcd_aws_cluster import envfile
+from etcd_aws_cluster import envfile, notify
 from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import AgentError, EtcdError, LockError, UnsafeError
@@ -215,6 +215,7 @@ class Runner:
             elapsed = self.deadline.elapsed()
             if elapsed - last_progress >= PROGRESS_EVERY:
                 log.info("waiting (%.0fs of %.0fs): %s", elapsed, self.settings.timeout, plan.reason)
+                notify.status(f"waiting {elapsed:.0f}s of {self.settings.timeout:.0f}s: {plan.reason}")
                 last_progress = elapsed
             if not self.deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
                 raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
@@ -238,6 +239,7 @@ class Runner:
                         raise EtcdError(f"{what} failed: {exc}") from None
                     last = exc
             log.info("%s: %s; retrying", what, last)
+            notify.status(f"{what}: retrying ({last})")
             if not self.deadline.pause(backoff(attempt)):
                 raise EtcdError(f"{what} did not succeed before the deadline: {last}")
             attempt += 1
