@@ -1,0 +1,46 @@
+"""Shared steps of the integration tests: run agents like systemd would, then start etcd from their files."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+
+from tests.harness.sim import Node, SimulatedAsg, parse_env_file
+
+
+def run_ok(sim: SimulatedAsg, node: Node, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    result = sim.run_agent(node, *args, timeout=timeout)
+    assert result.returncode == 0, f"agent on {node} exited {result.returncode}:\n{result.stderr}"
+    return result
+
+
+def boot(sim: SimulatedAsg, nodes: Sequence[Node], timeout: float = 120) -> dict[str, str]:
+    """Start the agent on every node at once; start each node's etcd as soon as its agent has written the file,
+    as `Before=etcd.service` does. Returns each node's agent stderr."""
+    procs = {node.instance_id: (node, sim.start_agent(node)) for node in nodes}
+    logs: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while procs:
+        for instance_id, (node, proc) in list(procs.items()):
+            if proc.poll() is None:
+                continue
+            _, err = proc.communicate()
+            logs[instance_id] = err
+            assert proc.returncode == 0, f"agent on {node} exited {proc.returncode}:\n{err}"
+            sim.start_etcd(node)
+            del procs[instance_id]
+        assert time.monotonic() < deadline, f"agents still running: {sorted(procs)}"
+        time.sleep(0.05)
+    return logs
+
+
+def decision(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if "decision=" in line:
+            return line.split("decision=", 1)[1].split()[0]
+    raise AssertionError(f"no decision line in:\n{stderr}")
+
+
+def env(node: Node) -> dict[str, str]:
+    return parse_env_file(node.env_file)

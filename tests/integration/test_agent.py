@@ -1,0 +1,76 @@
+"""The agent end to end: moto, one fake IMDS and one real etcd per simulated instance, all on 127.0.0.0/8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness.fixtures import SimFactory
+from tests.integration.helpers import boot, decision, env, run_ok
+
+pytestmark = pytest.mark.integration
+
+
+def test_three_nodes_bootstrap_concurrently(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    logs = boot(asg, asg.nodes)
+    members = asg.wait_healthy(3)
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+    files = [env(n) for n in asg.nodes]
+    assert {f["ETCD_INITIAL_CLUSTER"] for f in files} == {
+        ",".join(f"{n.instance_id}={n.peer_url}" for n in sorted(asg.nodes, key=lambda n: n.instance_id))
+    }
+    # All new, or a late node that found the others already up and used "existing": never two clusters.
+    assert {decision(err) for err in logs.values()} <= {"new", "member"}
+    for node in asg.nodes:
+        values = env(node)
+        assert values["ETCD_NAME"] == node.instance_id
+        assert values["ETCD_ADVERTISE_CLIENT_URLS"] == node.client_url
+        assert values["ETCD_LISTEN_CLIENT_URLS"] == node.client_url
+        assert values["ETCD_LISTEN_PEER_URLS"] == values["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == node.peer_url
+
+
+def test_rerun_on_a_running_member_changes_nothing(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    before = asg.wait_healthy(3)
+    node = asg.nodes[0]
+    first = env(node)
+    result = run_ok(asg, node)
+    assert decision(result.stderr) == "member"
+    assert asg.wait_healthy(3) == before
+    after = env(node)
+    assert after["ETCD_INITIAL_CLUSTER_STATE"] == "existing"  # rewritten each boot: no longer "new"
+    assert {k: v for k, v in after.items() if k != "ETCD_INITIAL_CLUSTER_STATE"} == {
+        k: v for k, v in first.items() if k != "ETCD_INITIAL_CLUSTER_STATE"
+    }
+
+
+def test_replaced_instance_removes_the_dead_member_and_joins(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    asg.put("survives", "yes")
+    victim = asg.nodes[1]
+    asg.stop_etcd(victim, kill=True)
+    (replacement,) = asg.terminate(victim)
+    logs = boot(asg, [replacement])
+    assert decision(logs[replacement.instance_id]) == "join"
+    members = asg.wait_healthy(3, timeout=60)
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+    assert victim.instance_id not in {m["name"] for m in members}
+    assert env(replacement)["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    assert asg.get("survives") == "yes"
+
+
+def test_scale_out_with_two_concurrent_joiners(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    new = asg.scale_to(5)
+    assert len(new) == 2
+    logs = boot(asg, new, timeout=150)
+    members = asg.wait_healthy(5, timeout=60)
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+    assert {decision(logs[n.instance_id]) for n in new} <= {"join"}
