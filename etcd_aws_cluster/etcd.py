@@ -164,7 +164,11 @@ class EtcdClient:
             message = str(body.get("message") or body.get("error") or "") if isinstance(body, dict) else ""
         except ValueError:
             message = response.text[:200]
-        transient = response.status_code in (429, 503) or any(t in message.lower() for t in TRANSIENT_MESSAGES)
+        # v2 answers a bare 500 for etcd's "not enough started members": retry that too, under the deadline.
+        v2_internal = response.status_code == 500 and "/v2/" in url
+        transient = (
+            response.status_code in (429, 503) or v2_internal or any(t in message.lower() for t in TRANSIENT_MESSAGES)
+        )
         return EtcdRequestError(
             f"{url} answered HTTP {response.status_code}: {validate.shown(message, 200)}",
             kind="http",
@@ -256,14 +260,14 @@ class EtcdClient:
             if self._uses_v2(client_url, timeout):
                 url = f"{client_url}/v2/members/{member_id:x}"
                 response = self._call("DELETE", url, timeout)
-                if response.status_code == 404:
+                if response.status_code in (404, 410):  # 410: "Member permanently removed"
                     return False
                 if response.status_code not in (200, 204):
                     raise self._error(response, url)
                 return True
             self._v3(client_url, "remove", {"ID": str(member_id)}, timeout)
         except EtcdRequestError as exc:
-            if "member not found" in str(exc).lower():
+            if any(gone in str(exc).lower() for gone in ("member not found", "permanently removed")):
                 return False
             raise
         return True
