@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import EtcdError
+from etcd_aws_cluster.errors import ConfigError, EtcdError
 from etcd_aws_cluster.model import Member, MemberList
 
 if TYPE_CHECKING:
@@ -62,9 +62,9 @@ class Tls:
             ("key_file", self.key_file),
         ):
             if path is not None and not path.is_file():
-                raise EtcdError(f"{what} {path} does not exist or is not a file")
+                raise ConfigError(f"{what} {path} does not exist or is not a file")
         if bool(self.cert_file) != bool(self.key_file):
-            raise EtcdError("cert_file and key_file must be set together")
+            raise ConfigError("cert_file and key_file must be set together")
 
 
 def _caused_by_refusal(exc: BaseException) -> bool:
