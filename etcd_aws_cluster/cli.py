@@ -1,13 +1,18 @@
-"""Command line: argv -> settings -> run -> exit code. Heavy imports wait until after parsing, so --help is fast."""
+"""Command line: argv -> settings -> command -> exit code.
+
+Heavy imports (pydantic, boto3, requests) wait until after parsing, so --help is fast. Each command lives in
+`etcd_aws_cluster.commands.<name>` with `run(settings, args) -> int`, imported only when chosen.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from etcd_aws_cluster import __version__
 from etcd_aws_cluster.errors import EXIT_CODES, AgentError
@@ -44,75 +49,87 @@ exit codes:
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="etcd-aws-cluster",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", nargs="?", default="run", choices=["run"], help="what to do (default: run)")
-    parser.add_argument(
-        "-o",
-        "--output",
-        metavar="PATH",
-        help="env file to write, '-' for stdout (default: /etc/sysconfig/etcd-cluster)",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="decide and print the plan and the file it would write; change nothing",
-    )
-    parser.add_argument(
+# name -> one-line help; the module etcd_aws_cluster.commands.<name> implements it
+COMMANDS = {
+    "run": "discover, decide, change membership and write the env file (the default)",
+}
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after the command name."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument(
         "-c",
         "--config",
         metavar="FILE",
         type=Path,
         help="config file (default: /etc/etcd-aws-cluster/config.toml, or $ETCD_AWS_CLUSTER_CONFIG)",
     )
-    parser.add_argument("--asg-name", metavar="NAME", help="use this Auto Scaling group instead of the instance's own")
-    parser.add_argument("--timeout", metavar="SECONDS", type=float, help="deadline for the whole run (default: 180)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    common.add_argument("--asg-name", metavar="NAME", help="use this Auto Scaling group instead of the instance's own")
+    common.add_argument("--timeout", metavar="SECONDS", type=float, help="deadline for the whole run (default: 180)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return common
+
+
+def _run_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    options.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="env file to write, '-' for stdout (default: /etc/sysconfig/etcd-cluster)",
+    )
+    options.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and print the plan and the file it would write; change nothing",
+    )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common, run_options = _common_options(), _run_options()
+    parser = argparse.ArgumentParser(
+        prog="etcd-aws-cluster",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common, run_options],
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands (default: run)")
+    for name, summary in COMMANDS.items():
+        parents = [common, run_options] if name == "run" else [common]
+        sub = commands.add_parser(name, help=summary, description=summary, parents=parents)
+        add_arguments = COMMAND_ARGUMENTS.get(name)
+        if add_arguments:
+            add_arguments(sub)
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"output": args.output, "asg_name": args.asg_name, "timeout": args.timeout}
+# Extra arguments of a command, defined here so --help needs no import of the command's module.
+COMMAND_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
 
-def _describe_plan(outcome: Any) -> str:
-    plan = outcome.plan
-    lines = [
-        f"# decision: {plan.decision.value} ({plan.reason})",
-        f"# instance: {outcome.me.instance_id} {outcome.me.private_ip}",
-    ]
-    for member in plan.remove:
-        lines.append(
-            f"# would remove member {member.hex_id} {member.name or '(unstarted)'} {','.join(member.peer_urls)}"
-        )
-    if plan.add_self:
-        lines.append("# would add this instance as a member")
-    if plan.move_data_aside:
-        lines.append("# would move the stale data dir aside")
-    return "\n".join(lines) + "\n"
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name, None) for name in ("output", "asg_name", "timeout")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = args.command or "run"
     from etcd_aws_cluster import logs
 
-    errors_on_stderr = logs.setup(args.verbose)
+    errors_on_stderr = logs.setup(getattr(args, "verbose", False))
     try:
         from etcd_aws_cluster import settings as settings_module
-        from etcd_aws_cluster.runner import Runner
 
-        settings = settings_module.load(_overrides(args), args.config)
-        for name in settings_module.unknown_env(__import__("os").environ):
+        settings = settings_module.load(_overrides(args), getattr(args, "config", None))
+        for name in settings_module.unknown_env(os.environ):
             log.warning("ignoring unknown setting %s (check its spelling)", name)
-        outcome = Runner(settings).run(dry_run=args.dry_run)
-        if args.dry_run:
-            sys.stdout.write(_describe_plan(outcome) + outcome.text)
+        module = importlib.import_module(f"etcd_aws_cluster.commands.{command}")
+        code: int = module.run(settings, args)
+        return code
     except AgentError as exc:
         message = f"error ({exc.kind}): {exc}"
         log.error("%s", message)
@@ -122,4 +139,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
-    return 0

@@ -107,7 +107,7 @@ class Runner:
         tls = Tls(settings.ca_file, settings.cert_file, settings.key_file)
         tls.check_files()
         self.etcd = EtcdClient(self.session, tls, settings.api)
-        self._connect_aws = connect_aws or self._default_aws
+        self.connect_aws = connect_aws or self._default_aws
         self._now = now
 
     def _default_aws(self, region: str) -> Aws:
@@ -226,7 +226,7 @@ class Runner:
         log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
 
     # --- act -------------------------------------------------------------------------------------------
-    def _retry(self, what: str, call: Callable[[str], T], client_urls: list[str]) -> T:
+    def retry(self, what: str, call: Callable[[str], T], client_urls: list[str]) -> T:
         """Call etcd through any answering member; retry transient answers with backoff under the deadline."""
         attempt = 0
         while True:
@@ -256,22 +256,22 @@ class Runner:
         timeout = self.settings.probe_timeout * 2
         for member in plan.remove:
             label = f"removing gone member {member.name or '(unstarted)'} {member.hex_id}"
-            removed = self._retry(label, self._remover(member.id, timeout), client_urls)
+            removed = self.retry(label, self._remover(member.id, timeout), client_urls)
             log.info("%s: %s", label, "done" if removed else "already gone")
         if not plan.add_self:
             return plan, True
         my_peer = self.endpoints.peer_url(me.private_ip)
-        added = self._retry(
+        added = self.retry(
             f"adding this instance ({my_peer})",
             lambda url: self.etcd.add_member(url, [my_peer], timeout),
             client_urls,
         )
         log.info("added this instance as member %s", added.hex_id)
-        members = self._retry("listing members", lambda url: self.etcd.list_members(url, timeout), client_urls).members
+        members = self.retry("listing members", lambda url: self.etcd.list_members(url, timeout), client_urls).members
         rivals = self._concurrent_joiners(me, facts.asg, members)
         if rivals:
             log.info("another instance joined at the same time (%s); backing off and deciding again", rivals)
-            self._retry("withdrawing this instance", self._remover(added.id, timeout), client_urls)
+            self.retry("withdrawing this instance", self._remover(added.id, timeout), client_urls)
             return plan, False
         cluster = planner.initial_cluster(members, facts.asg, me, self.endpoints)
         return replace(plan, initial_cluster=cluster, members=members), True
@@ -287,7 +287,7 @@ class Runner:
     # --- the whole run ---------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> Outcome:
         me = self.identity()
-        aws = self._connect_aws(me.region)
+        aws = self.connect_aws(me.region)
         group = self.group_name(aws, me)
         if dry_run:
             plan, facts = self.decide(aws, me, group)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etcd_aws_cluster import __version__  # noqa: E402
-from etcd_aws_cluster.cli import DESCRIPTION, build_parser  # noqa: E402
+from etcd_aws_cluster.cli import COMMANDS, DESCRIPTION, build_parser  # noqa: E402
 from etcd_aws_cluster.errors import EXIT_CODES  # noqa: E402
 from etcd_aws_cluster.settings import ENV_PREFIX, Settings  # noqa: E402
 
@@ -26,14 +26,31 @@ def esc(text: str) -> str:
 
 
 def options(parser: argparse.ArgumentParser) -> list[str]:
+    return options_of([a for a in parser._actions if a.option_strings], parser.prog)
+
+
+def commands(parser: argparse.ArgumentParser) -> list[str]:
     out: list[str] = []
-    for action in parser._actions:
-        if not action.option_strings:
-            continue
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, summary in COMMANDS.items():
+        sub = subparsers.choices[name]
+        own = [a for a in sub._actions if a.option_strings and not any(a.dest == b.dest for b in parser._actions)]
+        out += [".TP", f"\\fB{esc(name)}\\fR", esc(summary)]
+        if own:
+            out += [".RS"]
+            for action in own:
+                out += options_of([action], parser.prog)
+            out += [".RE"]
+    return out
+
+
+def options_of(actions: list[argparse.Action], prog: str) -> list[str]:
+    out: list[str] = []
+    for action in actions:
         flags = ", ".join(f"\\fB{esc(s)}\\fR" for s in action.option_strings)
         if action.metavar:
             flags += f" \\fI{esc(str(action.metavar))}\\fR"
-        help_text = (action.help or "") % {"default": action.default, "prog": parser.prog}
+        help_text = (action.help or "") % {"default": action.default, "prog": prog}
         out += [".TP", flags, esc(help_text)]
     return out
 
@@ -45,13 +62,15 @@ def render() -> str:
         ".SH NAME",
         "etcd\\-aws\\-cluster \\- bootstrap or join an etcd cluster on an AWS Auto Scaling group",
         ".SH SYNOPSIS",
-        "\\fBetcd\\-aws\\-cluster\\fR [\\fIOPTIONS\\fR] [\\fBrun\\fR]",
+        "\\fBetcd\\-aws\\-cluster\\fR [\\fIOPTIONS\\fR] [\\fICOMMAND\\fR [\\fICOMMAND OPTIONS\\fR]]",
         ".SH DESCRIPTION",
         ".nf",
         esc(DESCRIPTION),
         ".fi",
         ".SH OPTIONS",
         *options(parser),
+        ".SH COMMANDS",
+        *commands(parser),
         ".SH SETTINGS",
         "Highest priority first: command\\-line options, environment variables",
         f"\\fB{esc(ENV_PREFIX)}\\fR\\fINAME\\fR, drop\\-ins",
