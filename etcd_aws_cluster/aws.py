@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster import validate
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
 LIFECYCLE_STATE = re.compile(r"[A-Za-z]+(:[A-Za-z]+)?")
 # Per-service variables first, then the global one: the same names recent botocore reads itself. Older botocore
 # (Debian bookworm's 1.29) ignores them, so the agent passes endpoint_url= explicitly.
@@ -60,6 +62,7 @@ class Aws:
         cls, region: str, *, timeout: float, max_attempts: int, environ: Mapping[str, str] | None = None
     ) -> Aws:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         env = os.environ if environ is None else environ
@@ -67,10 +70,13 @@ class Aws:
             region_name=region,
             connect_timeout=timeout,
             read_timeout=timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
         )
         with aws_errors("creating AWS clients"):
-            session = boto3.session.Session(region_name=region)
+            core = botocore.session.get_session()
+            # Our trimmed EC2 model (DescribeInstances only) comes first on the data path: see scripts/trim_ec2_model.py
+            core.set_config_variable("data_path", str(DATA_DIR))
+            session = boto3.session.Session(botocore_session=core, region_name=region)
             autoscaling = session.client("autoscaling", config=config, endpoint_url=endpoint_url("autoscaling", env))
             ec2 = session.client("ec2", config=config, endpoint_url=endpoint_url("ec2", env))
         return cls(autoscaling, ec2)

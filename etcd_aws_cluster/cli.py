@@ -7,6 +7,7 @@ Heavy imports (pydantic, boto3, requests) wait until after parsing, so --help is
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -52,6 +53,10 @@ exit codes:
 # name -> one-line help; the module etcd_aws_cluster.commands.<name> implements it
 COMMANDS = {
     "run": "discover, decide, change membership and write the env file (the default)",
+    "promote": "promote this instance's learner member to a voter once it has caught up (learner = true)",
+    "reconcile": "remove members whose instance left the ASG, and failed joins, under the quorum guard (timer)",
+    "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
+    "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
 }
 
 
@@ -111,8 +116,73 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
 
+def _reconcile_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `etcd-aws-cluster --dry-run reconcile` stays a dry run
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print what it would remove and why; change nothing",
+    )
+
+
+COMMAND_ARGUMENTS["reconcile"] = _reconcile_options
+
+
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = """\
+One table joining this instance's Auto Scaling group (or asg_name / asg_tag / proxy_asg) and its etcd cluster:
+instance id, IP, lifecycle state, member id, started, learner, reachable, leader; members that belong to no
+instance of the group get rows of their own. Then one summary line and the reasons behind it. Read only.
+Colour only on a terminal, never with NO_COLOR set."""
+    parser.epilog = """\
+exit codes:
+  0   healthy: every member reachable, a leader, each InService/Pending instance exactly one member
+  10  degraded: quorum and a leader, but a member is unreachable, unstarted or belongs to no instance,
+      an instance has no member, or the group is not at its desired capacity
+  11  no quorum: too few voting members reachable, no leader, or no etcd answers
+  1-8 the agent's errors (e.g. 3 instance metadata, 4 AWS), as for run"""
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (member ids in hex)")
+
+
+def _leave_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--if-terminating",
+        action="store_true",
+        help="leave only when instance metadata autoscaling/target-lifecycle-state is Terminated; else do nothing",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="check and print what it would remove; change nothing",
+    )
+
+
+COMMAND_ARGUMENTS["status"] = _status_options
+COMMAND_ARGUMENTS["leave"] = _leave_options
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name, None) for name in ("output", "asg_name", "timeout")}
+
+
+def entry() -> None:
+    """Console-script and `python -m` entry: run, flush, and exit without tearing the interpreter down.
+
+    A boot-path process that has written its file gains nothing from Python's orderly shutdown, which costs about
+    0.15 s with botocore's models loaded; the collector is off for the same reason (the run is short and bounded).
+    """
+    gc.disable()
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,7 +57,8 @@ def render(values: Mapping[str, str]) -> str:
 def write(path: str, text: str) -> None:
     """Write atomically: temp file in the target dir, fsync, rename, fsync the dir. '-' means stdout.
 
-    On any failure the old file is left exactly as it was.
+    On any failure the old file is left exactly as it was. Callers hold the host lock, so temp files left by a
+    killed run can be removed here.
     """
     if path == "-":
         sys.stdout.write(text)
@@ -68,6 +69,9 @@ def write(path: str, text: str) -> None:
     tmp_name = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(f".{target.name}.*.tmp"):  # from a run killed mid-write
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(text)

@@ -28,6 +28,8 @@ TRANSIENT_MESSAGES = (
     "timed out",
     "too many requests",
     "peer urls already exists",  # right after a remove of the same URL, briefly
+    "in sync with leader",  # a learner is promoted only once it has caught up
+    "learner is not ready",
 )
 
 
@@ -135,7 +137,10 @@ class EtcdClient:
                 allow_redirects=False,
             )
         except requests.exceptions.SSLError as exc:
-            hint = f" (ca_file={self._tls.ca_file}, cert_file={self._tls.cert_file})"
+            tls = self._tls
+            ca = f"ca_file={tls.ca_file}" if tls.ca_file else "no ca_file (system CAs)"
+            cert = f"cert_file={tls.cert_file}" if tls.cert_file else "no client certificate (cert_file/key_file)"
+            hint = f"; check {ca} and {cert}"
             raise EtcdRequestError(
                 f"TLS error talking to {url}: {validate.shown(exc, 160)}{hint}", kind="tls"
             ) from None
@@ -290,3 +295,40 @@ class EtcdClient:
             return None
         source = f"etcd peer {peer_url}"
         return frozenset(u for m in raw for u in _member(m, source, hex_ids=False).peer_urls)
+
+    def endpoint_status(self, client_url: str, timeout: float) -> EndpointStatus | None:
+        """What this member says about itself (POST /v3/maintenance/status): its id and its leader's.
+
+        None when the endpoint has no v3 gateway (v2 only): the leader is then unknown.
+        """
+        for prefix in [p for p in self._prefixes if p != "/v2"]:
+            url = f"{client_url}{prefix}/maintenance/status"
+            response = self._call("POST", url, timeout, {})
+            if response.status_code == 404:
+                continue
+            if response.status_code != 200:
+                raise self._error(response, url)
+            body = self._json(response, url)
+            header = body.get("header") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or not isinstance(header, dict):
+                raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
+            member_id, leader = _uint64(header.get("member_id")), _uint64(body.get("leader", "0"))
+            if member_id is None or leader is None:
+                raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
+            return EndpointStatus(member_id, leader, is_learner=body.get("isLearner") is True)
+        return None
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One member's own view: its id, and the id of the leader it follows (0: it knows no leader)."""
+
+    member_id: int
+    leader: int
+    is_learner: bool = False
+
+
+def _uint64(value: Any) -> int | None:
+    """A uint64 as the JSON gateway sends it (a decimal string); None if it is not one."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**64 else None

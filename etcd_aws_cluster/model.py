@@ -80,7 +80,8 @@ class Probe:
     instance_id: str
     ip: str
     answer: MemberList | None = None
-    error: str | None = None
+    error: str | None = None  # the kind: refused, timeout, unreachable, tls, http, answer
+    detail: str = ""
     # Peer URLs this peer's etcd bootstraps with, when it is still forming a new cluster (no quorum yet):
     # its client port then accepts connections but does not answer, so the peer port is asked instead.
     bootstrapping: frozenset[str] | None = None
@@ -113,6 +114,8 @@ class Facts:
     probes: tuple[Probe, ...]
     endpoints: Endpoints
     has_local_data: bool = False
+    # (member id, cluster id) from the local WAL, when it could be read
+    local_ids: tuple[int, int] | None = None
 
 
 class Decision(str, enum.Enum):

@@ -184,10 +184,24 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
                 )
             remove.append(member)  # a gone instance once had this IP
     mine = [m for m in mine if m not in remove]
+    if len(mine) > 1:
+        raise UnsafeError(f"{len(mine)} members claim this instance; remove the extra ones with etcdctl")
+
+    stale = ""
+    if facts.has_local_data:
+        if not mine:
+            stale = "this node has etcd data but is not a member of the running cluster"
+        elif facts.local_ids is not None and mine[0].started:
+            local_member, local_cluster = facts.local_ids
+            if listing.cluster_id is not None and local_cluster != listing.cluster_id:
+                stale = f"this node's etcd data belongs to cluster {local_cluster:x}, not {listing.cluster_id:x}"
+            elif local_member != mine[0].id:
+                stale = f"this node's etcd data is of member {local_member:x}, not of its member {mine[0].hex_id}"
+            if stale:
+                remove.extend(mine)  # the old entry cannot start on this data: replace it
+                mine = []
 
     if mine:
-        if len(mine) > 1:
-            raise UnsafeError(f"{len(mine)} members claim this instance; remove the extra ones with etcdctl")
         member = mine[0]
         state = "started" if member.started else "added but not started yet"
         return Plan(
@@ -216,25 +230,20 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
     ordered = tuple(sorted(remove, key=_removal_order))
     _check_quorum(members, healthy, ordered, as_learner)
 
-    move_aside = False
-    if facts.has_local_data:
-        if stale_data != "move":
-            raise UnsafeError(
-                "this node has etcd data but is not a member of the running cluster; stale_data=refuse is set, "
-                "so move the data dir aside by hand and rerun"
-            )
-        move_aside = True
+    if stale and stale_data != "move":
+        raise UnsafeError(f"{stale}; stale_data=refuse is set, so move the data dir aside by hand and rerun")
 
     remaining = tuple(m for m in members if m not in ordered)
     gone = ", ".join(m.name or m.hex_id for m in ordered) or "none"
     return Plan(
         Decision.JOIN,
-        f"a cluster of {len(members)} members answers and this instance is not one of them; removing gone: {gone}",
+        f"a cluster of {len(members)} members answers and this instance is not one of them"
+        f"{' (' + stale + ')' if stale else ''}; removing gone: {gone}",
         "existing",
         tuple(sorted(initial_cluster(remaining, asg, me, endpoints) + ((me.instance_id, my_peer),))),
         remove=ordered,
         add_self=True,
-        move_data_aside=move_aside,
+        move_data_aside=bool(stale),
         members=members,
     )
 

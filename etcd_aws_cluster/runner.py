@@ -20,6 +20,7 @@ from etcd_aws_cluster.errors import AgentError, EtcdError, LockError, UnsafeErro
 from etcd_aws_cluster.etcd import EtcdClient, EtcdRequestError, Tls
 from etcd_aws_cluster.imds import Imds
 from etcd_aws_cluster.model import AsgView, Decision, Endpoints, Facts, Identity, Member, Plan, Probe
+from etcd_aws_cluster.waldata import read_ids
 
 if TYPE_CHECKING:
     import requests
@@ -56,8 +57,12 @@ def move_aside(directory: Path, now: datetime.datetime) -> Path:
     info = directory.stat()
     os.rename(directory, target)
     directory.mkdir(mode=0o700)
-    with contextlib.suppress(OSError):
+    try:
         os.chown(directory, info.st_uid, info.st_gid)
+    except OSError as exc:
+        log.warning(
+            "could not give the new %s to uid %d: %s; etcd may not be able to use it", directory, info.st_uid, exc
+        )
     return target
 
 
@@ -157,19 +162,23 @@ class Runner:
             try:
                 answer = self.etcd.list_members(self.endpoints.client_url(ip), timeout)
             except EtcdRequestError as exc:
-                return Probe(instance_id, ip, error=exc.kind)
+                return Probe(instance_id, ip, error=exc.kind, detail=str(exc))
             except AgentError as exc:  # an invalid value in the answer
-                return Probe(instance_id, ip, error=f"invalid answer: {exc}")
+                return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
             return Probe(instance_id, ip, answer=answer)
 
         probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets if i.private_ip])
         if not any(p.answered for p in probes) and any(p.error == "timeout" for p in probes):
             probes = self._ask_bootstrapping(probes, timeout)
+        tls_failures = [p for p in probes if p.error == "tls"]
+        if tls_failures and not any(p.answered for p in probes):
+            # A TLS misconfiguration does not heal by waiting: say which file is wrong now.
+            raise EtcdError(tls_failures[0].detail)
         for probe in probes:
             if probe.answer is not None:
                 log.info("etcd on %s (%s) lists %d members", probe.instance_id, probe.ip, len(probe.answer.members))
             else:
-                log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.error)
+                log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.detail or probe.error)
         return probes
 
     def _ask_bootstrapping(self, probes: tuple[Probe, ...], timeout: float) -> tuple[Probe, ...]:
@@ -192,12 +201,15 @@ class Runner:
             return tuple(f.result() for f in futures)
 
     def facts(self, me: Identity, asg: AsgView) -> Facts:
+        data_dir = local_data_dir(self.settings.data_dirs())
+        ids = read_ids(data_dir) if data_dir is not None else None
         return Facts(
             me=me,
             asg=asg,
             probes=self.probe_all(asg),
             endpoints=self.endpoints,
-            has_local_data=local_data_dir(self.settings.data_dirs()) is not None,
+            has_local_data=data_dir is not None,
+            local_ids=(ids.member_id, ids.cluster_id) if ids else None,
         )
 
     # --- decide ----------------------------------------------------------------------------------------
@@ -209,7 +221,11 @@ class Runner:
             asg = aws.describe(group)
             self._log_asg(asg)
             facts = self.facts(me, asg)
-            plan = planner.decide(facts, stale_data=self.settings.stale_data)
+            try:
+                plan = planner.decide(facts, stale_data=self.settings.stale_data, as_learner=self.settings.learner)
+            except UnsafeError as exc:
+                log.info("decision=refuse reason=%s", exc)
+                raise
             if plan.decision is not Decision.WAIT:
                 return plan, facts
             elapsed = self.deadline.elapsed()
@@ -240,7 +256,8 @@ class Runner:
                     last = exc
             log.info("%s: %s; retrying", what, last)
             notify.status(f"{what}: retrying ({last})")
-            if not self.deadline.pause(backoff(attempt)):
+            # etcd 3.4 says "unhealthy cluster" for ~5 s after any change: retry often, not in long sleeps.
+            if not self.deadline.pause(backoff(attempt, base=0.25, cap=1.5)):
                 raise EtcdError(f"{what} did not succeed before the deadline: {last}")
             attempt += 1
 
@@ -261,12 +278,15 @@ class Runner:
         if not plan.add_self:
             return plan, True
         my_peer = self.endpoints.peer_url(me.private_ip)
-        added = self.retry(
-            f"adding this instance ({my_peer})",
-            lambda url: self.etcd.add_member(url, [my_peer], timeout),
-            client_urls,
-        )
-        log.info("added this instance as member %s", added.hex_id)
+        try:
+            added = self.retry(
+                f"adding this instance ({my_peer})",
+                lambda url: self.etcd.add_member(url, [my_peer], timeout, learner=self.settings.learner),
+                client_urls,
+            )
+        except EtcdError as exc:
+            raise EtcdError(f"{exc}{self._unhealthy_hint(str(exc), plan, facts)}") from None
+        log.info("added this instance as %s %s", "learner" if added.is_learner else "member", added.hex_id)
         members = self.retry("listing members", lambda url: self.etcd.list_members(url, timeout), client_urls).members
         rivals = self._concurrent_joiners(me, facts.asg, members)
         if rivals:
@@ -275,6 +295,22 @@ class Runner:
             return plan, False
         cluster = planner.initial_cluster(members, facts.asg, me, self.endpoints)
         return replace(plan, initial_cluster=cluster, members=members), True
+
+    def _unhealthy_hint(self, error: str, plan: Plan, facts: Facts) -> str:
+        if "unhealthy cluster" not in error:
+            return ""
+        answered = {p.ip for p in facts.probes if p.answered}
+        silent = [
+            m.name or m.hex_id
+            for m in plan.members
+            if m not in plan.remove and m.started and not any(planner.url_host(u) in answered for u in m.peer_urls)
+        ]
+        if not silent:
+            return ""
+        return (
+            f". etcd adds a member only while every voting member is connected (etcd 3.4; 3.5 needs a quorum); "
+            f"not answering: {', '.join(silent)}. Bring it back, or remove it with etcdctl member remove, and rerun"
+        )
 
     def _remover(self, member_id: int, timeout: float) -> Callable[[str], bool]:
         return lambda url: self.etcd.remove_member(url, member_id, timeout)
@@ -316,7 +352,7 @@ class Runner:
 
     def _log_plan(self, plan: Plan) -> None:
         log.info(
-            "decision=%s state=%s remove=%s add_self=%s: %s",
+            "decision=%s state=%s remove=%s add_self=%s reason=%s",
             plan.decision.value,
             plan.cluster_state,
             ",".join(m.name or m.hex_id for m in plan.remove) or "-",

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     asg_tag: Optional[str] = Field(  # noqa: UP045
         None, description="select the ASG by a tag, as key=value, instead of the instance's own"
     )
+    proxy_asg: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="proxy mode: name of the etcd cluster's ASG; this instance writes a client configuration "
+        "(ETCD_PROXY=on, ETCDCTL_ENDPOINTS) for that cluster instead of joining one",
+    )
     imds_v1_fallback: bool = Field(True, description="fall back to IMDSv1 when the token endpoint is unsupported")
     timeout: float = Field(180.0, gt=0, le=3600, description="deadline in seconds for the whole run")
     probe_timeout: float = Field(2.0, gt=0, le=60, description="seconds to wait for one peer's member list")
@@ -60,7 +65,44 @@ class Settings(BaseSettings):
     stale_data: Literal["move", "refuse"] = Field(
         "move", description="local data of a removed member: move it aside and rejoin, or refuse"
     )
+    learner: bool = Field(
+        False, description="join as a non-voting learner (etcd 3.4+, v3 API); `promote` makes it a voter"
+    )
     lock_file: Path = Field(Path("/run/etcd-aws-cluster.lock"), description="lock that serializes runs on a host")
+    reconcile_remove_states: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="reconcile: comma-separated ASG lifecycle states, besides Terminated, whose members it removes "
+        "(Terminating, Detaching, Detached, EnteringStandby, Standby; Terminating covers Terminating:Wait)",
+    )
+    reconcile_grace: float = Field(
+        600.0, gt=0, le=604800, description="reconcile: seconds an added member may stay unstarted before removal"
+    )
+    reconcile_state_file: Path = Field(
+        Path("/var/lib/etcd-aws-cluster/reconcile.json"),
+        description="reconcile: records since when each member has been unstarted",
+    )
+
+    @field_validator("reconcile_remove_states", mode="before")
+    @classmethod
+    def _known_lifecycle_states(cls, value: Any) -> Any:
+        if value is None or value == "" or value == []:
+            return None
+        from etcd_aws_cluster.reconcile import parse_states  # only when set: defaults are validated on every run
+
+        if not isinstance(value, (str, list, tuple)):
+            raise ValueError("must be a comma-separated string or a list of lifecycle states")
+        return ",".join(sorted(parse_states(value))) or None
+
+    @field_validator("proxy_asg", mode="before")
+    @classmethod
+    def _proxy_asg_is_a_group_name(cls, value: Any) -> Any:
+        from etcd_aws_cluster.validate import ASG_NAME
+
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not ASG_NAME.fullmatch(value):
+            raise ValueError("must be an Auto Scaling group name")
+        return value
 
     @field_validator("asg_tag")
     @classmethod

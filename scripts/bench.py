@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import datetime
 import importlib.metadata
+import itertools
 import os
 import platform
 import re
@@ -31,7 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ AGENT_TIMEOUT = 90.0
 HEALTHY_TIMEOUT = 60.0
 ETCD_GUARD = 5.0  # etcd refuses member changes until its peers have been connected this long (HealthInterval)
 HELP_RUNS = 10
+HUNG_REPS = 5
+BARE_PYTHON = "python -c pass (a bare interpreter, for comparison)"
+STUCK_WAIT = 5.0  # how long the bench lets a new member's etcd try to start while a peer is hung
 TARGET_WALL = 0.5
 TARGET_HELP = 0.3
 TARGET_RSS_MIB = 80.0
@@ -73,6 +77,7 @@ class Run:
     maxrss_kib: int
     cpu: float
     stderr: str = ""
+    stdout: str = ""
 
     @property
     def decision(self) -> str:
@@ -93,72 +98,79 @@ class Run:
 @dataclass
 class Results:
     bootstrap: dict[str, list[Run]] = field(default_factory=dict)
+    reps: dict[str, int] = field(default_factory=dict)
     rerun: list[Run] = field(default_factory=list)
     hung: list[tuple[str, int, list[Run], str]] = field(default_factory=list)  # (kind, hung peers, runs, expected)
     startup: dict[str, list[Run]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    importtime: Run | None = None
+    stages: list[tuple[str, float, int, int]] = field(default_factory=list)
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 # -- measuring one process ---------------------------------------------------------------------------------
-def launch(start: Callable[[], subprocess.Popen[str]]) -> tuple[float, subprocess.Popen[str]]:
-    t0 = time.perf_counter()
-    return t0, start()
-
-
-def reap(what: str, t0: float, proc: subprocess.Popen[str], registry: ProcessRegistry, timeout: float) -> Run:
-    """Wait for ``proc`` with os.wait4 (its own rusage: peak RSS, CPU), draining its pipes meanwhile."""
-    chunks: dict[str, str] = {}
-
-    def drain(name: str, stream: object) -> None:
-        chunks[name] = stream.read() if stream is not None else ""  # type: ignore[attr-defined]
-
-    readers = [
-        threading.Thread(target=drain, args=(n, s), daemon=True)
-        for n, s in (("out", proc.stdout), ("err", proc.stderr))
-    ]
-    for reader in readers:
-        reader.start()
-    lock = threading.Lock()
-    reaped = False
-
-    def kill() -> None:  # the timeout: only while the process is not reaped (its PID cannot be reused yet)
-        with lock:
-            if not reaped:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
+# A small launcher measures each run. The measured process must not be forked from this (large) benchmark
+# process: Linux accounts the memory a child had before exec to its ru_maxrss, so every direct child would report
+# at least the benchmark's own RSS. The launcher (python -I -S, a few MiB) forks+execs the command, waits with
+# os.wait4 and writes wall time (fork to exit), peak RSS (KiB) and CPU time of that one process to a file.
+LAUNCHER = """
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        with lock:
-            reaped = True
+        os.execv(sys.argv[2], sys.argv[2:])
     finally:
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for reader in readers:
-        reader.join(timeout=10)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-    registry.forget(proc.pid)
-    stderr = chunks.get("err", "")
-    if proc.returncode == -signal.SIGKILL and wall >= timeout:
-        stderr += f"\n(bench: killed after {timeout:.0f}s)"
-    return Run(what, wall, proc.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, stderr)
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    f.write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+_stats_dir: Path | None = None
+_stats_counter = itertools.count()
+
+
+def launch(
+    registry: ProcessRegistry, argv: Sequence[str], env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start ``argv`` under the launcher (in its own session, registered for cleanup)."""
+    assert _stats_dir is not None
+    stats = _stats_dir / f"run-{next(_stats_counter)}"
+    proc = registry.start([sys.executable, "-I", "-S", "-c", LAUNCHER, str(stats), *argv], env=env, cwd=cwd)
+    return proc, stats
+
+
+def reap(what: str, proc: subprocess.Popen[str], stats: Path, registry: ProcessRegistry, timeout: float) -> Run:
+    """Wait for a launched run and read its measurements."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        registry.stop(proc.pid)
+        raise BenchFailed(f"{what}: still running after {timeout:.0f}s; stopped") from None
+    finally:
+        registry.forget(proc.pid)
+    try:
+        wall, maxrss, cpu = stats.read_text().split()
+    except (OSError, ValueError):
+        raise BenchFailed(f"{what}: the launcher wrote no measurements (exit {proc.returncode}):\n{stderr}") from None
+    return Run(what, float(wall), proc.returncode, int(maxrss), float(cpu), stderr, stdout)
 
 
 def agents_at_once(asg: SimulatedAsg, nodes: Sequence[Node], what: str, env: dict[str, str] | None = None) -> list[Run]:
     """Start the agent for every node at once, then wait for all; one Run per node."""
-    started = [launch(lambda n=node: asg.start_agent(n, env=env)) for node in nodes]
+    started = [launch(asg.registry, asg.agent_argv(), asg.agent_env(n, env), n.workdir) for n in nodes]
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(started)) as pool:
-        futures = [pool.submit(reap, what, t0, proc, asg.registry, AGENT_TIMEOUT) for t0, proc in started]
+        futures = [pool.submit(reap, what, proc, stats, asg.registry, AGENT_TIMEOUT) for proc, stats in started]
         return [f.result() for f in futures]
 
 
 def agent(asg: SimulatedAsg, node: Node, what: str, env: dict[str, str] | None = None) -> Run:
-    t0, proc = launch(lambda: asg.start_agent(node, env=env))
-    return reap(what, t0, proc, asg.registry, AGENT_TIMEOUT)
+    proc, stats = launch(asg.registry, asg.agent_argv(), asg.agent_env(node, env), node.workdir)
+    return reap(what, proc, stats, asg.registry, AGENT_TIMEOUT)
 
 
 def expect(runs: Iterable[Run], decision: str) -> None:
@@ -197,16 +209,18 @@ def leader_of(asg: SimulatedAsg) -> Node:
 def bench_bootstrap(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Callable[[str], None]) -> None:
     for size in SIZES:
         runs: list[Run] = []
-        for rep in range(reps):
+        size_reps = reps if size <= 5 else max(1, reps - 1)  # the big ones cost the most and vary the least
+        for rep in range(size_reps):
             moto.reset()
             with SimulatedAsg(moto.url, size, etcd) as asg:
                 batch = agents_at_once(asg, asg.nodes, f"bootstrap {size} (rep {rep + 1})")
                 expect(batch, "new")
                 start_cluster(asg, asg.nodes, size)
                 runs.extend(batch)
-                if size == 3 and rep == reps - 1:
+                if size == 3 and rep == size_reps - 1:
                     bench_rerun(asg, reps, res, log)
         res.bootstrap[f"{size} at once"] = runs
+        res.reps[f"{size} at once"] = size_reps
         log(f"bootstrap {size}: median {median(runs):.3f}s, max {worst(runs):.3f}s over {len(runs)} agents")
     # One agent at a time: what one instance sees when its CPU is its own (as on EC2), same decision (new).
     moto.reset()
@@ -218,6 +232,7 @@ def bench_bootstrap(moto: MotoServer, etcd: Path, reps: int, res: Results, log: 
         expect(runs, "new")
         start_cluster(asg, asg.nodes, 3)
     res.bootstrap["3 one at a time"] = runs
+    res.reps["3 one at a time"] = 1  # one ASG, every agent run `reps` times (decision new each time)
     log(f"bootstrap 3 one at a time: median {median(runs):.3f}s, max {worst(runs):.3f}s over {len(runs)} agents")
 
 
@@ -227,6 +242,13 @@ def bench_rerun(asg: SimulatedAsg, reps: int, res: Results, log: Callable[[str],
             res.rerun.append(agent(asg, node, f"member rerun (rep {rep + 1})"))
     expect(res.rerun, "member")
     asg.wait_healthy(3, timeout=HEALTHY_TIMEOUT)
+    # Where the time of one such run goes: -X importtime (adds a little overhead of its own).
+    node = asg.nodes[0]
+    proc, stats = launch(
+        asg.registry, [sys.executable, "-X", "importtime", "-m", "etcd_aws_cluster"], asg.agent_env(node), node.workdir
+    )
+    res.importtime = reap("member rerun with -X importtime", proc, stats, asg.registry, AGENT_TIMEOUT)
+    expect([res.importtime], "member")
     log(f"member rerun on 3: median {median(res.rerun):.3f}s, max {worst(res.rerun):.3f}s over {len(res.rerun)} runs")
 
 
@@ -252,10 +274,17 @@ def bench_hung(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Calla
         res.hung.append(("join (replace a terminated instance)", 0, [run], "join"))
         start_cluster(asg, [replacement], 5)
 
-        for hung in (0, 1, 2):
-            if hung:
-                asg.pause_etcd(hung1 if hung == 1 else hung2)
-            runs = [agent(asg, me, f"member rerun, {hung} hung", env) for _ in range(reps)]
+        # Interleaved (0, 1, 2 hung, then again), so that a change in machine load hits all three alike.
+        by_hung: dict[int, list[Run]] = {0: [], 1: [], 2: []}
+        for _ in range(max(reps, HUNG_REPS)):
+            for hung, peers in ((0, ()), (1, (hung1,)), (2, (hung1, hung2))):
+                for node in (hung1, hung2):
+                    if node in peers and not node.etcd_paused:
+                        asg.pause_etcd(node)
+                    elif node not in peers and node.etcd_paused:
+                        asg.resume_etcd(node)
+                by_hung[hung].append(agent(asg, me, f"member rerun, {hung} hung", env))
+        for hung, runs in by_hung.items():
             expect(runs, "member")
             res.hung.append(("member rerun", hung, runs, "member"))
             log(f"member rerun with {hung} hung: median {median(runs):.3f}s")
@@ -263,31 +292,99 @@ def bench_hung(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Calla
         (newcomer,) = asg.scale_to(6)
         run = agent(asg, newcomer, "join, 2 hung", env)
         expect([run], "refused")
-        res.hung.append(("join (scale-out to 6)", 2, [run], "refused: 3 of 5 answer, a 6th needs 4"))
+        res.hung.append(("join (scale-out to 6)", 2, [run], "as it must: 3 of 5 answer, a 6th member needs 4"))
         asg.resume_etcd(hung2)
         run = agent(asg, newcomer, "join, 1 hung", env)
         expect([run], "join")
         res.hung.append(("join (scale-out to 6)", 1, [run], "join"))
-        start_cluster(asg, [newcomer], 6)
         log("joins with 0, 1, 2 hung peers done")
+
+        # Not the agent: etcd itself. A new member's etcd does not finish starting while an existing member
+        # accepts connections but never answers (seen with 3.4 and 3.5); it does once that peer is back.
+        asg.start_etcd(newcomer)
+        try:
+            asg.wait_healthy(6, timeout=STUCK_WAIT)
+            res.notes.append(
+                "- The new member's etcd (join with 1 hung peer) became healthy while that peer was still hung."
+            )
+        except TimeoutError:
+            resumed = time.monotonic()
+            asg.resume_etcd(hung1)
+            try:
+                asg.wait_healthy(6, timeout=HEALTHY_TIMEOUT)
+            except (RuntimeError, TimeoutError) as exc:
+                raise BenchFailed(f"etcd of the new member did not start after the hung peer resumed: {exc}") from None
+            res.notes.append(
+                f"- etcd {etcd_binaries.version_of(etcd)}, not the agent: after the join with 1 hung peer (the agent"
+                f" wrote its file in {run.wall:.1f} s), the new member's etcd did not finish starting in"
+                f" {STUCK_WAIT:.0f} s while the hung peer (SIGSTOPped: it accepts connections, never answers) was"
+                f" stopped; it was healthy {time.monotonic() - resumed:.1f} s after SIGCONT. Until then the cluster"
+                " has one hung and one unstarted voting member: no failure can be tolerated."
+            )
+        log("etcd of the joined member started")
 
 
 def bench_startup(python: str, console: Path, res: Results, log: Callable[[str], None]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ETCD_AWS_CLUSTER_"))}
     commands = {
-        "python -m etcd_aws_cluster --help": [python, "-m", "etcd_aws_cluster", "--help"],
-        f"{console.relative_to(ROOT) if console.is_relative_to(ROOT) else console} --help": [str(console), "--help"],
+        BARE_PYTHON: [python, "-c", "pass"],
+        "`python -m etcd_aws_cluster --help`": [python, "-m", "etcd_aws_cluster", "--help"],
+        f"`{console.relative_to(ROOT) if console.is_relative_to(ROOT) else console} --help`": [str(console), "--help"],
     }
     with ProcessRegistry() as registry:
         for label, argv in commands.items():
             runs = []
             for _ in range(HELP_RUNS):
-                t0, proc = launch(lambda argv=argv: registry.start(argv, env=env, cwd=ROOT))
-                runs.append(reap(label, t0, proc, registry, 30))
+                proc, stats = launch(registry, argv, env, ROOT)
+                runs.append(reap(label, proc, stats, registry, 30))
             if any(r.returncode != 0 for r in runs):
                 raise BenchFailed(f"{label} failed:\n{runs[0].stderr[-1500:]}")
             res.startup[label] = runs
-            log(f"{label}: median {median(runs):.3f}s")
+            log(f"{label.strip('`')}: median {median(runs):.3f}s")
+
+
+STAGES = """
+import sys, time
+t0 = time.perf_counter()
+def mark(step):
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    kib = lambda key: int(status[key].split()[0])
+    print(f"{step}\t{time.perf_counter() - t0:.4f}\t{kib('VmRSS')}\t{kib('VmHWM')}", flush=True)
+mark("interpreter started (python -c)")
+import etcd_aws_cluster.cli
+mark("import etcd_aws_cluster.cli")
+import requests
+mark("import requests")
+import etcd_aws_cluster.settings
+mark("import etcd_aws_cluster.settings (pydantic-settings)")
+import boto3
+mark("import boto3")
+session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+session.client("autoscaling", endpoint_url="http://127.0.0.1:9")
+mark("boto3 client autoscaling")
+session.client("ec2", endpoint_url="http://127.0.0.1:9")
+mark("boto3 client ec2")
+"""
+
+
+def bench_stages(res: Results, log: Callable[[str], None]) -> None:
+    """RSS and time after each heavy step of an agent run, in one fresh process (see STAGES)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ETCD_AWS_CLUSTER_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    with ProcessRegistry() as registry:
+        proc, stats = launch(registry, [sys.executable, "-c", STAGES], env, ROOT)
+        run = reap("memory breakdown", proc, stats, registry, 60)
+    for line in run.stdout.splitlines():
+        step, t, rss_kib, hwm_kib = line.split("\t")
+        res.stages.append((step, float(t), int(rss_kib), int(hwm_kib)))
+    if run.returncode != 0 or not res.stages:  # the agent's modules moved: report what was measured
+        res.notes.append(f"- The memory breakdown stopped early: {run.stderr.strip().splitlines()[-1:]}")
+        return
+    bare = median(res.startup[BARE_PYTHON]) if BARE_PYTHON in res.startup else 0.0
+    _, last, rss, _ = res.stages[-1]
+    # Interpreter start is not in the steps' clock (it starts in the script); the rest of the wall time is exit.
+    res.stages.append(("process exit (interpreter shutdown)", run.wall - bare, rss, run.maxrss_kib))
+    log(f"memory breakdown: {len(res.stages)} steps, exit took {run.wall - bare - last:.3f}s")
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -309,7 +406,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def machine_info(etcd: Path) -> list[tuple[str, str]]:
+def machine_info(etcd: Path, res: Results) -> list[tuple[str, str]]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -336,6 +433,7 @@ def machine_info(etcd: Path) -> list[tuple[str, str]]:
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("CPUs (nproc)", f"{len(os.sched_getaffinity(0))} ({cpu})"),
         ("memory", mem),
+        ("load average (1/5/15 min) at start / end", f"{_load(res.load)} / {_load(res.load_end)}"),
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", f"{platform.python_version()} ({sys.executable})"),
         ("etcd used", f"{etcd_binaries.version_of(etcd)}"),
@@ -344,14 +442,19 @@ def machine_info(etcd: Path) -> list[tuple[str, str]]:
     ]
 
 
-def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
+def _load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
+def report(res: Results, etcd: Path, duration: float) -> str:
     agent_runs = [r for runs in res.bootstrap.values() for r in runs] + res.rerun
     agent_runs += [r for _, _, runs, _ in res.hung for r in runs]
     boot3 = res.bootstrap["3 at once"]
     boot3_alone = res.bootstrap["3 one at a time"]
     rss_max = max(r.rss_mib for r in agent_runs)
     hung_rerun = {k: runs for kind, k, runs, _ in res.hung if kind == "member rerun"}
-    extra = {k: median(hung_rerun[k]) - median(hung_rerun[0]) for k in (1, 2)}
+    # Paired: each round ran 0, 1 and 2 hung back to back, so load from elsewhere on the machine mostly cancels.
+    extra = {k: statistics.median(a.wall - b.wall for a, b in zip(hung_rerun[k], hung_rerun[0])) for k in (1, 2)}
 
     targets = [
         ("file written, 3-node bootstrap, agents at once (median)", f"< {TARGET_WALL} s", median(boot3), TARGET_WALL),
@@ -370,9 +473,11 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
     ]
     rows = [(name, limit, f"{value:.3f} s", verdict(value < bound)) for name, limit, value, bound in targets]
     for label, runs in res.startup.items():
+        if label == BARE_PYTHON:
+            continue
         rows.append(
             (
-                f"`{label}` (median of {len(runs)})",
+                f"{label} (median of {len(runs)})",
                 f"< {TARGET_HELP} s",
                 f"{median(runs):.3f} s",
                 verdict(median(runs) < TARGET_HELP),
@@ -388,7 +493,7 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
     )
     rows.append(
         (
-            "2 hung peers cost one probe timeout, not 2 (member rerun, extra over 0 hung)",
+            "2 hung peers cost one probe timeout, not 2 (member rerun, extra over 0 hung, paired median)",
             f"< {1.5 * PROBE_TIMEOUT:.1f} s",
             f"{extra[2]:.3f} s",
             verdict(extra[2] < 1.5 * PROBE_TIMEOUT),
@@ -404,13 +509,13 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
         "changes and the atomic write included); CPU time (user+sys) and peak RSS are that process's own, from "
         "`os.wait4`."
     )
-    out += ["", "## Machine", "", table(("", ""), machine_info(etcd))]
+    out += ["", "## Machine", "", table(("", ""), machine_info(etcd, res))]
     out += ["", "## Targets", "", table(("target", "limit", "measured", "result"), rows)]
     out += ["", "The benchmark reports; it does not fail the build on a FAIL.", ""]
 
     out += ["## a. Agent wall time to a written file", ""]
     out.append(
-        f"Bootstrap: a fresh ASG per repetition ({reps} repetitions), the agent started on every instance at once "
+        "Bootstrap: a fresh ASG per repetition (column ASGs), the agent started on every instance at once "
         "(decision `new` everywhere), then etcd started from the files; a repetition only counts once that "
         "cluster is healthy. Statistics are over all agents of all repetitions. The simulated instances share "
         f"this machine's {len(os.sched_getaffinity(0))} CPUs, so with more instances than CPUs the agents "
@@ -418,29 +523,22 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
         "has its own CPU, which the one-at-a-time row approximates."
     )
     out.append("")
-    brows = []
-    for label, runs in res.bootstrap.items():
-        brows.append(
-            (
-                label,
-                str(len(runs)),
-                f"{median(runs):.3f}",
-                f"{worst(runs):.3f}",
-                f"{statistics.median(r.cpu for r in runs):.3f}",
-                f"{max(r.rss_mib for r in runs):.1f}",
-            )
+
+    def stats_row(label: str, reps_done: str, runs: Sequence[Run]) -> tuple[str, ...]:
+        return (
+            label,
+            reps_done,
+            str(len(runs)),
+            f"{median(runs):.3f}",
+            f"{worst(runs):.3f}",
+            f"{statistics.median(r.cpu for r in runs):.3f}",
+            f"{max(r.rss_mib for r in runs):.1f}",
         )
-    brows.append(
-        (
-            "member rerun on a running 3-node cluster, one at a time",
-            str(len(res.rerun)),
-            f"{median(res.rerun):.3f}",
-            f"{worst(res.rerun):.3f}",
-            f"{statistics.median(r.cpu for r in res.rerun):.3f}",
-            f"{max(r.rss_mib for r in res.rerun):.1f}",
-        )
-    )
-    out.append(table(("ASG size / run", "agents", "median wall s", "max wall s", "median CPU s", "max RSS MiB"), brows))
+
+    brows = [stats_row(f"bootstrap, {label}", str(res.reps[label]), runs) for label, runs in res.bootstrap.items()]
+    brows.append(stats_row("member rerun on a running 3-node cluster, one at a time", "", res.rerun))
+    header = ("run", "ASGs", "agent runs", "median wall s", "max wall s", "median CPU s", "max RSS MiB")
+    out.append(table(header, brows))
 
     out += ["", "## b. Hung peers (etcd SIGSTOPped: port open, no answer)", ""]
     out.append(
@@ -449,12 +547,12 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
         "replaces a terminated instance (remove + add) after the cluster has run for "
         f'{ETCD_GUARD:.0f} s (before that etcd refuses member changes as "unhealthy cluster"); the member '
         "reruns run on a non-leader member; the hung peers are non-leaders; the joins with 1 and 2 hung add a "
-        "6th instance (scale-out)."
+        '6th instance (scale-out). The member reruns are interleaved (0, 1, 2 hung, repeated) and "vs 0 hung" is '
+        "the median of the differences within a round, so that load from elsewhere on the machine mostly cancels."
     )
     out.append("")
     hrows = []
     for kind, hung, runs, expected in res.hung:
-        base = median(hung_rerun[0]) if kind == "member rerun" else None
         hrows.append(
             (
                 kind,
@@ -462,7 +560,7 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
                 str(len(runs)),
                 f"{median(runs):.3f}",
                 f"{worst(runs):.3f}",
-                f"{median(runs) - base:+.3f}" if base is not None and hung else "",
+                f"{extra[hung]:+.3f}" if kind == "member rerun" and hung else "",
                 ", ".join(sorted({r.decision for r in runs}))
                 + ("" if expected in ("member", "join") else f" ({expected})"),
                 str(sum(r.retries for r in runs)),
@@ -479,18 +577,60 @@ def report(res: Results, etcd: Path, reps: int, duration: float) -> str:
     rrows = [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.bootstrap.items()]
     rrows.append(("member rerun", f"{max(r.rss_mib for r in res.rerun):.1f}"))
     rrows.append(("hung-peer runs", f"{max(r.rss_mib for _, _, runs, _ in res.hung for r in runs):.1f}"))
-    rrows += [(f"`{label}`", f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.startup.items()]
+    rrows += [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.startup.items()]
     out.append(table(("runs", "max peak RSS MiB"), rrows))
-    out += ["", "Per process (`ru_maxrss` of that one child from `os.wait4`), not summed over the agents run at once."]
+    out += [
+        "",
+        "Per process, not summed over the agents run at once: `ru_maxrss` from `os.wait4` in a small launcher that "
+        "forks and execs the agent. (Measured from a child of the benchmark process itself, `ru_maxrss` would "
+        "include the benchmark's own memory: Linux counts a child's pre-exec pages towards its peak.)",
+    ]
+    if res.stages:
+        out += [
+            "",
+            "Where the memory and time go, step by step in one fresh process doing what the agent does before its "
+            "first request (imports, then the two boto3 clients; nothing is contacted), then exiting normally. "
+            "Time is counted from the first line of the script (the bare interpreter start before it is in "
+            "section d); the exit row is the process's whole wall time minus that start:",
+            "",
+            table(
+                ("step", "time s (cumulative)", "RSS MiB", "peak RSS MiB"),
+                [(step, f"{t:.3f}", f"{rss / 1024:.1f}", f"{hwm / 1024:.1f}") for step, t, rss, hwm in res.stages],
+            ),
+        ]
 
     out += ["", "## d. Start-up time of --help", ""]
     srows = [
-        (f"`{label}`", str(len(runs)), f"{median(runs):.3f}", f"{worst(runs):.3f}")
-        for label, runs in res.startup.items()
+        (label, str(len(runs)), f"{median(runs):.3f}", f"{worst(runs):.3f}") for label, runs in res.startup.items()
     ]
     out.append(table(("command", "runs", "median wall s", "max wall s"), srows))
-    out += ["", *res.notes, "", f"Benchmark duration: {duration:.0f} s.", ""]
+    if res.importtime is not None:
+        out += ["", "## e. Where a member rerun's time goes", ""]
+        out += importtime_section(res.importtime, res.startup.get(BARE_PYTHON, []))
+    out += ["", "## Notes", "", *res.notes, "", f"Benchmark duration: {duration:.0f} s.", ""]
     return "\n".join(out)
+
+
+def importtime_section(run: Run, bare: Sequence[Run]) -> list[str]:
+    """Top-level imports (cumulative) of one agent run under -X importtime."""
+    top: list[tuple[float, str]] = []
+    for line in run.stderr.splitlines():
+        found = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
+        if found:  # the name is not indented: imported at top level (possibly from inside a function)
+            top.append((int(found.group(1)) / 1e6, found.group(2).strip()))
+    total = sum(t for t, _ in top)
+    rows = [(f"`{name}`", f"{t:.3f}") for t, name in sorted(top, reverse=True) if t >= 0.005]
+    bare_s = median(bare) if bare else 0.0
+    rest = run.wall - total - bare_s
+    return [
+        f"One member rerun on the running 3-node cluster under `python -X importtime` (which slows imports a "
+        f"little): {run.wall:.3f} s wall, of which {total:.3f} s imports"
+        + (f", {bare_s:.3f} s a bare interpreter start (`python -c pass`, median)" if bare else "")
+        + f" and {rest:.3f} s the rest (IMDS, building the boto3 clients, AWS calls, etcd probes, writing, and"
+        " the interpreter's shutdown: see the last row of the step table under c).",
+        "",
+        table(("top-level import (5 ms or more)", "cumulative s"), rows),
+    ]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -504,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file to write")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 
     started = time.monotonic()
 
@@ -520,16 +661,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = ROOT / ".venv" / "bin" / "etcd-aws-cluster"
     res = Results()
     log(f"etcd {etcd_binaries.version_of(etcd)} ({etcd}); {len(os.sched_getaffinity(0))} CPUs; reps {args.reps}")
+    global _stats_dir
+    res.load = os.getloadavg()
     try:
-        bench_startup(sys.executable, console, res, log)
-        with MotoServer() as moto:
-            bench_bootstrap(moto, etcd, args.reps, res, log)
-            bench_hung(moto, etcd, args.reps, res, log)
+        with tempfile.TemporaryDirectory(prefix="etcd-aws-cluster-bench-") as tmp:
+            _stats_dir = Path(tmp)
+            bench_startup(sys.executable, console, res, log)
+            bench_stages(res, log)
+            with MotoServer() as moto:
+                bench_bootstrap(moto, etcd, args.reps, res, log)
+                bench_hung(moto, etcd, args.reps, res, log)
     except BenchFailed as exc:
-        print(
-            f"\nbench: FAILED: {exc}\n(every process the bench started has been stopped; {args.output} is unchanged)",
-            file=sys.stderr,
-        )
+        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
+        print(f"(every process the bench started has been stopped; {args.output} is unchanged)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
@@ -537,7 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    text = report(res, etcd, args.reps, time.monotonic() - started)
+    res.load_end = os.getloadavg()
+    text = report(res, etcd, time.monotonic() - started)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print("\n" + text)

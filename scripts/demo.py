@@ -98,6 +98,35 @@ def decision_line(stderr: str) -> str:
     return "(no decision line in the agent's log)"
 
 
+def narrate_actions(stderr: str) -> list[str]:
+    """The agent's membership actions in log order, runs of identical retries collapsed into one line."""
+    lines: list[str] = []
+    retry: str | None = None
+    count = 0
+
+    def flush() -> None:
+        if retry is not None:
+            lines.append(f"  etcd answered {retry} ({count}x); the agent retried with backoff")
+            if "unhealthy cluster" in retry:
+                lines.append("  (etcd accepts a member change only once its peers have been connected for 5s,")
+                lines.append("   and this cluster is only seconds old)")
+
+    for raw in stderr.splitlines():
+        line = raw.split("INFO: ", 1)[-1].strip()
+        found = re.search(r"answered (.*); retrying$", line)
+        if found:
+            if found.group(1) != retry:
+                flush()
+                retry, count = found.group(1), 0
+            count += 1
+        elif "removing gone member" in line or "added this instance" in line:
+            flush()
+            retry = None
+            lines.append(line)
+    flush()
+    return lines
+
+
 def tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
@@ -158,102 +187,98 @@ def members_table(members: list[dict[str, Any]], marks: dict[str, str] | None = 
 
 def demo(out: Out, etcd: Path) -> None:
     version = etcd_binaries.version_of(etcd)
-
     out.step("Start moto (plays the Auto Scaling and EC2 APIs)")
     moto = MotoServer()
+    asg: SimulatedAsg | None = None
     try:
         moto.start()
         out.ok(f"moto server at {moto.url}")
-        _demo_with_moto(out, moto, etcd, version)
-    finally:
+        out.step("Create a simulated ASG of 3 instances")
+        asg = SimulatedAsg(moto.url, 3, etcd)
+        _story(out, asg, etcd, version)
+        out.step("Clean up")
+        count = sum(1 for n in [*asg.all_nodes, *asg.retired] if n.etcd_pid is not None)
+        asg.close()
+        moto.stop()
+        out.ok(f"stopped {count} etcd processes, {len(asg.all_nodes) + len(asg.retired)} fake IMDS servers and moto")
+    finally:  # on failure or Ctrl-C too; both are no-ops when already closed
+        if asg is not None:
+            asg.close()
         moto.stop()
 
 
-def _demo_with_moto(out: Out, moto: MotoServer, etcd: Path, version: str | None) -> None:
-    out.step("Create a simulated ASG of 3 instances")
-    with SimulatedAsg(moto.url, 3, etcd) as asg:
-        nodes = asg.nodes
-        out.say(f"ASG {asg.name}, desired capacity 3, etcd {version} ({etcd})")
-        out.say(f"client port {asg.client_port}, peer port {asg.peer_port}; one fake IMDS and one IP per instance:")
-        for node in nodes:
-            out.say(f"  {node.instance_id}  {node.ip}  IMDS {node.imds.url}")
+def _story(out: Out, asg: SimulatedAsg, etcd: Path, version: str | None) -> None:
+    nodes = asg.nodes
+    out.say(f"ASG {asg.name}, desired capacity 3, etcd {version} ({etcd})")
+    out.say(f"client port {asg.client_port}, peer port {asg.peer_port}; one fake IMDS and one IP per instance:")
+    for node in nodes:
+        out.say(f"  {node.instance_id}  {node.ip}  IMDS {node.imds.url}")
 
-        out.step("Run the agent on all three instances at once (python -m etcd_aws_cluster)")
-        started = time.monotonic()
-        results = run_agents(asg, nodes)
-        took = time.monotonic() - started
-        for node, result in zip(nodes, results):
-            out.say(f"{node.instance_id}: {decision_line(result.stderr)}")
-        out.ok(f"3 env files written in {took:.2f}s (wall, all three agents, interpreter start included)")
+    out.step("Run the agent on all three instances at once (python -m etcd_aws_cluster)")
+    started = time.monotonic()
+    results = run_agents(asg, nodes)
+    took = time.monotonic() - started
+    for node, result in zip(nodes, results):
+        out.say(f"{node.instance_id}: {decision_line(result.stderr)}")
+    out.ok(f"3 env files written in {took:.2f}s (wall, all three agents, interpreter start included)")
 
-        first = nodes[0]
-        out.step(f"The env file the agent wrote for {first.instance_id}")
-        out.block(first.env_file.read_text(encoding="utf-8"))
+    first = nodes[0]
+    out.step(f"The env file the agent wrote for {first.instance_id}")
+    out.block(first.env_file.read_text(encoding="utf-8"))
 
-        out.step("Start etcd on each instance from its env file")
-        members = start_cluster(asg, nodes, expected=3)
-        out.ok(f"cluster healthy: {len(members)} started members")
-        out.block(members_table(members))
+    out.step("Start etcd on each instance from its env file")
+    members = start_cluster(asg, nodes, expected=3)
+    out.ok(f"cluster healthy: {len(members)} started members")
+    out.block(members_table(members))
 
-        out.step(f"Write a key: {KEY}")
-        value = f"written at {time.strftime('%H:%M:%S')} through {first.instance_id}"
-        try:
-            asg.put(KEY, value, node=first)
-        except RuntimeError as exc:
-            raise DemoFailed("could not write the key", f"{exc}\n{first.etcd_log_tail(15)}") from None
-        out.ok(f"{KEY} = {value!r}")
+    out.step(f"Write a key: {KEY}")
+    value = f"written at {time.strftime('%H:%M:%S')} through {first.instance_id}"
+    try:
+        asg.put(KEY, value, node=first)
+    except RuntimeError as exc:
+        raise DemoFailed("could not write the key", f"{exc}\n{first.etcd_log_tail(15)}") from None
+    out.ok(f"{KEY} = {value!r}")
 
-        victim = nodes[-1]
-        victim_ids = {str(m["ID"]) for m in members if m.get("name") == victim.instance_id}
-        out.step(f"Terminate {victim.instance_id} ({victim.ip}) through the ASG; its etcd stops with it")
-        new_nodes = asg.terminate(victim, replace=True)  # TerminateInstanceInAutoScalingGroup, then stops its etcd
-        if len(new_nodes) != 1:
-            raise DemoFailed(f"expected moto to launch one replacement, got {new_nodes}")
-        replacement = new_nodes[0]
-        out.say(f"etcd of {victim.instance_id} stopped; the member is still listed, its instance is gone")
-        out.ok(f"moto launched the replacement {replacement.instance_id} ({replacement.ip})")
+    victim = nodes[-1]
+    victim_ids = {str(m["ID"]) for m in members if m.get("name") == victim.instance_id}
+    out.step(f"Terminate {victim.instance_id} ({victim.ip}) through the ASG; its etcd stops with it")
+    new_nodes = asg.terminate(victim, replace=True)  # TerminateInstanceInAutoScalingGroup, then stops its etcd
+    if len(new_nodes) != 1:
+        raise DemoFailed(f"expected moto to launch one replacement, got {new_nodes}")
+    replacement = new_nodes[0]
+    out.say(f"etcd of {victim.instance_id} stopped; the member is still listed, its instance is gone")
+    out.ok(f"moto launched the replacement {replacement.instance_id} ({replacement.ip})")
 
-        out.step(f"Run the agent on the replacement {replacement.instance_id}")
-        started = time.monotonic()
-        result = run_agents(asg, [replacement])[0]
-        took = time.monotonic() - started
-        out.say(decision_line(result.stderr))
-        retries = [line for line in result.stderr.splitlines() if line.endswith("; retrying")]
-        for line in result.stderr.splitlines():
-            if "removing gone member" in line or "added this instance" in line:
-                out.say(line.split("INFO: ", 1)[-1].strip())
-        if retries:
-            found = re.search(r"answered (.*); retrying$", retries[0])
-            reason = found.group(1) if found else retries[0].split("INFO: ", 1)[-1]
-            out.say(f"etcd said {reason} {len(retries)}x; the agent retried with backoff")
-            if "unhealthy cluster" in reason:
-                out.say("(etcd accepts a member change only once its peers have been connected for 5s,")
-                out.say(" and this cluster is only seconds old)")
-        out.ok(f"env file written in {took:.2f}s")
+    out.step(f"Run the agent on the replacement {replacement.instance_id}")
+    started = time.monotonic()
+    result = run_agents(asg, [replacement])[0]
+    took = time.monotonic() - started
+    out.say(decision_line(result.stderr))
+    for line in narrate_actions(result.stderr):
+        out.say(line)
+    out.ok(f"env file written in {took:.2f}s")
 
-        out.step(f"Start etcd on {replacement.instance_id} and wait until the cluster is healthy")
-        members = start_cluster(asg, [replacement], expected=3)
-        names = {str(m.get("name")) for m in members}
-        ids = {str(m["ID"]) for m in members}
-        if victim.instance_id in names or victim_ids & ids:
-            raise DemoFailed(f"dead member {victim.instance_id} is still in the member list", members_table(members))
-        if replacement.instance_id not in names:
-            raise DemoFailed(f"{replacement.instance_id} is not a started member", members_table(members))
-        out.ok(f"cluster healthy: {len(members)} started members")
-        out.block(members_table(members, {replacement.instance_id: "<- new (replacement)"}))
-        gone = ", ".join(f"{int(i):016x}" for i in sorted(victim_ids)) or "?"
-        out.say(f"removed: member {gone} ({victim.instance_id}, terminated instance)")
+    out.step(f"Start etcd on {replacement.instance_id} and wait until the cluster is healthy")
+    members = start_cluster(asg, [replacement], expected=3)
+    names = {str(m.get("name")) for m in members}
+    ids = {str(m["ID"]) for m in members}
+    if victim.instance_id in names or victim_ids & ids:
+        raise DemoFailed(f"dead member {victim.instance_id} is still in the member list", members_table(members))
+    if replacement.instance_id not in names:
+        raise DemoFailed(f"{replacement.instance_id} is not a started member", members_table(members))
+    out.ok(f"cluster healthy: {len(members)} started members")
+    out.block(members_table(members, {replacement.instance_id: "<- new (replacement)"}))
+    gone = ", ".join(f"{int(i):016x}" for i in sorted(victim_ids)) or "?"
+    out.say(f"removed: member {gone} ({victim.instance_id}, terminated instance)")
 
-        out.step(f"Read {KEY} back from the new member {replacement.instance_id}")
-        try:
-            got = asg.get(KEY, node=replacement)
-        except RuntimeError as exc:
-            raise DemoFailed("could not read the key", f"{exc}\n{replacement.etcd_log_tail(15)}") from None
-        if got != value:
-            raise DemoFailed(f"{KEY} reads {got!r}, expected {value!r}")
-        out.ok(f"{KEY} = {got!r}")
-
-        out.step("Clean up (stop every etcd, IMDS and moto by PID)")
+    out.step(f"Read {KEY} back from the new member {replacement.instance_id}")
+    try:
+        got = asg.get(KEY, node=replacement)
+    except RuntimeError as exc:
+        raise DemoFailed("could not read the key", f"{exc}\n{replacement.etcd_log_tail(15)}") from None
+    if got != value:
+        raise DemoFailed(f"{KEY} reads {got!r}, expected {value!r}")
+    out.ok(f"{KEY} = {got!r}")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -268,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Out()
     # SIGTERM (e.g. from a CI runner) unwinds like Ctrl-C, so the finally blocks stop every process.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     print("etcd-aws-cluster demo: a simulated 3-instance Auto Scaling group of real etcd processes on 127.0.0.0/8")
     try:
         etcd = pick_etcd(args.etcd)

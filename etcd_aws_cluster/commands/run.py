@@ -27,6 +27,10 @@ def describe_plan(outcome: Outcome) -> str:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
+    if settings.proxy_asg:  # proxy mode: write a client configuration for that ASG's cluster, never join
+        from etcd_aws_cluster import proxy
+
+        return proxy.run(settings, dry_run=dry_run)
     outcome = Runner(settings).run(dry_run=dry_run)
     if dry_run:
         sys.stdout.write(describe_plan(outcome) + outcome.text)

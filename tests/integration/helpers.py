@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from tests.harness.sim import Node, SimulatedAsg, parse_env_file
 
 
-def run_ok(sim: SimulatedAsg, node: Node, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    result = sim.run_agent(node, *args, timeout=timeout)
+def run_ok(
+    sim: SimulatedAsg, node: Node, *args: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = sim.run_agent(node, *args, timeout=timeout, env=env)
     assert result.returncode == 0, f"agent on {node} exited {result.returncode}:\n{result.stderr}"
     return result
 

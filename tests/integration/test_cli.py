@@ -171,3 +171,46 @@ def test_concurrent_runs_on_one_host_are_serialized(sim: SimFactory) -> None:
     results = [(p.wait(60), p.communicate()[1]) for p in runs]
     assert [code for code, _ in results] == [0, 0]
     assert {decision(err) for _, err in results} == {"member"}
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "Throttling"), (503, "ServiceUnavailable")])
+def test_aws_throttling_and_5xx_are_retried_then_exit_4(sim: SimFactory, status: int, code: str) -> None:
+    import http.server
+    import threading
+
+    hits: list[str] = []
+    body = (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>slow down</Message></Error>"
+        "<RequestId>1</RequestId></ErrorResponse>"
+    ).encode()
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hits.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        asg = sim(1)
+        env = {
+            "AWS_ENDPOINT_URL_AUTO_SCALING": f"http://127.0.0.1:{server.server_address[1]}",
+            "ETCD_AWS_CLUSTER_AWS_MAX_ATTEMPTS": "3",
+        }
+        started = time.monotonic()
+        line = failed(asg, asg.nodes[0], 4, env)
+        assert time.monotonic() - started < 30
+        assert code in line
+        assert len(hits) == 3  # botocore's standard retry mode, bounded by aws_max_attempts
+    finally:
+        server.shutdown()
+        server.server_close()

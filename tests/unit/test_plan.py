@@ -293,3 +293,31 @@ def test_learner_members_do_not_count_toward_quorum() -> None:
     members = (member(0), member(1), member(2, learner=True))
     plan = decide(facts(3, [inst(0), inst(1), inst(3)], [answered(0, members), answered(1, members), failed(3)]))
     assert [m.id for m in plan.remove] == [102]
+
+
+def test_local_data_of_another_cluster_replaces_my_entry() -> None:
+    members = (member(0), member(1), member(2))
+    f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
+    f = Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(102, 99))  # cluster 99, not 7
+    plan = decide(f)
+    assert plan.decision is Decision.JOIN
+    assert plan.move_data_aside
+    assert [m.id for m in plan.remove] == [102]
+    assert "belongs to cluster 63, not 7" in plan.reason
+
+
+def test_local_data_of_an_earlier_membership_replaces_my_entry() -> None:
+    members = (member(0), member(1), member(2))
+    f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
+    f = Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(555, 7))
+    plan = decide(f)
+    assert plan.decision is Decision.JOIN and plan.move_data_aside
+    with pytest.raises(UnsafeError, match="of member 22b"):
+        decide(f, stale_data="refuse")
+
+
+def test_matching_local_data_is_a_plain_member() -> None:
+    members = (member(0), member(1), member(2))
+    f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
+    plan = decide(Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(102, 7)))
+    assert plan.decision is Decision.MEMBER and not plan.move_data_aside

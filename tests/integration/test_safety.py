@@ -1,0 +1,168 @@
+"""Situations that split, stall or break clusters with lesser tools, each reproduced with real etcd."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from etcd_aws_cluster.envfile import KEYS
+from etcd_aws_cluster.waldata import read_ids
+from tests.harness import etcd_binaries
+from tests.harness.fixtures import SimFactory
+from tests.integration.helpers import boot, decision, env, run_ok
+
+pytestmark = pytest.mark.integration
+
+
+def test_whole_cluster_reboot_restarts_from_local_data_without_waiting(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    asg.put("before-reboot", "kept")
+    for node in asg.nodes:
+        asg.stop_etcd(node)
+    started = time.monotonic()
+    logs = boot(asg, asg.nodes)  # every agent runs while no etcd answers
+    elapsed = time.monotonic() - started
+    assert {decision(err) for err in logs.values()} == {"restart"}
+    assert {env(n)["ETCD_INITIAL_CLUSTER_STATE"] for n in asg.nodes} == {"existing"}
+    assert elapsed < 10, f"agents waited {elapsed:.1f}s for peers during a whole-cluster reboot"
+    asg.wait_healthy(3)
+    assert asg.get("before-reboot") == "kept"
+
+
+def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    first, *rest = asg.nodes
+    boot(asg, [first])  # its etcd now waits for quorum: client port open but silent
+    time.sleep(2)
+    logs = boot(asg, rest)
+    members = asg.wait_healthy(3)
+    assert {decision(err) for err in logs.values()} <= {"new", "member"}
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+
+
+def test_hung_peer_costs_one_probe_timeout(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(5, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(5)
+    for hung in asg.nodes[3:]:
+        asg.pause_etcd(hung)  # accepts TCP, never answers
+    started = time.monotonic()
+    result = run_ok(asg, asg.nodes[0], env={"ETCD_AWS_CLUSTER_PROBE_TIMEOUT": "2.0"})
+    elapsed = time.monotonic() - started
+    assert decision(result.stderr) == "member"
+    assert result.stderr.count("did not answer within 2.0s") == 2
+    # probed one after the other, two hung peers would cost 4 s before anything else
+    assert elapsed < 4.0, f"two hung peers cost {elapsed:.1f}s with a 2 s probe timeout"
+
+
+def test_replacement_join_with_a_hung_peer(sim: SimFactory, etcd_binary: Path) -> None:
+    """3.5 adds a member while a quorum is connected; 3.4 insists on every voting member: a clear, bounded refusal."""
+    asg = sim(5, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(5)
+    hung = asg.nodes[1]
+    asg.pause_etcd(hung)
+    victim = asg.nodes[4]
+    asg.stop_etcd(victim, kill=True)
+    (replacement,) = asg.terminate(victim)
+    if (etcd_binaries.version_of(etcd_binary) or "").startswith("3.4."):
+        started = time.monotonic()
+        result = asg.run_agent(replacement, env={"ETCD_AWS_CLUSTER_TIMEOUT": "12"}, timeout=60)
+        assert result.returncode == 5, result.stderr
+        assert time.monotonic() - started < 20
+        assert f"not answering: {hung.instance_id}" in result.stderr
+        return
+    logs = boot(asg, [replacement])
+    assert decision(logs[replacement.instance_id]) == "join"
+    asg.resume_etcd(hung)
+    members = asg.wait_healthy(5, timeout=60)
+    assert victim.instance_id not in {m["name"] for m in members}
+
+
+def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    node = asg.nodes[2]
+    old_ids = read_ids(node.data_dir)
+    assert old_ids is not None
+    asg.stop_etcd(node)
+    other = asg.nodes[0]
+    response = requests.post(
+        f"{other.client_url}/v3/cluster/member/remove", json={"ID": str(old_ids.member_id)}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    result = run_ok(asg, node)
+    assert decision(result.stderr) == "join"
+    moved = [p for p in node.data_dir.parent.iterdir() if p.name.startswith(node.data_dir.name + ".stale-")]
+    assert len(moved) == 1 and (moved[0] / "member" / "wal").is_dir()
+    asg.start_etcd(node)
+    members = asg.wait_healthy(3, timeout=60)
+    assert node.instance_id in {m["name"] for m in members}
+    new_ids = read_ids(node.data_dir)
+    assert new_ids is not None and new_ids.member_id != old_ids.member_id
+
+
+def test_local_wal_ids_match_the_cluster(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    answer = asg.member_list(asg.nodes[0])
+    ids = read_ids(asg.nodes[0].data_dir)
+    assert ids is not None
+    assert ids.cluster_id == int(answer["header"]["cluster_id"])
+    assert ids.member_id == int(answer["header"]["member_id"])
+
+
+def test_kill_9_at_any_moment_leaves_old_or_new_file(sim: SimFactory) -> None:
+    asg = sim(3)
+    node = asg.nodes[0]
+    old = "ETCD_NAME=old-file\n"
+    rng = random.Random(4)
+    outcomes = set()
+    for _ in range(12):
+        node.env_file.write_text(old)
+        proc = asg.start_agent(node)
+        time.sleep(rng.uniform(0.0, 0.9))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        text = node.env_file.read_text()
+        if text == old:
+            outcomes.add("old")
+        else:
+            lines = [line for line in text.splitlines() if not line.startswith("#")]
+            assert [line.split("=", 1)[0] for line in lines] == list(KEYS), text
+            assert text.endswith("\n")
+            outcomes.add("new")
+    leftovers = [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")]
+    run_ok(asg, node)  # a later run cleans temp files a killed run left
+    assert not [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")], leftovers
+    assert "old" in outcomes
+
+
+def test_learner_join_then_promote(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    victim = asg.nodes[2]
+    asg.stop_etcd(victim, kill=True)
+    (replacement,) = asg.terminate(victim)
+    learner = {"ETCD_AWS_CLUSTER_LEARNER": "true"}
+    assert decision(run_ok(asg, replacement, env=learner).stderr) == "join"
+    mine = [m for m in asg.members() if replacement.peer_url in m["peerURLs"]]
+    assert len(mine) == 1 and mine[0].get("isLearner") is True
+    asg.start_etcd(replacement)
+    promoted = run_ok(asg, replacement, "promote", env=learner, timeout=120)
+    assert "promoted learner" in promoted.stderr
+    members = asg.wait_healthy(3, timeout=60)
+    assert not any(m.get("isLearner") for m in members)
+    again = run_ok(asg, replacement, "promote", env=learner)
+    assert "already a voting member" in again.stderr

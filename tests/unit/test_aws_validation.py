@@ -1,0 +1,100 @@
+"""Values from the AWS APIs are validated before use: hostile ones stop the run naming the value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from etcd_aws_cluster.aws import Aws, endpoint_url
+from etcd_aws_cluster.errors import AwsError, UnsafeError
+
+GOOD_ID = "i-0123456789abcdef0"
+
+
+class Pages:
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self._pages = pages
+
+    def paginate(self, **_: Any) -> list[dict[str, Any]]:
+        return self._pages
+
+
+class FakeAutoScaling:
+    def __init__(self, group: dict[str, Any], asg_name: str = "etcd") -> None:
+        self.group = group
+        self.asg_name = asg_name
+
+    def describe_auto_scaling_instances(self, **_: Any) -> dict[str, Any]:
+        return {"AutoScalingInstances": [{"AutoScalingGroupName": self.asg_name}]}
+
+    def get_paginator(self, _: str) -> Pages:
+        return Pages([{"AutoScalingGroups": [self.group]}])
+
+
+class FakeEc2:
+    def __init__(self, instance_id: str, ip: str) -> None:
+        self.instance = {"InstanceId": instance_id, "PrivateIpAddress": ip, "State": {"Name": "running"}}
+
+    def get_paginator(self, _: str) -> Pages:
+        return Pages([{"Reservations": [{"Instances": [self.instance]}]}])
+
+
+def aws(instance_id: str = GOOD_ID, state: str = "InService", ip: str = "10.0.0.1", asg_name: str = "etcd") -> Aws:
+    group = {
+        "AutoScalingGroupName": "etcd",
+        "DesiredCapacity": 1,
+        "Instances": [{"InstanceId": instance_id, "LifecycleState": state}],
+    }
+    return Aws(FakeAutoScaling(group, asg_name), FakeEc2(instance_id, ip))  # type: ignore[arg-type]
+
+
+def test_valid_answers() -> None:
+    view = aws().describe("etcd")
+    assert [(i.instance_id, i.lifecycle_state, i.private_ip) for i in view.instances] == [
+        (GOOD_ID, "InService", "10.0.0.1")
+    ]
+    assert aws().group_of(GOOD_ID) == "etcd"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        ({"instance_id": "i-0123\nEVIL=1"}, "instance id"),
+        ({"state": "InService; rm -rf /"}, "lifecycle state"),
+        ({"ip": "10.0.0.1 $(id)"}, "IPv4 address"),
+    ],
+)
+def test_hostile_values_are_refused(kwargs: dict[str, str], what: str) -> None:
+    with pytest.raises(UnsafeError, match=what):
+        aws(**kwargs).describe("etcd")
+
+
+@pytest.mark.parametrize("name", ["etcd\nETCD_NAME=x", "étcd", "etcd'$(id)'"])
+def test_hostile_asg_name_is_refused(name: str) -> None:
+    with pytest.raises(UnsafeError, match="Auto Scaling group name"):
+        aws(asg_name=name).group_of(GOOD_ID)
+
+
+def test_missing_group() -> None:
+    empty = Aws(FakeAutoScaling({}), FakeEc2(GOOD_ID, "10.0.0.1"))  # type: ignore[arg-type]
+    empty._autoscaling.get_paginator = lambda _: Pages([{"AutoScalingGroups": []}])  # type: ignore[method-assign]
+    with pytest.raises(AwsError, match="not found"):
+        empty.describe("etcd")
+
+
+def test_endpoint_variables() -> None:
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ENDPOINT_URL_EC2": "http://127.0.0.1:2"}
+    assert endpoint_url("ec2", env) == "http://127.0.0.1:2"
+    assert endpoint_url("autoscaling", env) == "http://127.0.0.1:1"
+    assert endpoint_url("autoscaling", {}) is None
+
+
+def test_ec2_client_is_built_from_the_trimmed_model() -> None:
+    client = Aws.connect("us-east-1", timeout=1, max_attempts=1, environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    ec2 = client._ec2.meta.service_model
+    assert ec2.operation_names == ["DescribeInstances"]
+    instance = ec2.shape_for("Instance")
+    assert {"InstanceId", "PrivateIpAddress", "State"} <= set(instance.members)
+    assert client._ec2.can_paginate("describe_instances")
+    assert "DescribeAutoScalingGroups" in client._autoscaling.meta.service_model.operation_names

@@ -1,0 +1,457 @@
+"""The pure reconcile decision (table-driven), its settings, its state file, and its systemd units."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from etcd_aws_cluster.commands.reconcile import describe, load_state, save_state
+from etcd_aws_cluster.deadline import Deadline
+from etcd_aws_cluster.errors import ConfigError, UnsafeError
+from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Facts, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.reconcile import Policy, decide, owner, parse_states
+from etcd_aws_cluster.settings import Settings, load
+
+EP = Endpoints()
+IDS = [f"i-00000000000000{n:02d}" for n in range(10)]
+IPS = [f"10.0.0.{n + 1}" for n in range(10)]
+NOW = 1_000_000.0
+GRACE = 600.0
+
+
+def member(n: int, *, started: bool = True, learner: bool = False, name: str | None = None) -> Member:
+    return Member(
+        id=100 + n,
+        name=(IDS[n] if name is None else name) if started else "",
+        peer_urls=(EP.peer_url(IPS[n]),),
+        client_urls=(EP.client_url(IPS[n]),) if started else (),
+        is_learner=learner,
+    )
+
+
+STATES = {"I": "InService", "S": "Standby", "T": "Terminated", "W": "Terminating:Wait", "D": "Detaching"}
+
+
+@dataclass
+class Case:
+    """`members`: one digit per member (the instance index it belongs to), `u` before it = added but not started,
+    `L` = learner; `asg`: one letter per instance index (I InService, S Standby, T Terminated, W Terminating:Wait,
+    D Detaching, - not in the ASG); `answer`: the indexes whose etcd answers. Expected: the removals (indexes, in
+    order), the blocked ones and the unstarted ones kept within their grace. This runs as instance 0."""
+
+    id: str
+    members: str | list[Member]
+    asg: str
+    answer: str
+    remove: list[int]
+    blocked: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    states: str = ""
+    seen: dict[int, float] = field(default_factory=dict)
+
+    def member_list(self) -> list[Member]:
+        if not isinstance(self.members, str):
+            return self.members
+        found, prefix = [], ""
+        for char in self.members:
+            if char.isdigit():
+                found.append(member(int(char), started=prefix != "u", learner=prefix == "L"))
+                prefix = ""
+            else:
+                prefix = char
+        return found
+
+
+STATES = {"I": "InService", "S": "Standby", "T": "Terminated", "W": "Terminating:Wait", "D": "Detaching"}
+OLD = {103: NOW - GRACE}  # member 3 first seen unstarted one grace period ago
+RECENT = {103: NOW - GRACE + 1}
+REUSED = [member(0), member(1), member(2, name=IDS[5])]  # member of gone i-5, whose IP live instance 2 now has
+ODD_NAME = [member(0), member(1), member(2, name="etcd-2")]
+
+CASES = [
+    # id                                                     members  ASG     answer remove
+    Case("in step: nothing to do",                           "012",   "III",  "012", []),
+    Case("scale-in 5 -> 3: two gone, etcd stopped",          "01234", "III",  "012", [3, 4]),
+    Case("Terminated is always gone",                        "012",   "IIT",  "01",  [2]),
+    Case("Standby is kept by default",                       "012",   "IIS",  "012", []),
+    Case("Standby removed by the setting, even answering",   "012",   "IIS",  "012", [2], states="Standby"),
+    Case("Terminating kept by default",                      "012",   "IIW",  "01",  []),
+    Case("Terminating covers Terminating:Wait",              "012",   "IIW",  "01",  [2], states="Terminating"),
+    Case("Detaching only by the setting",                    "012",   "IID",  "012", [2], states="Detaching"),
+    Case("never itself, even when gone by the setting",      "012",   "SII",  "012", [], states="Standby"),
+    Case("a silent member of a live instance stays",         "012",   "III",  "01",  []),
+    Case("gone although its etcd runs (detached leader)",    "012",   "II-",  "01",  [2]),
+    Case("silent voters first, then an answering one",       "0123",  "IIS-", "012", [3, 2], states="Standby"),
+    Case("an answering gone voter blocked below quorum",     "012",   "IIS",  "02",  [], [2], states="Standby"),
+    Case("unstarted within grace: kept and timed",           "012u3", "IIII", "012", [], waiting=[3], seen=RECENT),
+    Case("unstarted first seen now: kept",                   "012u3", "IIII", "012", [], waiting=[3]),
+    Case("unstarted past grace: removed first",              "0124u3", "IIII", "012", [3, 4], seen=OLD),
+    Case("unstarted of a gone instance: removed at once",    "012u3", "III",  "012", [3]),
+    Case("unstarted of a Standby instance keeps its grace",  "012u3", "IIIS", "012", [], waiting=[3]),
+    Case("gone learner removed with a bare quorum",          "012L3", "III",  "01",  [3]),
+    Case("named after a gone instance, IP reused",           REUSED,  "III",  "01",  [2]),
+    Case("a non-instance name belongs to its IP's instance", ODD_NAME, "III", "012", []),
+]  # fmt: skip
+
+
+def facts_of(case: Case) -> Facts:
+    asg = {n: STATES[c] for n, c in enumerate(case.asg) if c != "-"}
+    instances = tuple(AsgInstance(IDS[n], state, IPS[n] if state != "Terminated" else None) for n, state in asg.items())
+    listing = MemberList(tuple(case.member_list()), cluster_id=7)
+    probes = tuple(
+        Probe(IDS[n], IPS[n], answer=listing) if str(n) in case.answer else Probe(IDS[n], IPS[n], error="refused")
+        for n, state in asg.items()
+        if state != "Terminated"
+    )
+    return Facts(Identity(IDS[0], IPS[0], "us-east-1"), AsgView("etcd", len(instances), instances), probes, EP)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_decision_table(case: Case) -> None:
+    result = decide(facts_of(case), Policy(parse_states(case.states), GRACE), case.seen, NOW)
+    assert result.members == tuple(sorted(case.member_list(), key=lambda m: m.id))
+    assert [r.member.id - 100 for r in result.remove] == case.remove
+    assert [r.member.id - 100 for r in result.blocked] == case.blocked
+    assert [u.member.id - 100 for u in result.waiting] == case.waiting
+    for removal in (*result.remove, *result.blocked):
+        assert removal.reason, removal
+
+
+@pytest.mark.parametrize(
+    ("members", "asg", "answering", "message"),
+    [
+        ("012", "I", "0", "no quorum: 1 of 3"),
+        ("01234", "II", "01", "no quorum: 2 of 5"),
+        ("012u3", "IIII", "01", "no quorum: 2 of 4"),
+        ("012", "III", "", "no etcd of ASG etcd answers"),
+        ("12", "III", "012", "not a member of the cluster"),
+        ("012", "-II", "12", "not in ASG etcd's view"),
+    ],
+    ids=["1 of 3", "2 of 5", "unstarted counts as a voter", "nobody answers", "not a member", "not in the ASG"],
+)
+def test_refuses_without_quorum_or_membership(members: str, asg: str, answering: str, message: str) -> None:
+    with pytest.raises(UnsafeError, match=message):
+        decide(facts_of(Case("refuse", members, asg, answering, [])), Policy(), {}, NOW)
+
+
+def test_refuses_answers_from_two_clusters() -> None:
+    facts = facts_of(Case("two", "012", "III", "012", []))
+    other = MemberList((member(0), member(1), member(2)), cluster_id=8)
+    probes = (*facts.probes[:2], Probe(IDS[2], IPS[2], answer=other))
+    with pytest.raises(UnsafeError, match="different etcd clusters"):
+        decide(Facts(facts.me, facts.asg, probes, EP), Policy(), {}, NOW)
+
+
+def test_unstarted_since_keeps_first_sightings_and_drops_the_rest() -> None:
+    case = Case("since", "012u3u4", "IIIII", "012", [])
+    result = decide(facts_of(case), Policy(grace=GRACE), {103: NOW - 10, 101: NOW - 99, 999: NOW - 5}, NOW)
+    assert dict(result.unstarted_since) == {103: NOW - 10, 104: NOW}
+    later = decide(facts_of(case), Policy(grace=GRACE), dict(result.unstarted_since), NOW + GRACE - 5)
+    assert [r.member.id for r in later.remove] == [103]  # 10 + 595 s >= grace; 104 has 595 s
+    assert [u.member.id for u in later.waiting] == [104]
+
+
+def test_a_clock_that_went_back_restarts_the_grace() -> None:
+    case = Case("clock", "012u3", "IIII", "012", [])
+    result = decide(facts_of(case), Policy(grace=GRACE), {103: NOW + 3600}, NOW)
+    assert not result.remove
+    assert dict(result.unstarted_since) == {103: NOW}
+
+
+def test_owner_by_name_is_authoritative_for_started_members() -> None:
+    asg = AsgView("etcd", 1, (AsgInstance(IDS[1], "InService", IPS[0]),))  # i-1 got i-0's old IP
+    assert owner(member(0), asg) is None
+    assert owner(member(0, started=False), asg) == asg.instances[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "states"),
+    [
+        (None, frozenset()),
+        ("", frozenset()),
+        ("Standby", frozenset({"Standby"})),
+        (" Terminating , Detached,", frozenset({"Terminating", "Detached"})),
+        (["Standby", "Detaching"], frozenset({"Standby", "Detaching"})),
+    ],
+)
+def test_parse_states(value: object, states: frozenset[str]) -> None:
+    assert parse_states(value) == states  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["InService", "Pending", "standby", "Terminated;rm"])
+def test_parse_states_refuses_member_states_and_typos(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a state"):
+        parse_states(bad)
+
+
+def test_policy_matches_states() -> None:
+    policy = Policy(parse_states("Terminating,Standby"))
+    assert [policy.removes(s) for s in ("Terminated", "Terminating:Proceed", "Standby", "InService", "Detaching")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert not Policy().removes("Terminating")
+
+
+def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    none = tmp_path / "none.toml"
+    defaults = load({}, none, {})
+    assert defaults.reconcile_remove_states is None
+    assert defaults.reconcile_grace == 600.0
+    assert defaults.reconcile_state_file == Path("/var/lib/etcd-aws-cluster/reconcile.json")
+    (tmp_path / "config.toml").write_text('reconcile_remove_states = ["Detaching", "Standby"]\n')
+    assert load({}, tmp_path / "config.toml", {}).reconcile_remove_states == "Detaching,Standby"
+    monkeypatch.setenv("ETCD_AWS_CLUSTER_RECONCILE_REMOVE_STATES", " Terminating,Standby")
+    monkeypatch.setenv("ETCD_AWS_CLUSTER_RECONCILE_GRACE", "5")
+    settings = load({}, none, {})
+    assert settings.reconcile_remove_states == "Standby,Terminating"
+    assert settings.reconcile_grace == 5.0
+    for name, bad in (("RECONCILE_REMOVE_STATES", "InService"), ("RECONCILE_GRACE", "0")):
+        monkeypatch.setenv(f"ETCD_AWS_CLUSTER_{name}", bad)
+        with pytest.raises(ConfigError, match=name.lower()):
+            load({}, none, {})
+        monkeypatch.delenv(f"ETCD_AWS_CLUSTER_{name}")
+
+
+def test_state_file_round_trip_and_damage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state" / "reconcile.json"
+    assert load_state(path) == {}
+    save_state(path, ((0xABC, 12.5), (7, 99.0)))
+    assert load_state(path) == {0xABC: 12.5, 7: 99.0}
+    assert json.loads(path.read_text())["unstarted_since"] == {"abc": 12.5, "7": 99.0}
+    for damage in (
+        "{not json",
+        '{"unstarted_since": {"xyz": 1}}',
+        "[]",
+        '{"unstarted_since": {"1": "x"}}',
+        '{"unstarted_since": {"1": NaN}}',
+    ):
+        path.write_text(damage)
+        assert load_state(path) == {}
+    assert "ignoring unreadable reconcile state" in caplog.text
+
+
+def test_dry_run_text_says_what_and_why() -> None:
+    case = CASES[1]
+    result = decide(facts_of(case), Policy(), {}, NOW)
+    text = describe(result, facts_of(case).asg)
+    lines = text.splitlines()
+    assert lines[0].startswith("# reconcile: ASG etcd: 5 members, 3 of 5 voting members answer (quorum 3)")
+    assert [line.split()[4] for line in lines[1:]] == [IDS[3], IDS[4]]
+    assert all(f"instance {IDS[n]} is no longer in ASG etcd" in text for n in (3, 4))
+
+
+# --- the command's loop, against a fake cluster ----------------------------------------------------------
+
+
+class FakeCluster:
+    """What the command sees through Runner: an ASG, a member list it probes, and removals that change it."""
+
+    def __init__(self, asg: str, members: str, answer: str, removed_by_others: tuple[int, ...] = ()) -> None:
+        self.case = Case("fake", members, asg, answer, [])
+        self.members = self.case.member_list()
+        self.removed_by_others = set(removed_by_others)  # gone between our decision and our call
+        self.calls: list[int] = []
+        self.settings = SimpleNamespace(probe_timeout=1.0)
+        self.endpoints = EP
+        self.deadline = Deadline(10)
+        self.etcd = self
+
+    # Runner
+    def identity(self) -> Identity:
+        return Identity(IDS[0], IPS[0], "us-east-1")
+
+    def connect_aws(self, region: str) -> FakeCluster:
+        return self
+
+    def group_name(self, aws: object, me: Identity) -> str:
+        return "etcd"
+
+    def describe(self, group: str) -> AsgView:
+        return facts_of(self.case).asg
+
+    def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
+        self.case.members = list(self.members)
+        return facts_of(self.case).probes
+
+    def retry(self, what: str, call: Callable[[str], bool], client_urls: list[str]) -> bool:
+        assert client_urls[0] == EP.client_url(IPS[0]), client_urls  # this instance's etcd first
+        return call(client_urls[0])
+
+    # EtcdClient
+    def remove_member(self, url: str, member_id: int, timeout: float) -> bool:
+        self.calls.append(member_id)
+        present = any(m.id == member_id for m in self.members)
+        self.members = [m for m in self.members if m.id != member_id]
+        return present and member_id - 100 not in self.removed_by_others
+
+
+def run_command(
+    cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str, states: str | None = None
+) -> int:
+    from etcd_aws_cluster.commands import reconcile as command
+
+    monkeypatch.setattr(command, "Runner", lambda settings: cluster)
+    values = {n: f.default for n, f in Settings.model_fields.items()}
+    values.update(reconcile_state_file=tmp_path / "s.json", reconcile_remove_states=states)
+    settings = Settings.model_construct(**values)
+    code: int = command.run(settings, argparse.Namespace(dry_run="--dry-run" in args))
+    return code
+
+
+def test_command_removes_one_at_a_time_and_takes_already_removed_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="etcd_aws_cluster")
+    cluster = FakeCluster("III", "01234", "012", removed_by_others=(3,))
+    assert run_command(cluster, tmp_path, monkeypatch) == 0
+    assert cluster.calls == [103, 104]
+    assert [m.id - 100 for m in cluster.members] == [0, 1, 2]
+    assert f"already removed (by another run) member 67 {IDS[3]}" in caplog.text
+    assert f"removed member 68 {IDS[4]}" in caplog.text
+    assert json.loads((tmp_path / "s.json").read_text())["unstarted_since"] == {}
+
+
+def test_command_removes_what_quorum_allows_then_refuses_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = FakeCluster("IIS", "012L3", "02")
+    with pytest.raises(UnsafeError, match=f"quorum would be lost: member 66 {IDS[2]}"):
+        run_command(cluster, tmp_path, monkeypatch, states="Standby")
+    # The gone learner 3 goes; Standby 2 (answering) would leave 1 of 2 voting members answering: refused.
+    assert cluster.calls == [103]
+    assert [m.id - 100 for m in cluster.members] == [0, 1, 2]
+    assert json.loads((tmp_path / "s.json").read_text())["unstarted_since"] == {}
+
+
+def test_command_dry_run_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = FakeCluster("III", "01234", "012")
+    assert run_command(cluster, tmp_path, monkeypatch, "--dry-run") == 0
+    assert cluster.calls == []
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "s.json.lock").exists()
+    assert capsys.readouterr().out.count("would remove member") == 2
+
+
+# --- the systemd units -----------------------------------------------------------------------------------
+
+SYSTEMD = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
+SERVICE = SYSTEMD / "etcd-aws-cluster-reconcile.service"
+TIMER = SYSTEMD / "etcd-aws-cluster-reconcile.timer"
+MAX_EXPOSURE = 2.5
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+STAND_IN_ETCD = "[Unit]\nDescription=etcd stand-in\n\n[Service]\nType=notify\nExecStart=/usr/bin/etcd\n"
+
+
+def unit_keys(path: Path) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        keys.setdefault(f"{section}.{key}", []).append(value)
+    return keys
+
+
+def test_timer_runs_every_five_minutes_spread_and_is_not_enabled_by_the_units_themselves() -> None:
+    timer = unit_keys(TIMER)
+    assert timer["Timer.OnUnitActiveSec"] == ["5min"]
+    assert timer["Timer.RandomizedDelaySec"] and timer["Timer.RandomizedDelaySec"][0] not in ("0", "")
+    assert timer["Install.WantedBy"] == ["timers.target"]
+    service = unit_keys(SERVICE)
+    assert "Install.WantedBy" not in service  # started by the timer only
+    assert service["Service.Type"] == ["oneshot"]
+    assert service["Service.ExecStart"] == ["/usr/bin/etcd-aws-cluster reconcile"]
+    assert "RemainAfterExit" not in " ".join(service)  # or OnUnitActiveSec= would fire only once
+
+
+def test_service_runs_only_where_etcd_is_active_and_the_agent_has_run() -> None:
+    service = unit_keys(SERVICE)
+    assert "etcd.service" in service["Unit.Requisite"][0].split()
+    assert "etcd.service" in " ".join(service["Unit.After"]).split()
+    assert "/etc/sysconfig/etcd-cluster" in service["Unit.ConditionPathExists"]
+    assert "!/etc/etcd-aws-cluster/disabled" in service["Unit.ConditionPathExists"]
+    # The state file's directory is the unit's StateDirectory, writable under ProtectSystem=strict.
+    from etcd_aws_cluster.settings import Settings
+
+    state_dir = Settings.model_fields["reconcile_state_file"].default.parent
+    assert service["Service.ProtectSystem"] == ["strict"]
+    assert Path("/var/lib") / service["Service.StateDirectory"][0] == state_dir
+    assert "ReadWritePaths" not in " ".join(service)
+
+
+@needs_systemd_analyze
+def test_units_pass_systemd_analyze_verify_with_nothing_on_stderr(tmp_path: Path) -> None:
+    units = tmp_path / "usr/lib/systemd/system"
+    host = Path("/usr/lib/systemd/system")
+    if host.is_dir():
+        shutil.copytree(host, units, symlinks=True)
+    units.mkdir(parents=True, exist_ok=True)
+    for source in (SERVICE, TIMER):
+        shutil.copyfile(source, units / source.name)
+    (units / "etcd.service").write_text(STAND_IN_ETCD)
+    for binary in ("usr/bin/etcd-aws-cluster", "usr/bin/etcd"):
+        stub = tmp_path / binary
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    for unit in (SERVICE.name, TIMER.name):
+        result = subprocess.run(
+            ["systemd-analyze", f"--root={tmp_path}", "--man=no", "verify", f"/usr/lib/systemd/system/{unit}"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            check=False,
+        )
+        assert (result.returncode, result.stderr) == (0, ""), f"{unit}:\n{result.stderr}"
+
+
+@needs_systemd_analyze
+def test_verify_would_see_a_broken_unit(tmp_path: Path) -> None:
+    """Guards the test above: the same call reports an unknown key and a missing executable."""
+    broken = tmp_path / "usr/lib/systemd/system" / SERVICE.name
+    broken.parent.mkdir(parents=True)
+    broken.write_text(SERVICE.read_text().replace("[Service]", "[Service]\nNoSuchKey=1", 1))
+    result = subprocess.run(
+        ["systemd-analyze", f"--root={tmp_path}", "--man=no", "verify", f"/usr/lib/systemd/system/{SERVICE.name}"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+    )
+    assert "NoSuchKey" in result.stderr
+    assert "etcd-aws-cluster" in result.stderr  # the missing /usr/bin/etcd-aws-cluster
+
+
+@needs_systemd_analyze
+def test_service_exposure_is_at_most_2_5() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVICE)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SYSTEMD_COLORS": "0"},
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
