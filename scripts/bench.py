@@ -84,7 +84,7 @@ class Run:
         found = re.search(r"decision=(\w+)", self.stderr)
         if found:
             return found.group(1)
-        return "refused" if self.returncode == 6 else f"exit {self.returncode}"
+        return "refuse" if self.returncode == 6 else f"exit {self.returncode}"
 
     @property
     def retries(self) -> int:
@@ -291,7 +291,7 @@ def bench_hung(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Calla
 
         (newcomer,) = asg.scale_to(6)
         run = agent(asg, newcomer, "join, 2 hung", env)
-        expect([run], "refused")
+        expect([run], "refuse")
         res.hung.append(("join (scale-out to 6)", 2, [run], "as it must: 3 of 5 answer, a 6th member needs 4"))
         asg.resume_etcd(hung2)
         run = agent(asg, newcomer, "join, 1 hung", env)
