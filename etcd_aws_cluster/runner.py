@@ -18,7 +18,7 @@ from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import AgentError, EtcdError, LockError, UnsafeError
 from etcd_aws_cluster.etcd import EtcdClient, EtcdRequestError, Tls
-from etcd_aws_cluster.imds import Imds
+from etcd_aws_cluster.imds import Imds, endpoint_from
 from etcd_aws_cluster.model import AsgView, Decision, Endpoints, Facts, Identity, Member, Plan, Probe
 from etcd_aws_cluster.waldata import read_ids
 
@@ -130,18 +130,13 @@ class Runner:
         imds = Imds(
             self.session,
             self.deadline,
-            endpoint=self._imds_endpoint(),
+            endpoint=endpoint_from(self.environ),
             timeout=self.settings.imds_timeout,
             allow_v1=self.settings.imds_v1_fallback,
         )
         me = imds.identity()
         log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
         return me
-
-    def _imds_endpoint(self) -> str:
-        from etcd_aws_cluster.imds import endpoint_from
-
-        return endpoint_from(self.environ)
 
     def group_name(self, aws: Aws, me: Identity) -> str:
         if self.settings.asg_name:
@@ -167,7 +162,7 @@ class Runner:
                 return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
             return Probe(instance_id, ip, answer=answer)
 
-        probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets if i.private_ip])
+        probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets])
         if not any(p.answered for p in probes) and any(p.error == "timeout" for p in probes):
             probes = self._ask_bootstrapping(probes, timeout)
         tls_failures = [p for p in probes if p.error == "tls"]

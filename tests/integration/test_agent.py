@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.harness.fixtures import SimFactory
 from tests.integration.helpers import boot, decision, env, run_ok
@@ -74,3 +76,26 @@ def test_scale_out_with_two_concurrent_joiners(sim: SimFactory, etcd_binary: Pat
     members = asg.wait_healthy(5, timeout=60)
     assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
     assert {decision(logs[n.instance_id]) for n in new} <= {"join"}
+
+
+def test_rerun_after_a_partial_join_converges(sim: SimFactory, etcd_binary: Path) -> None:
+    """A run that added its member and died before writing the file: the next run takes that member as its own."""
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    new = asg.scale_to(4)[0]
+    deadline = time.monotonic() + 30
+    while True:  # etcd 3.4 refuses member changes for ~5 s after a cluster forms
+        answer = requests.post(
+            f"{asg.nodes[0].client_url}/v3/cluster/member/add", json={"peerURLs": [new.peer_url]}, timeout=5
+        )
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+    result = run_ok(asg, new)
+    assert decision(result.stderr) == "member"
+    assert env(new)["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    asg.start_etcd(new)
+    members = asg.wait_healthy(4, timeout=60)
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)

@@ -214,3 +214,14 @@ def test_aws_throttling_and_5xx_are_retried_then_exit_4(sim: SimFactory, status:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_imds_token_is_never_logged(sim: SimFactory) -> None:
+    asg = sim(3)
+    node = asg.nodes[0]
+    result = asg.run_agent(node, "--dry-run", "--verbose")
+    assert result.returncode == 0, result.stderr
+    tokens = node.imds.tokens_issued
+    assert tokens, "the agent asked for no token"
+    for token in tokens:
+        assert token not in result.stderr and token not in result.stdout
