@@ -74,7 +74,8 @@ def render_initial_cluster(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f"{name}={url}" for name, url in pairs)
 
 
-def _agreed_member_list(facts: Facts) -> MemberList:
+def agreed_member_list(facts: Facts) -> MemberList:
+    """The member list the answering peers agree on; refuses answers from two different clusters."""
     answers = [p.answer for p in facts.probes if p.answer is not None]
     cluster_ids = {a.cluster_id for a in answers if a.cluster_id is not None}
     if len(cluster_ids) > 1:
@@ -132,7 +133,12 @@ def _removal_order(member: Member) -> tuple[int, int]:
     return (0 if not member.started else 1 if member.is_learner else 2, member.id)
 
 
-def _check_quorum(members: tuple[Member, ...], healthy: set[int], remove: tuple[Member, ...], as_learner: bool) -> None:
+def check_quorum(members: tuple[Member, ...], healthy: set[int], remove: tuple[Member, ...], as_learner: bool) -> None:
+    """etcd's IsReadyToRemoveVotingMember / IsReadyToAddVotingMember, counting only members that answered.
+
+    Raises UnsafeError when the cluster has no quorum now, when a removal in `remove` (in order) would leave
+    fewer healthy voters than a quorum, or when adding one voter (unless `as_learner`) would.
+    """
     voters = [m for m in members if not m.is_learner]
     up = sum(1 for m in voters if m.id in healthy)
     if up < quorum(len(voters)):
@@ -162,7 +168,7 @@ def _check_quorum(members: tuple[Member, ...], healthy: set[int], remove: tuple[
 
 def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
     me, asg, endpoints = facts.me, facts.asg, facts.endpoints
-    listing = _agreed_member_list(facts)
+    listing = agreed_member_list(facts)
     members = listing.members
     my_peer = endpoints.peer_url(me.private_ip)
     answered_ips = {p.ip for p in facts.probes if p.answered}
@@ -228,7 +234,7 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
 
     healthy = {m.id for m in members if any(url_host(u) in answered_ips for u in m.peer_urls)}
     ordered = tuple(sorted(remove, key=_removal_order))
-    _check_quorum(members, healthy, ordered, as_learner)
+    check_quorum(members, healthy, ordered, as_learner)
 
     if stale and stale_data != "move":
         raise UnsafeError(f"{stale}; stale_data=refuse is set, so move the data dir aside by hand and rerun")

@@ -169,7 +169,7 @@ def decide(facts: Facts, policy: Policy, seen_unstarted: Mapping[int, float], no
         raise UnsafeError(
             f"no etcd of ASG {asg.name} answers; the cluster has no quorum here. Refusing to change membership"
         )
-    members = planner._agreed_member_list(facts).members
+    members = planner.agreed_member_list(facts).members
     if not any(planner.is_me(m, me, endpoints) for m in members):
         raise UnsafeError(f"this instance {me.instance_id} is not a member of the cluster; run reconcile from a member")
     answered_ips = {p.ip for p in facts.probes if p.answered}

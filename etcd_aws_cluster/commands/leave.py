@@ -97,7 +97,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     answered = {p.ip for p in probes if p.answered}
     healthy = {m.id for m in members if any(planner.url_host(u) in answered for u in m.peer_urls)}
     # as_learner: only removals are checked (quorum now, and after this member is gone), no add follows.
-    planner._check_quorum(members, healthy, (member,), as_learner=True)
+    planner.check_quorum(members, healthy, (member,), as_learner=True)
 
     label = f"this instance's member {member.hex_id} ({member.name or 'not started'})"
     if dry_run:
