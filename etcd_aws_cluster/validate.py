@@ -32,10 +32,14 @@ def _refuse(what: str, source: str, value: object) -> UnsafeError:
     return UnsafeError(f"refusing {what} from {source}: {shown(value)} is not a valid {what}")
 
 
-def instance_id(value: object, source: str) -> str:
-    if isinstance(value, str) and INSTANCE_ID.fullmatch(value):
+def _matching(pattern: re.Pattern[str], what: str, value: object, source: str) -> str:
+    if isinstance(value, str) and pattern.fullmatch(value):
         return value
-    raise _refuse("instance id", source, value)
+    raise _refuse(what, source, value)
+
+
+def instance_id(value: object, source: str) -> str:
+    return _matching(INSTANCE_ID, "instance id", value, source)
 
 
 def ipv4(value: object, source: str) -> str:
@@ -48,15 +52,11 @@ def ipv4(value: object, source: str) -> str:
 
 
 def region(value: object, source: str) -> str:
-    if isinstance(value, str) and REGION.fullmatch(value):
-        return value
-    raise _refuse("region", source, value)
+    return _matching(REGION, "region", value, source)
 
 
 def member_name(value: object, source: str) -> str:
-    if isinstance(value, str) and MEMBER_NAME.fullmatch(value):
-        return value
-    raise _refuse("member name", source, value)
+    return _matching(MEMBER_NAME, "member name", value, source)
 
 
 def url(value: object, source: str) -> str:
@@ -68,9 +68,7 @@ def url(value: object, source: str) -> str:
 
 
 def asg_name(value: object, source: str) -> str:
-    if isinstance(value, str) and ASG_NAME.fullmatch(value):
-        return value
-    raise _refuse("Auto Scaling group name", source, value)
+    return _matching(ASG_NAME, "Auto Scaling group name", value, source)
 
 
 def env_value(key: str, value: str) -> str:
