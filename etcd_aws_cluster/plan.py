@@ -210,6 +210,25 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
     if mine:
         member = mine[0]
         state = "started" if member.started else "added but not started yet"
+        if not member.started:
+            # Two etcds that start with "existing" at the same moment each wait, without a timeout, for the other's
+            # peer port to answer /version: one at a time, the lowest instance id first.
+            earlier = sorted(
+                owner.instance_id
+                for m in members
+                if not m.started
+                and m is not member
+                and (owner := instance_of(m, asg)) is not None
+                and owner.counts_as_member
+                and owner.instance_id < me.instance_id
+            )
+            if earlier:
+                return Plan(
+                    Decision.WAIT,
+                    f"this instance's member {member.hex_id} is not started yet, nor is that of {earlier[0]}: "
+                    "members start one at a time, it goes first",
+                    members=members,
+                )
         return Plan(
             Decision.MEMBER,
             f"this instance is already member {member.hex_id} ({state})",

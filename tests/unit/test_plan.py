@@ -321,3 +321,22 @@ def test_matching_local_data_is_a_plain_member() -> None:
     f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
     plan = decide(Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(102, 7)))
     assert plan.decision is Decision.MEMBER and not plan.move_data_aside
+
+
+def test_unstarted_members_start_one_at_a_time_lowest_id_first() -> None:
+    members = (member(0), member(1), member(2, started=False), member(3, started=False))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    probes = [answered(0, members), answered(1, members)]
+    first = decide(facts(2, instances, probes))
+    assert first.decision is Decision.MEMBER
+    second = decide(facts(3, instances, probes))
+    assert second.decision is Decision.WAIT
+    assert IDS[2] in second.reason
+
+
+def test_unstarted_member_of_a_gone_instance_is_refused_not_waited_for() -> None:
+    # etcd would need it in ETCD_INITIAL_CLUSTER but no instance owns it: reconcile (or an operator) removes it
+    members = (member(0), member(1), member(2, started=False), member(3, started=False))
+    instances = [inst(0), inst(1), inst(2, "Terminated"), inst(3)]
+    with pytest.raises(UnsafeError, match="belongs to no ASG instance"):
+        decide(facts(3, instances, [answered(0, members), answered(1, members)]))
