@@ -211,8 +211,8 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
         member = mine[0]
         state = "started" if member.started else "added but not started yet"
         if not member.started:
-            # Two etcds that start with "existing" at the same moment each wait, without a timeout, for the other's
-            # peer port to answer /version: one at a time, the lowest instance id first.
+            # Two etcds that start with "existing" at the same moment each wait for the other's not-yet-serving peer
+            # port to answer /version (stuck for over a minute with 3.4.23 and 3.5.1): one at a time, lowest id first.
             earlier = sorted(
                 owner.instance_id
                 for m in members
