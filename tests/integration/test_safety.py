@@ -51,8 +51,8 @@ def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_bina
 
 
 def test_late_bootstrap_members_start_one_at_a_time(sim: SimFactory, etcd_binary: Path) -> None:
-    """Two etcds started with "existing" at once can wait on each other forever (etcd asks peers for /version
-    without a timeout): the agent lets the late members of a bootstrap start one at a time."""
+    """Two etcds started with "existing" at once can wait on each other's not-yet-serving peer ports for over a
+    minute: the agent lets the late members of a bootstrap start one at a time."""
     asg = sim(5, etcd_binary)
     first, late = asg.nodes[:3], asg.nodes[3:]
     boot(asg, first)  # three of five: quorum, the cluster forms with two members not started
