@@ -116,17 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
 
+def _dry_run_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    # SUPPRESS: `etcd-aws-cluster --dry-run <command>` stays a dry run
+    parser.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help=help_text)
+
+
 def _reconcile_options(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: `etcd-aws-cluster --dry-run reconcile` stays a dry run
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print what it would remove and why; change nothing",
-    )
-
-
-COMMAND_ARGUMENTS["reconcile"] = _reconcile_options
+    _dry_run_option(parser, "print what it would remove and why; change nothing")
 
 
 def _status_options(parser: argparse.ArgumentParser) -> None:
@@ -152,14 +148,10 @@ def _leave_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave only when instance metadata autoscaling/target-lifecycle-state is Terminated; else do nothing",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="check and print what it would remove; change nothing",
-    )
+    _dry_run_option(parser, "check and print what it would remove; change nothing")
 
 
+COMMAND_ARGUMENTS["reconcile"] = _reconcile_options
 COMMAND_ARGUMENTS["status"] = _status_options
 COMMAND_ARGUMENTS["leave"] = _leave_options
 
