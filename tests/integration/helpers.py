@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Any
+
+import requests
 
 from tests.harness.sim import Node, SimulatedAsg, parse_env_file
 
@@ -46,3 +49,15 @@ def decision(stderr: str) -> str:
 
 def env(node: Node) -> dict[str, str]:
     return parse_env_file(node.env_file)
+
+
+def member_change(sim: SimulatedAsg, node: Node, action: str, body: dict[str, Any], timeout: float = 30) -> Any:
+    """POST /v3/cluster/member/<action> by hand, retried while etcd refuses member changes in a young cluster
+    ("unhealthy cluster", 503, for about 5 s after it forms or changes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = requests.post(f"{node.client_url}/v3/cluster/member/{action}", json=body, timeout=5)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response.json()
+        time.sleep(0.5)

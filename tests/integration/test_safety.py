@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from etcd_aws_cluster.envfile import KEYS
 from etcd_aws_cluster.waldata import read_ids
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
-from tests.integration.helpers import boot, decision, env, run_ok
+from tests.integration.helpers import boot, decision, env, member_change, run_ok
 
 pytestmark = pytest.mark.integration
 
@@ -118,10 +117,7 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     assert old_ids is not None
     asg.stop_etcd(node)
     other = asg.nodes[0]
-    response = requests.post(
-        f"{other.client_url}/v3/cluster/member/remove", json={"ID": str(old_ids.member_id)}, timeout=5
-    )
-    assert response.status_code == 200, response.text
+    member_change(asg, other, "remove", {"ID": str(old_ids.member_id)})
     result = run_ok(asg, node)
     assert decision(result.stderr) == "join"
     moved = [p for p in node.data_dir.parent.iterdir() if p.name.startswith(node.data_dir.name + ".stale-")]

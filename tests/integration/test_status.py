@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
-from tests.integration.helpers import boot
+from tests.integration.helpers import boot, member_change
 
 pytestmark = pytest.mark.integration
 
@@ -71,18 +69,9 @@ def test_healthy_degraded_no_quorum(sim: SimFactory, etcd_binary: Path) -> None:
 
 
 def add_member(asg: SimulatedAsg, peer_url: str, timeout: float = 30) -> dict[str, Any]:
-    """member add, retried while etcd 3.4's strict reconfig check says "unhealthy cluster" (503)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            member: dict[str, Any] = asg._post(asg.nodes[0], "/v3/cluster/member/add", {"peerURLs": [peer_url]}, 5.0)[
-                "member"
-            ]
-            return member
-        except requests.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    """member add by hand, retried while etcd says "unhealthy cluster"."""
+    member: dict[str, Any] = member_change(asg, asg.nodes[0], "add", {"peerURLs": [peer_url]}, timeout)["member"]
+    return member
 
 
 def test_member_outside_the_asg_and_instance_without_member(sim: SimFactory, etcd_binary: Path) -> None:
