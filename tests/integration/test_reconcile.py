@@ -89,8 +89,7 @@ def scale_in(asg: SimulatedAsg, victims: list[Node]) -> None:
 def test_scale_in_five_to_three_in_one_reconcile(sim: SimFactory, etcd_binary: Path) -> None:
     test_started = time.monotonic()
     asg = sim(5, etcd_binary)
-    boot(asg, asg.nodes, timeout=150)
-    asg.wait_healthy(5, timeout=60)
+    asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject
     asg.put("survives", "yes")
     node = asg.nodes[0]
     victims = asg.nodes[3:]
@@ -185,8 +184,7 @@ def test_no_quorum_exits_non_zero_and_changes_nothing(sim: SimFactory, etcd_bina
 
 def test_concurrent_reconciles_converge(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(5, etcd_binary)
-    boot(asg, asg.nodes, timeout=150)
-    asg.wait_healthy(5, timeout=60)
+    asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject
     victims = asg.nodes[3:]
     scale_in(asg, victims)
     survivors = asg.nodes

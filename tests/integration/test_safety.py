@@ -49,30 +49,9 @@ def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_bina
     assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
 
 
-def test_late_bootstrap_members_start_one_at_a_time(sim: SimFactory, etcd_binary: Path) -> None:
-    """Two etcds started with "existing" at once can wait on each other's not-yet-serving peer ports for over a
-    minute: the agent lets the late members of a bootstrap start one at a time."""
-    asg = sim(5, etcd_binary)
-    first, late = asg.nodes[:3], asg.nodes[3:]
-    boot(asg, first)  # three of five: quorum, the cluster forms with two members not started
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            asg.member_list(first[0])
-            break
-        except RuntimeError:
-            assert time.monotonic() < deadline, "the first three did not form a cluster"
-            time.sleep(0.2)
-    logs = boot(asg, late)
-    assert {decision(err) for err in logs.values()} == {"member"}
-    members = asg.wait_healthy(5, timeout=60)
-    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
-
-
 def test_hung_peer_costs_one_probe_timeout(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(5, etcd_binary)
-    boot(asg, asg.nodes)
-    asg.wait_healthy(5, timeout=60)  # five etcds forming a cluster on a loaded 2-CPU CI machine
+    asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject
     for hung in asg.nodes[3:]:
         asg.pause_etcd(hung)  # accepts TCP, never answers
     started = time.monotonic()
@@ -87,8 +66,7 @@ def test_hung_peer_costs_one_probe_timeout(sim: SimFactory, etcd_binary: Path) -
 def test_replacement_join_with_a_hung_peer(sim: SimFactory, etcd_binary: Path) -> None:
     """3.5 adds a member while a quorum is connected; 3.4 insists on every voting member: a clear, bounded refusal."""
     asg = sim(5, etcd_binary)
-    boot(asg, asg.nodes)
-    asg.wait_healthy(5, timeout=60)  # five etcds forming a cluster on a loaded 2-CPU CI machine
+    asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject
     hung = asg.nodes[1]
     asg.pause_etcd(hung)
     victim = asg.nodes[4]
