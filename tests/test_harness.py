@@ -350,3 +350,10 @@ def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     assert not asg.registry.is_running(pid) and nodes[2].etcd_pid is None
     assert replacement.etcd_pid is None and not replacement.env_file.exists()
     assert len(asg.members(nodes[0])) == 3  # etcd still lists the dead member: the agent's job to fix
+
+    # closing keeps the logs for post-mortems but frees the etcd data (64 MB of preallocated WAL each)
+    stale = nodes[0].workdir / "data.stale-20260101T000000Z"
+    stale.mkdir()
+    asg.close()
+    assert nodes[0].etcd_log.stat().st_size > 0
+    assert not nodes[0].data_dir.exists() and not stale.exists() and not nodes[2].data_dir.exists()

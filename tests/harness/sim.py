@@ -199,7 +199,8 @@ class SimulatedAsg:
         """Create VPC, subnet, launch template and ASG (desired = ``size``) in moto, and a Node per instance.
 
         ``base_dir`` None: a temp dir that ``close()`` deletes; otherwise a sub-dir ``<base_dir>/<name>`` that
-        is left in place (logs for post-mortems). Ports None: a free pair, the same for every node.
+        is left in place for post-mortems (logs, env files), less the etcd data dirs.
+        Ports None: a free pair, the same for every node.
         ``etcd_env`` is added to every etcd's environment (after the harness defaults, before the env file).
         """
         self.moto_url = moto_url.rstrip("/")
@@ -651,6 +652,15 @@ class SimulatedAsg:
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 self._tmp = None
+            else:
+                self._remove_etcd_data()
+
+    def _remove_etcd_data(self) -> None:
+        """Delete data dirs (and moved-aside ``data.stale-*``), keeping logs: each etcd preallocates a 64 MB WAL."""
+        for node in [*self._nodes.values(), *self.retired]:
+            for path in node.workdir.glob(node.data_dir.name + "*"):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
 
     def __enter__(self) -> SimulatedAsg:
         return self
