@@ -114,6 +114,7 @@ class Runner:
         self.etcd = EtcdClient(self.session, tls, settings.api)
         self.connect_aws = connect_aws or self._default_aws
         self._now = now
+        self._imds: Imds | None = None
 
     def _default_aws(self, region: str) -> Aws:
         from etcd_aws_cluster.aws import Aws
@@ -126,17 +127,27 @@ class Runner:
         )
 
     # --- facts -----------------------------------------------------------------------------------------
+    def metadata(self) -> Imds:
+        """The IMDS client of this run (one token for every question)."""
+        if self._imds is None:
+            self._imds = Imds(
+                self.session,
+                self.deadline,
+                endpoint=endpoint_from(self.environ),
+                timeout=self.settings.imds_timeout,
+                allow_v1=self.settings.imds_v1_fallback,
+            )
+        return self._imds
+
     def identity(self) -> Identity:
-        imds = Imds(
-            self.session,
-            self.deadline,
-            endpoint=endpoint_from(self.environ),
-            timeout=self.settings.imds_timeout,
-            allow_v1=self.settings.imds_v1_fallback,
-        )
-        me = imds.identity()
+        me = self.metadata().identity()
         log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
         return me
+
+    def find_asg(self, me: Identity) -> AsgView:
+        """This instance's ASG (or the one the settings name) with its instances."""
+        aws = self.connect_aws(me.region)
+        return aws.describe(self.group_name(aws, me))
 
     def group_name(self, aws: Aws, me: Identity) -> str:
         if self.settings.asg_name:

@@ -17,7 +17,7 @@ from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster import status, validate
 from etcd_aws_cluster.errors import AgentError, EtcdError, MetadataError, UnsafeError
 from etcd_aws_cluster.etcd import EtcdRequestError
-from etcd_aws_cluster.imds import Imds, endpoint_from
+from etcd_aws_cluster.imds import Imds
 from etcd_aws_cluster.model import Identity, Probe
 from etcd_aws_cluster.runner import Runner
 from etcd_aws_cluster.settings import Settings
@@ -57,24 +57,15 @@ def _probe_me(runner: Runner, me: Identity) -> Probe:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     runner = Runner(settings)
-    imds = Imds(
-        runner.session,
-        runner.deadline,
-        endpoint=endpoint_from(runner.environ),
-        timeout=settings.imds_timeout,
-        allow_v1=settings.imds_v1_fallback,
-    )
-    me = imds.identity()
-    log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
+    me = runner.identity()
     if getattr(args, "if_terminating", False):
-        state = target_lifecycle_state(imds)
+        state = target_lifecycle_state(runner.metadata())
         if state != "Terminated":
             log.info("target lifecycle state is %s, not Terminated: staying in the cluster", state or "not set")
             return 0
         log.info("target lifecycle state is Terminated: leaving the cluster")
 
-    aws = runner.connect_aws(me.region)
-    asg = aws.describe(runner.group_name(aws, me))
+    asg = runner.find_asg(me)
     probes = runner.probe_all(asg)
     if not any(p.instance_id == me.instance_id for p in probes):
         probes = (*probes, _probe_me(runner, me))

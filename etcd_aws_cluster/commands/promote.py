@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, args: argparse.Namespace) -> int:
     runner = Runner(settings)
     me = runner.identity()
-    aws = runner.connect_aws(me.region)
-    asg = aws.describe(runner.group_name(aws, me))
+    asg = runner.find_asg(me)
     probes = runner.probe_all(asg)
     client_urls = [runner.endpoints.client_url(p.ip) for p in probes if p.answered]
     if not client_urls:

@@ -75,8 +75,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     policy = reconciler.Policy(reconciler.parse_states(settings.reconcile_remove_states), settings.reconcile_grace)
     runner = Runner(settings)
     me = runner.identity()
-    aws = runner.connect_aws(me.region)
-    asg = aws.describe(runner.group_name(aws, me))
+    asg = runner.find_asg(me)
     listed = ", ".join(f"{i.instance_id} {i.lifecycle_state}" for i in asg.instances)
     log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
     state_file = settings.reconcile_state_file

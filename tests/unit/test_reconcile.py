@@ -275,13 +275,7 @@ class FakeCluster:
     def identity(self) -> Identity:
         return Identity(IDS[0], IPS[0], "us-east-1")
 
-    def connect_aws(self, region: str) -> FakeCluster:
-        return self
-
-    def group_name(self, aws: object, me: Identity) -> str:
-        return "etcd"
-
-    def describe(self, group: str) -> AsgView:
+    def find_asg(self, me: Identity) -> AsgView:
         return facts_of(self.case).asg
 
     def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
