@@ -61,6 +61,12 @@ class Member:
         return bool(self.name)
 
     @property
+    def serving(self) -> bool:
+        """Its etcd has run and published its client URLs. A member of a new cluster's initial list has a name
+        from the start (so etcd counts it as started) but no client URLs until its etcd first comes up."""
+        return self.started and bool(self.client_urls)
+
+    @property
     def hex_id(self) -> str:
         return f"{self.id:x}"
 

@@ -209,14 +209,15 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
 
     if mine:
         member = mine[0]
-        state = "started" if member.started else "added but not started yet"
-        if not member.started:
+        state = "serving" if member.serving else "not started yet"
+        if not member.serving:
             # Two etcds that start with "existing" at the same moment each wait for the other's not-yet-serving peer
             # port to answer /version (stuck for over a minute with 3.4.23 and 3.5.1): one at a time, lowest id first.
+            # This holds for added members and for late members of a new cluster's initial list alike.
             earlier = sorted(
                 owner.instance_id
                 for m in members
-                if not m.started
+                if not m.serving
                 and m is not member
                 and (owner := instance_of(m, asg)) is not None
                 and owner.counts_as_member
@@ -243,10 +244,10 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
             continue
         if owner is None or owner.is_gone:
             remove.append(member)
-        elif not member.started and owner.instance_id != me.instance_id:
+        elif not member.serving and owner.instance_id != me.instance_id:
             return Plan(
                 Decision.WAIT,
-                f"instance {owner.instance_id} is joining (member {member.hex_id} added, not started); "
+                f"instance {owner.instance_id} is joining (member {member.hex_id} not started yet); "
                 "waiting for it to start before adding this one",
                 members=members,
             )

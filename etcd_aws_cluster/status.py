@@ -174,8 +174,8 @@ def build(asg: AsgView, probes: Sequence[Probe], statuses: Iterable[EndpointStat
             degraded.append("peers answer different member lists (a membership change in progress?)")
         for member in members:
             found = owner(member, asg)
-            if not member.started:
-                degraded.append(f"member {_label(member)} was added but has not started")
+            if not member.serving:
+                degraded.append(f"member {_label(member)} has not started")
             elif not reachable(member):
                 degraded.append(f"{'learner' if member.is_learner else 'member'} {_label(member)} is unreachable")
             if found is None:
@@ -227,7 +227,7 @@ def _cells(row: Row) -> tuple[str, ...]:
         row.ip or "-",
         row.lifecycle_state or "-",
         member.hex_id if member else "-",
-        _yes_no(member.started if member else None),
+        _yes_no(member.serving if member else None),
         _yes_no(member.is_learner if member else None),
         _yes_no(row.reachable),
         "?" if member is not None and row.leader is None else _yes_no(row.leader),
@@ -291,7 +291,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "lifecycle_state": r.lifecycle_state,
                 "member_id": r.member.hex_id if r.member else None,
                 "name": r.member.name or None if r.member else None,
-                "started": r.member.started if r.member else None,
+                "started": r.member.serving if r.member else None,
                 "learner": r.member.is_learner if r.member else None,
                 "reachable": r.reachable,
                 "leader": r.leader,

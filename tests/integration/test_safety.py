@@ -49,6 +49,35 @@ def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_bina
     assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
 
 
+def test_two_late_members_of_a_new_cluster_start_one_at_a_time(sim: SimFactory, etcd_binary: Path) -> None:
+    # Three of five formed the cluster; the last two (named in its initial list, never run) boot together. Both
+    # writing "existing" at once left their etcds waiting on each other's silent peer port for over a minute.
+    asg = sim(5, etcd_binary)
+    asg.write_static_env()
+    early, late = asg.nodes[:3], sorted(asg.nodes[3:], key=lambda n: n.instance_id)
+    for node in early:
+        asg.start_etcd(node)
+    asg.wait_healthy(5, timeout=60)  # the three running ones agree on five members, two not started
+    started = time.monotonic()
+    logs = boot(asg, late)
+    assert {decision(err) for err in logs.values()} == {"member"}
+    assert "members start one at a time" in logs[late[1].instance_id]
+    members = asg.wait_healthy(5, timeout=60)
+    elapsed = time.monotonic() - started
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+    assert all(m.get("clientURLs") for m in members)
+    assert elapsed < 30, f"the late members took {elapsed:.1f}s to join"
+
+
+def test_five_nodes_bootstrap_concurrently(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(5, etcd_binary)
+    logs = boot(asg, asg.nodes)
+    members = asg.wait_healthy(5, timeout=60)
+    assert {decision(err) for err in logs.values()} <= {"new", "member"}
+    assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+    assert len({env(n)["ETCD_INITIAL_CLUSTER"] for n in asg.nodes}) == 1
+
+
 def test_hung_peer_costs_one_probe_timeout(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(5, etcd_binary)
     asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject

@@ -334,6 +334,32 @@ def test_unstarted_members_start_one_at_a_time_lowest_id_first() -> None:
     assert IDS[2] in second.reason
 
 
+def booting(n: int) -> Member:
+    """A member of a new cluster's initial list whose etcd has not come up: named, no client URLs."""
+    return Member(id=100 + n, name=IDS[n], peer_urls=(EP.peer_url(IPS[n]),))
+
+
+def test_late_members_of_a_new_cluster_start_one_at_a_time_too() -> None:
+    # Seen with 5 nodes: 3 formed the cluster, the last 2 both wrote "existing" and their etcds waited on each other.
+    members = (member(0), member(1), booting(2), booting(3))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    probes = [answered(0, members), answered(1, members)]
+    first = decide(facts(2, instances, probes))
+    assert first.decision is Decision.MEMBER and first.cluster_state == "existing"
+    assert "not started yet" in first.reason
+    second = decide(facts(3, instances, probes))
+    assert second.decision is Decision.WAIT
+    assert IDS[2] in second.reason
+
+
+def test_joiner_waits_for_a_late_member_of_a_new_cluster() -> None:
+    members = (member(0), member(1), booting(2))
+    instances = [inst(0), inst(1), inst(2), inst(3)]
+    plan = decide(facts(3, instances, [answered(0, members), answered(1, members)]))
+    assert plan.decision is Decision.WAIT
+    assert f"instance {IDS[2]} is joining" in plan.reason
+
+
 def test_unstarted_member_of_a_gone_instance_is_refused_not_waited_for() -> None:
     # etcd would need it in ETCD_INITIAL_CLUSTER but no instance owns it: reconcile (or an operator) removes it
     members = (member(0), member(1), member(2, started=False), member(3, started=False))

@@ -131,7 +131,7 @@ def test_unstarted_member_and_instance_without_member() -> None:
         [leads(0), leads(1)],
     )
     assert report.verdict is Verdict.DEGRADED
-    assert "member 102 (not started) was added but has not started" in report.reasons
+    assert "member 102 (not started) has not started" in report.reasons
     assert f"instance {IDS[3]} (InService) has no member" in report.reasons
     assert report.rows[2].member is not None and report.rows[2].member.started is False
     assert report.rows[3].note == "no member; refused"
