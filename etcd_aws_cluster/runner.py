@@ -8,6 +8,7 @@ import datetime
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_EVERY = 5.0
+# See probe_all: when to ask a silent etcd's peer port, and how long to wait for its client port after that.
+FORMING_CHECK_AFTER = 0.25
+FORMING_GRACE = 0.25
 
 
 @dataclass(frozen=True)
@@ -158,24 +162,44 @@ class Runner:
         return aws.group_of(me.instance_id)
 
     def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
-        """Ask every ASG instance's etcd for the member list at once; a hung peer costs one probe timeout."""
+        """Ask every ASG instance's etcd for the member list at once; a hung peer costs one probe timeout.
+
+        A client port still silent after FORMING_CHECK_AFTER seconds may belong to an etcd that is forming a
+        cluster and waits for quorum (it serves its peer port only): its peer port says so at once, and then the
+        client port gets FORMING_GRACE more seconds instead of the whole probe timeout.
+        """
         targets = [i for i in asg.instances if i.private_ip and not i.is_gone]
         if not targets:
             return ()
         timeout = self.deadline.cap(self.settings.probe_timeout)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(targets))
 
         def ask(instance_id: str, ip: str) -> Probe:
+            started = time.monotonic()
+            call = pool.submit(self.etcd.list_members, self.endpoints.client_url(ip), timeout)
+            forming: frozenset[str] | None = None
             try:
-                answer = self.etcd.list_members(self.endpoints.client_url(ip), timeout)
+                try:
+                    answer = call.result(timeout=min(FORMING_CHECK_AFTER, timeout))
+                except concurrent.futures.TimeoutError:
+                    forming = self._forming(ip, timeout - (time.monotonic() - started))
+                    wait = FORMING_GRACE if forming is not None else timeout
+                    answer = call.result(timeout=max(0.0, min(wait, timeout - (time.monotonic() - started))) + 0.05)
+            except concurrent.futures.TimeoutError:
+                detail = f"{self.endpoints.client_url(ip)} is silent; its peer port says it is forming a cluster"
+                if forming is None:
+                    detail = f"{self.endpoints.client_url(ip)} did not answer within {timeout:.1f}s"
+                return Probe(instance_id, ip, error="timeout", detail=detail, bootstrapping=forming)
             except EtcdRequestError as exc:
-                return Probe(instance_id, ip, error=exc.kind, detail=str(exc))
+                return Probe(instance_id, ip, error=exc.kind, detail=str(exc), bootstrapping=forming)
             except AgentError as exc:  # an invalid value in the answer
                 return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
             return Probe(instance_id, ip, answer=answer)
 
-        probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets])
-        if not any(p.answered for p in probes) and any(p.error == "timeout" for p in probes):
-            probes = self._ask_bootstrapping(probes, timeout)
+        try:
+            probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         tls_failures = [p for p in probes if p.error == "tls"]
         if tls_failures and not any(p.answered for p in probes):
             # A TLS misconfiguration does not heal by waiting: say which file is wrong now.
@@ -187,19 +211,14 @@ class Runner:
                 log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.detail or probe.error)
         return probes
 
-    def _ask_bootstrapping(self, probes: tuple[Probe, ...], timeout: float) -> tuple[Probe, ...]:
-        """Silent client ports may belong to etcds still forming a cluster: ask their peer ports what they form."""
-
-        def ask(probe: Probe) -> Probe:
-            if probe.error != "timeout":
-                return probe
-            try:
-                urls = self.etcd.bootstrapping_peers(self.endpoints.peer_url(probe.ip), timeout)
-            except AgentError:
-                return probe
-            return replace(probe, bootstrapping=urls)
-
-        return self._parallel([(ask, (p,)) for p in probes])
+    def _forming(self, ip: str, timeout: float) -> frozenset[str] | None:
+        """The peer URLs of the cluster the etcd on `ip` is still forming, or None (formed, or no answer)."""
+        if timeout <= 0:
+            return None
+        try:
+            return self.etcd.bootstrapping_peers(self.endpoints.peer_url(ip), timeout)
+        except AgentError:
+            return None
 
     def _parallel(self, calls: list[tuple[Callable[..., Probe], tuple[object, ...]]]) -> tuple[Probe, ...]:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:

@@ -20,10 +20,12 @@ def run_ok(
     return result
 
 
-def boot(sim: SimulatedAsg, nodes: Sequence[Node], timeout: float = 120) -> dict[str, str]:
+def boot(
+    sim: SimulatedAsg, nodes: Sequence[Node], timeout: float = 120, env: dict[str, str] | None = None
+) -> dict[str, str]:
     """Start the agent on every node at once; start each node's etcd as soon as its agent has written the file,
     as `Before=etcd.service` does. Returns each node's agent stderr."""
-    procs = {node.instance_id: (node, sim.start_agent(node)) for node in nodes}
+    procs = {node.instance_id: (node, sim.start_agent(node, env=env)) for node in nodes}
     logs: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while procs:
