@@ -19,7 +19,6 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 _OPEN_REGISTRIES: set[ProcessRegistry] = set()
 
@@ -196,12 +195,7 @@ class ProcessRegistry:
     def __enter__(self) -> ProcessRegistry:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

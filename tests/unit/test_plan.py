@@ -9,7 +9,6 @@ from etcd_aws_cluster.model import (
     AsgInstance,
     AsgView,
     Decision,
-    Endpoints,
     Facts,
     Identity,
     Member,
@@ -17,24 +16,11 @@ from etcd_aws_cluster.model import (
     Probe,
 )
 from etcd_aws_cluster.plan import decide, quorum, render_initial_cluster
-
-EP = Endpoints()
-IDS = ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c", "i-0000000000000000d"]
-IPS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+from tests.unit.builders import EP, IDS, IPS, member
 
 
 def inst(n: int, state: str = "InService", ip: bool = True) -> AsgInstance:
     return AsgInstance(IDS[n], state, IPS[n] if ip else None)
-
-
-def member(n: int, *, started: bool = True, learner: bool = False, name: str | None = None) -> Member:
-    return Member(
-        id=100 + n,
-        name=(IDS[n] if name is None else name) if started else "",
-        peer_urls=(EP.peer_url(IPS[n]),),
-        client_urls=(EP.client_url(IPS[n]),) if started else (),
-        is_learner=learner,
-    )
 
 
 def answered(n: int, members: tuple[Member, ...], cluster_id: int = 7) -> Probe:
@@ -177,7 +163,7 @@ def test_join_keeps_members_of_standby_instances() -> None:
 
 
 def test_join_removes_unstarted_members_first() -> None:
-    gone = Member(104, "i-0000000000000000e", ("http://10.0.0.5:2380",), ("http://10.0.0.5:2379",))
+    gone = Member(104, IDS[4], (EP.peer_url(IPS[4]),), (EP.client_url(IPS[4]),))
     members = (member(0), member(1), member(2), gone, Member(999, "", ("http://10.9.9.9:2380",)))
     instances = [inst(0), inst(1), inst(2), inst(3)]
     probes = [answered(n, members) for n in range(3)] + [failed(3)]
@@ -203,10 +189,10 @@ def test_rerun_after_partial_join_finds_own_unstarted_member() -> None:
 
 def test_second_joiner_waits_for_the_first() -> None:
     members = (member(0), member(1), member(2), member(3, started=False))
-    instances = [inst(0), inst(1), inst(2), inst(3), AsgInstance("i-0000000000000000e", "InService", "10.0.0.5")]
+    instances = [inst(0), inst(1), inst(2), inst(3), AsgInstance(IDS[4], "InService", IPS[4])]
     probes = [answered(n, members) for n in range(3)]
     f = Facts(
-        Identity("i-0000000000000000e", "10.0.0.5", "us-east-1"),
+        Identity(IDS[4], IPS[4], "us-east-1"),
         AsgView("etcd", 5, tuple(instances)),
         tuple(probes),
         EP,

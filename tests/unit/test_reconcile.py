@@ -19,28 +19,13 @@ import pytest
 from etcd_aws_cluster.commands.reconcile import describe, load_state, save_state
 from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import ConfigError, UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Facts, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.model import AsgInstance, AsgView, Facts, Identity, Member, MemberList, Probe
 from etcd_aws_cluster.reconcile import Policy, decide, owner, parse_states
 from etcd_aws_cluster.settings import Settings, load
+from tests.unit.builders import EP, IDS, IPS, member
 
-EP = Endpoints()
-IDS = [f"i-00000000000000{n:02d}" for n in range(10)]
-IPS = [f"10.0.0.{n + 1}" for n in range(10)]
 NOW = 1_000_000.0
 GRACE = 600.0
-
-
-def member(n: int, *, started: bool = True, learner: bool = False, name: str | None = None) -> Member:
-    return Member(
-        id=100 + n,
-        name=(IDS[n] if name is None else name) if started else "",
-        peer_urls=(EP.peer_url(IPS[n]),),
-        client_urls=(EP.client_url(IPS[n]),) if started else (),
-        is_learner=learner,
-    )
-
-
-STATES = {"I": "InService", "S": "Standby", "T": "Terminated", "W": "Terminating:Wait", "D": "Detaching"}
 
 
 @dataclass
