@@ -51,7 +51,9 @@ def initial_cluster(
     """`name=peer-url` pairs for ETCD_INITIAL_CLUSTER, sorted so every node computes the same string.
 
     An added but unstarted member has no name yet: it is named after the ASG instance that owns its peer URL,
-    which is the name that instance's agent will give it.
+    which is the name that instance's agent will give it. One that no live instance owns (its instance died
+    before it started) gets `member-<hex id>`: etcd matches the other members by peer URL, and only this node's
+    own name must be right. Reconcile removes such members.
     """
     pairs: set[tuple[str, str]] = set()
     for member in members:
@@ -61,9 +63,7 @@ def initial_cluster(
             name = member.name
         else:
             owner = instance_of(member, asg)
-            if owner is None:
-                raise UnsafeError(f"unstarted member {member.hex_id} belongs to no ASG instance; cannot name it")
-            name = owner.instance_id
+            name = owner.instance_id if owner is not None else f"member-{member.hex_id}"
         validate.member_name(name, "the etcd member list")
         for peer_url in member.peer_urls:
             pairs.add((name, validate.url(peer_url, "the etcd member list")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,25 @@ def test_rerun_after_a_partial_join_converges(sim: SimFactory, etcd_binary: Path
     asg.start_etcd(new)
     members = asg.wait_healthy(4, timeout=60)
     assert sorted(m["name"] for m in members) == sorted(n.instance_id for n in asg.nodes)
+
+
+def test_partial_join_beside_the_unstarted_member_of_a_dead_instance(sim: SimFactory, etcd_binary: Path) -> None:
+    """Two joiners were added; one instance died before its etcd started. The other still starts: the dead one's
+    member is listed in its file under its id (etcd matches the others by peer URL), not refused. (etcd adds a
+    second unstarted member only with --strict-reconfig-check=false, as some operators run it.)"""
+    asg = sim(3, etcd_binary, etcd_env={"ETCD_STRICT_RECONFIG_CHECK": "false"})
+    asg.bootstrap_static()
+    dead, survivor = asg.scale_to(5)
+    for node in (dead, survivor):
+        member_change(asg, asg.nodes[0], "add", {"peerURLs": [node.peer_url]})
+    ghost = next(m for m in asg.members() if dead.peer_url in m["peerURLs"])
+    asg.terminate(dead, replace=False)
+    result = run_ok(asg, survivor)
+    assert decision(result.stderr) == "member"
+    assert f"member-{int(ghost['ID']):x}={dead.peer_url}" in env(survivor)["ETCD_INITIAL_CLUSTER"]
+    asg.start_etcd(survivor)
+    deadline = time.monotonic() + 60
+    while not any(m.get("name") == survivor.instance_id for m in asg.members()):
+        assert time.monotonic() < deadline, survivor.etcd_log_tail()
+        time.sleep(0.2)
+    assert asg.health(survivor)

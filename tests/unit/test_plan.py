@@ -346,9 +346,11 @@ def test_joiner_waits_for_a_late_member_of_a_new_cluster() -> None:
     assert f"instance {IDS[2]} is joining" in plan.reason
 
 
-def test_unstarted_member_of_a_gone_instance_is_refused_not_waited_for() -> None:
-    # etcd would need it in ETCD_INITIAL_CLUSTER but no instance owns it: reconcile (or an operator) removes it
+def test_unstarted_member_of_a_gone_instance_is_named_by_id_not_waited_for() -> None:
+    # etcd needs every member in ETCD_INITIAL_CLUSTER (it matches them by peer URL); no instance gives this one a name
     members = (member(0), member(1), member(2, started=False), member(3, started=False))
     instances = [inst(0), inst(1), inst(2, "Terminated"), inst(3)]
-    with pytest.raises(UnsafeError, match="belongs to no ASG instance"):
-        decide(facts(3, instances, [answered(0, members), answered(1, members)]))
+    plan = decide(facts(3, instances, [answered(0, members), answered(1, members)]))
+    assert plan.decision is Decision.MEMBER and plan.cluster_state == "existing"
+    assert (f"member-{102:x}", EP.peer_url(IPS[2])) in plan.initial_cluster
+    assert (IDS[3], EP.peer_url(IPS[3])) in plan.initial_cluster
