@@ -34,7 +34,9 @@ def commands(parser: argparse.ArgumentParser) -> list[str]:
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, summary in COMMANDS.items():
         sub = subparsers.choices[name]
-        own = [a for a in sub._actions if a.option_strings and not any(a.dest == b.dest for b in parser._actions)]
+        # A command's own options, and shared ones it gives its own meaning (reconcile's --dry-run).
+        top_help = {a.dest: a.help for a in parser._actions}
+        own = [a for a in sub._actions if a.option_strings and top_help.get(a.dest, a) != a.help]
         out += [".TP", f"\\fB{esc(name)}\\fR", esc(summary)]
         if own:
             out += [".RS"]
