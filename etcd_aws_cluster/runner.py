@@ -34,7 +34,7 @@ T = TypeVar("T")
 PROGRESS_EVERY = 5.0
 # See probe_all: when to ask a silent etcd's peer port, and how long to wait for its client port after that.
 FORMING_CHECK_AFTER = 0.25
-FORMING_GRACE = 0.25
+FORMING_GRACE = 0.5
 
 
 @dataclass(frozen=True)
