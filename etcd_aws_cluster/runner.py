@@ -168,7 +168,7 @@ class Runner:
         cluster and waits for quorum (it serves its peer port only): its peer port says so at once, and then the
         client port gets FORMING_GRACE more seconds instead of the whole probe timeout.
         """
-        targets = [i for i in asg.instances if i.private_ip and not i.is_gone]
+        targets = [(i.instance_id, ip) for i in asg.instances if (ip := i.private_ip) and not i.is_gone]
         if not targets:
             return ()
         timeout = self.deadline.cap(self.settings.probe_timeout)
@@ -197,7 +197,9 @@ class Runner:
             return Probe(instance_id, ip, answer=answer)
 
         try:
-            probes = self._parallel([(ask, (i.instance_id, i.private_ip)) for i in targets])
+            # One pool for both: each ask runs in a worker and waits on its own client call in another.
+            asks = [pool.submit(ask, instance_id, ip) for instance_id, ip in targets]
+            probes = tuple(a.result() for a in asks)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         tls_failures = [p for p in probes if p.error == "tls"]
@@ -219,11 +221,6 @@ class Runner:
             return self.etcd.bootstrapping_peers(self.endpoints.peer_url(ip), timeout)
         except AgentError:
             return None
-
-    def _parallel(self, calls: list[tuple[Callable[..., Probe], tuple[object, ...]]]) -> tuple[Probe, ...]:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
-            futures = [pool.submit(fn, *args) for fn, args in calls]
-            return tuple(f.result() for f in futures)
 
     def facts(self, me: Identity, asg: AsgView) -> Facts:
         data_dir = local_data_dir(self.settings.data_dirs())
