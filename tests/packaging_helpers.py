@@ -100,8 +100,18 @@ def values(unit: Unit, section: str, key: str) -> list[str]:
     return [word for k, v in unit.get(section, []) if k == key for word in v.split()]
 
 
+def entries(unit: Unit, section: str, key: str) -> list[str]:
+    """The value of every `key=` line in `section`, in order."""
+    return [v for k, v in unit.get(section, []) if k == key]
+
+
+def keys(unit: Unit) -> set[str]:
+    """Every key set in any section."""
+    return {k for lines in unit.values() for k, _ in lines}
+
+
 def single(unit: Unit, section: str, key: str) -> str:
-    found = [v for k, v in unit.get(section, []) if k == key]
+    found = entries(unit, section, key)
     assert len(found) == 1, f"[{section}] {key}= appears {len(found)} times"
     return found[0]
 

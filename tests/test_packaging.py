@@ -183,6 +183,15 @@ def test_verify_reads_the_dropins(tmp_path: Path) -> None:
 
 
 @needs_systemd_tools
+def test_verify_reports_a_missing_executable(tmp_path: Path) -> None:
+    """Guards the test above too: without the stub executables, verify fails and names the missing command."""
+    root = unit_root(tmp_path, {f"{NAME}.service": UNIT})
+    result = verify(f"{NAME}.service", root)
+    assert result.returncode != 0
+    assert f"Command /usr/bin/{NAME} is not executable" in result.stderr
+
+
+@needs_systemd_tools
 @pytest.mark.parametrize("name", [n for n in ALL_UNITS if n.endswith(".service")])
 def test_unit_security_exposure_is_ok(name: str) -> None:
     score, report = exposure(SYSTEMD / name)

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +18,7 @@ from etcd_aws_cluster.errors import ConfigError, UnsafeError
 from etcd_aws_cluster.model import AsgInstance, AsgView, Facts, Identity, Member, MemberList, Probe
 from etcd_aws_cluster.reconcile import Policy, decide, owner, parse_states
 from etcd_aws_cluster.settings import Settings, load
+from tests.packaging_helpers import SYSTEMD, entries, keys, parse_unit
 from tests.unit.builders import EP, IDS, IPS, member
 
 NOW = 1_000_000.0
@@ -329,108 +326,34 @@ def test_command_dry_run_changes_nothing(
 
 # --- the systemd units -----------------------------------------------------------------------------------
 
-SYSTEMD = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
 SERVICE = SYSTEMD / "etcd-aws-cluster-reconcile.service"
 TIMER = SYSTEMD / "etcd-aws-cluster-reconcile.timer"
-MAX_EXPOSURE = 2.5
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-STAND_IN_ETCD = "[Unit]\nDescription=etcd stand-in\n\n[Service]\nType=notify\nExecStart=/usr/bin/etcd\n"
-
-
-def unit_keys(path: Path) -> dict[str, list[str]]:
-    keys: dict[str, list[str]] = {}
-    section = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        keys.setdefault(f"{section}.{key}", []).append(value)
-    return keys
+# systemd-analyze verify and the security exposure of these units: tests/test_packaging.py, for every shipped unit.
 
 
 def test_timer_runs_every_five_minutes_spread_and_is_not_enabled_by_the_units_themselves() -> None:
-    timer = unit_keys(TIMER)
-    assert timer["Timer.OnUnitActiveSec"] == ["5min"]
-    assert timer["Timer.RandomizedDelaySec"] and timer["Timer.RandomizedDelaySec"][0] not in ("0", "")
-    assert timer["Install.WantedBy"] == ["timers.target"]
-    service = unit_keys(SERVICE)
-    assert "Install.WantedBy" not in service  # started by the timer only
-    assert service["Service.Type"] == ["oneshot"]
-    assert service["Service.ExecStart"] == ["/usr/bin/etcd-aws-cluster reconcile"]
-    assert "RemainAfterExit" not in " ".join(service)  # or OnUnitActiveSec= would fire only once
+    timer = parse_unit(TIMER.read_text())
+    assert entries(timer, "Timer", "OnUnitActiveSec") == ["5min"]
+    delay = entries(timer, "Timer", "RandomizedDelaySec")
+    assert delay and delay[0] not in ("0", "")
+    assert entries(timer, "Install", "WantedBy") == ["timers.target"]
+    service = parse_unit(SERVICE.read_text())
+    assert "WantedBy" not in keys(service)  # started by the timer only
+    assert entries(service, "Service", "Type") == ["oneshot"]
+    assert entries(service, "Service", "ExecStart") == ["/usr/bin/etcd-aws-cluster reconcile"]
+    assert "RemainAfterExit" not in keys(service)  # or OnUnitActiveSec= would fire only once
 
 
 def test_service_runs_only_where_etcd_is_active_and_the_agent_has_run() -> None:
-    service = unit_keys(SERVICE)
-    assert "etcd.service" in service["Unit.Requisite"][0].split()
-    assert "etcd.service" in " ".join(service["Unit.After"]).split()
-    assert "/etc/sysconfig/etcd-cluster" in service["Unit.ConditionPathExists"]
-    assert "!/etc/etcd-aws-cluster/disabled" in service["Unit.ConditionPathExists"]
+    service = parse_unit(SERVICE.read_text())
+    assert "etcd.service" in entries(service, "Unit", "Requisite")[0].split()
+    assert "etcd.service" in " ".join(entries(service, "Unit", "After")).split()
+    assert "/etc/sysconfig/etcd-cluster" in entries(service, "Unit", "ConditionPathExists")
+    assert "!/etc/etcd-aws-cluster/disabled" in entries(service, "Unit", "ConditionPathExists")
     # The state file's directory is the unit's StateDirectory, writable under ProtectSystem=strict.
     from etcd_aws_cluster.settings import Settings
 
     state_dir = Settings.model_fields["reconcile_state_file"].default.parent
-    assert service["Service.ProtectSystem"] == ["strict"]
-    assert Path("/var/lib") / service["Service.StateDirectory"][0] == state_dir
-    assert "ReadWritePaths" not in " ".join(service)
-
-
-@needs_systemd_analyze
-def test_units_pass_systemd_analyze_verify_with_nothing_on_stderr(tmp_path: Path) -> None:
-    units = tmp_path / "usr/lib/systemd/system"
-    host = Path("/usr/lib/systemd/system")
-    if host.is_dir():
-        shutil.copytree(host, units, symlinks=True)
-    units.mkdir(parents=True, exist_ok=True)
-    for source in (SERVICE, TIMER):
-        shutil.copyfile(source, units / source.name)
-    (units / "etcd.service").write_text(STAND_IN_ETCD)
-    for binary in ("usr/bin/etcd-aws-cluster", "usr/bin/etcd"):
-        stub = tmp_path / binary
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\nexit 0\n")
-        stub.chmod(0o755)
-    for unit in (SERVICE.name, TIMER.name):
-        result = subprocess.run(
-            ["systemd-analyze", f"--root={tmp_path}", "--man=no", "verify", f"/usr/lib/systemd/system/{unit}"],
-            capture_output=True,
-            text=True,
-            cwd="/",
-            check=False,
-        )
-        assert (result.returncode, result.stderr) == (0, ""), f"{unit}:\n{result.stderr}"
-
-
-@needs_systemd_analyze
-def test_verify_would_see_a_broken_unit(tmp_path: Path) -> None:
-    """Guards the test above: the same call reports an unknown key and a missing executable."""
-    broken = tmp_path / "usr/lib/systemd/system" / SERVICE.name
-    broken.parent.mkdir(parents=True)
-    broken.write_text(SERVICE.read_text().replace("[Service]", "[Service]\nNoSuchKey=1", 1))
-    result = subprocess.run(
-        ["systemd-analyze", f"--root={tmp_path}", "--man=no", "verify", f"/usr/lib/systemd/system/{SERVICE.name}"],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        check=False,
-    )
-    assert "NoSuchKey" in result.stderr
-    assert "etcd-aws-cluster" in result.stderr  # the missing /usr/bin/etcd-aws-cluster
-
-
-@needs_systemd_analyze
-def test_service_exposure_is_at_most_2_5() -> None:
-    result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVICE)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "SYSTEMD_COLORS": "0"},
-    )
-    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    assert entries(service, "Service", "ProtectSystem") == ["strict"]
+    assert Path("/var/lib") / entries(service, "Service", "StateDirectory")[0] == state_dir
+    assert "ReadWritePaths" not in keys(service)
