@@ -299,15 +299,20 @@ def test_agent_wheel_holds_every_module_of_the_source_tree() -> None:
 # --- the .deb ---------------------------------------------------------------------------------------------
 
 
+def built(target: str, variable: str) -> Path:
+    """`make <target>` (a no-op when its inputs did not change), and the package file it names in `variable`."""
+    started = time.monotonic()
+    make(target)
+    path = REPO / make_variable(variable)
+    assert path.is_file()
+    print(f"make {target}: {time.monotonic() - started:.1f} s, {path.stat().st_size // 1024} KiB")
+    return path
+
+
 @pytest.fixture(scope="session")
 def deb_file() -> Path:
-    """The .deb, built (once per session, and only when its inputs changed) by `make deb`."""
-    started = time.monotonic()
-    make("deb")
-    path = REPO / make_variable("PKG_DEB_FILE")
-    assert path.is_file()
-    print(f"make deb: {time.monotonic() - started:.1f} s, {path.stat().st_size // 1024} KiB")
-    return path
+    """The .deb, built once per session by `make deb`."""
+    return built("deb", "PKG_DEB_FILE")
 
 
 def _dpkg_status(package: str = NAME) -> str:
@@ -498,13 +503,8 @@ def test_deb_remove_then_purge_leaves_nothing_behind_but_etcds_file(installed_de
 
 @pytest.fixture(scope="session")
 def rpm_file() -> Path:
-    """The .rpm, built (once per session, and only when its inputs changed) by `make rpm`."""
-    started = time.monotonic()
-    make("rpm")
-    path = REPO / make_variable("PKG_RPM_FILE")
-    assert path.is_file()
-    print(f"make rpm: {time.monotonic() - started:.1f} s, {path.stat().st_size // 1024} KiB")
-    return path
+    """The .rpm, built once per session by `make rpm`."""
+    return built("rpm", "PKG_RPM_FILE")
 
 
 @pytest.fixture(scope="module")
