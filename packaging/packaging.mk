@@ -52,19 +52,19 @@ packaging-deps:
 	fi
 
 # --- wheels: downloaded once per lock file, then every build is offline ------------------------------------------
-$(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)/.done: packaging/debian/requirements.lock | packaging-deps
+# $(1): machine for the platform tags, $(2): target Python version, $(3): its ABI tag
+define PKG_DOWNLOAD_WHEELS
 	rm -rf $(@D) && mkdir -p $(@D)
 	$(PKG_ENV) /usr/bin/python3 -m pip download -q --no-deps --require-hashes --only-binary=:all: \
-		$(call PKG_WHEEL_PLATFORMS,$(PKG_DEB_MACHINE)) --implementation cp --python-version 3.11 --abi cp311 \
-		-d $(@D) -r $<
+		$(call PKG_WHEEL_PLATFORMS,$(1)) --implementation cp --python-version $(2) --abi $(3) -d $(@D) -r $<
 	touch $@
+endef
+
+$(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)/.done: packaging/debian/requirements.lock | packaging-deps
+	$(call PKG_DOWNLOAD_WHEELS,$(PKG_DEB_MACHINE),3.11,cp311)
 
 $(PKG_BUILD)/wheels/rpm-$(PKG_RPM_ARCH)/.done: packaging/rpm/requirements.lock | packaging-deps
-	rm -rf $(@D) && mkdir -p $(@D)
-	$(PKG_ENV) /usr/bin/python3 -m pip download -q --no-deps --require-hashes --only-binary=:all: \
-		$(call PKG_WHEEL_PLATFORMS,$(PKG_RPM_ARCH)) --implementation cp --python-version 3.9 --abi cp39 \
-		-d $(@D) -r $<
-	touch $@
+	$(call PKG_DOWNLOAD_WHEELS,$(PKG_RPM_ARCH),3.9,cp39)
 
 # --- the agent itself: one wheel, built offline with Debian's setuptools, installed by both packages -----------
 PKG_APP_SOURCES = pyproject.toml $(wildcard README.md LICENSE) \
