@@ -1,7 +1,8 @@
 """Command line: argv -> settings -> command -> exit code.
 
 Heavy imports (pydantic, boto3, requests) wait until after parsing, so --help is fast. Each command lives in
-`etcd_aws_cluster.commands.<name>` with `run(settings, args) -> int`, imported only when chosen.
+`etcd_aws_cluster.commands.<name>` with `run(context, args) -> int`, imported only when chosen; the context
+(settings, deadline, clients, the way to the cluster view) is built here, once.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in settings_module.unknown_env(os.environ):
             log.warning("ignoring unknown setting %s (check its spelling)", name)
         module = importlib.import_module(f"etcd_aws_cluster.commands.{command}")
-        code: int = module.run(settings, args)
+        from etcd_aws_cluster.context import Context
+
+        code: int = module.run(Context(settings), args)
         return code
     except AgentError as exc:
         message = f"error ({exc.kind}): {exc}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import OutputError
 from etcd_aws_cluster.model import Endpoints, Identity, Plan
-from etcd_aws_cluster.plan import render_initial_cluster
+from etcd_aws_cluster.view import render_initial_cluster
 
 KEYS = (
     "ETCD_NAME",

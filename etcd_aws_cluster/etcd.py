@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import ConfigError, EtcdError
-from etcd_aws_cluster.model import Member, MemberList
+from etcd_aws_cluster.model import EndpointStatus, Member, MemberList
 
 if TYPE_CHECKING:
     import requests
@@ -317,15 +317,6 @@ class EtcdClient:
                 raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
             return EndpointStatus(member_id, leader, is_learner=body.get("isLearner") is True)
         return None
-
-
-@dataclass(frozen=True)
-class EndpointStatus:
-    """One member's own view: its id, and the id of the leader it follows (0: it knows no leader)."""
-
-    member_id: int
-    leader: int
-    is_learner: bool = False
 
 
 def _uint64(value: Any) -> int | None:

@@ -80,6 +80,15 @@ class MemberList:
 
 
 @dataclass(frozen=True)
+class EndpointStatus:
+    """One member's own view: its id, and the id of the leader it follows (0: it knows no leader)."""
+
+    member_id: int
+    leader: int
+    is_learner: bool = False
+
+
+@dataclass(frozen=True)
 class Probe:
     """The result of asking one ASG instance's etcd for the member list."""
 
@@ -111,17 +120,6 @@ class Endpoints:
 
     def client_url(self, ip: str) -> str:
         return f"{self.client_scheme}://{ip}:{self.client_port}"
-
-
-@dataclass(frozen=True)
-class Facts:
-    me: Identity
-    asg: AsgView
-    probes: tuple[Probe, ...]
-    endpoints: Endpoints
-    has_local_data: bool = False
-    # (member id, cluster id) from the local WAL, when it could be read
-    local_ids: tuple[int, int] | None = None
 
 
 class Decision(str, enum.Enum):

@@ -11,28 +11,19 @@ On an instance outside the etcd cluster's Auto Scaling group the agent writes, i
   ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY   only when ca_file / cert_file / key_file are set
 
 The members come from the member list when a member answers, else from the ASG (InService/Pending instances with
-a private IP). Everything above `run` is pure; `run` gathers the facts and writes the file like the member mode
-does: every value validated, written atomically, the old file untouched on failure.
+a private IP). Pure: the command (`commands/run.py`, `run_proxy`) gathers the facts and writes the file like the
+member mode does: every value validated, written atomically, the old file untouched on failure.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgView, Endpoints, Identity, Member, Probe
-from etcd_aws_cluster.plan import render_initial_cluster, url_host
-
-if TYPE_CHECKING:
-    from etcd_aws_cluster.settings import Settings
-
-log = logging.getLogger(__name__)
+from etcd_aws_cluster.model import AsgView, Endpoints, Identity
+from etcd_aws_cluster.view import ClusterView, render_initial_cluster
 
 KEYS = ("ETCD_NAME", "ETCD_PROXY", "ETCD_INITIAL_CLUSTER", "ETCD_LISTEN_CLIENT_URLS", "ETCDCTL_ENDPOINTS")
 TLS_KEYS = ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY")
@@ -48,22 +39,10 @@ class Cluster:
     source: str  # "member list" or "ASG"
 
 
-def _owner_name(member: Member, asg: AsgView) -> str:
-    """The name to list an unstarted member under: its ASG instance's id (what its agent will name it)."""
-    hosts = {url_host(u) for u in member.peer_urls}
-    owner = next((i for i in asg.instances if i.private_ip and i.private_ip in hosts), None)
-    return owner.instance_id if owner is not None else member.hex_id
-
-
-def from_members(members: Iterable[Member], asg: AsgView) -> Cluster:
+def from_members(view: ClusterView) -> Cluster:
     """The cluster as its member list describes it: every member's peer URLs, the started members' client URLs."""
-    pairs: set[tuple[str, str]] = set()
-    client_urls: set[str] = set()
-    for member in members:
-        name = validate.member_name(member.name or _owner_name(member, asg), "the etcd member list")
-        pairs.update((name, validate.url(u, "the etcd member list")) for u in member.peer_urls)
-        client_urls.update(validate.url(u, "the etcd member list") for u in member.client_urls)
-    return Cluster(tuple(sorted(pairs)), tuple(sorted(client_urls)), "member list")
+    client_urls = {validate.url(u, "the etcd member list") for m in view.members for u in m.client_urls}
+    return Cluster(view.initial_cluster(view.members), tuple(sorted(client_urls)), "member list")
 
 
 def from_asg(asg: AsgView, endpoints: Endpoints) -> Cluster:
@@ -76,20 +55,14 @@ def from_asg(asg: AsgView, endpoints: Endpoints) -> Cluster:
     )
 
 
-def discover(asg: AsgView, probes: Iterable[Probe], endpoints: Endpoints) -> Cluster | None:
-    """The member list most members agree on, else the ASG's view; None while neither names a member."""
-    answers = [p.answer for p in probes if p.answer is not None]
-    cluster_ids = {a.cluster_id for a in answers if a.cluster_id is not None}
-    if len(cluster_ids) > 1:
-        ids = ", ".join(f"{c:x}" for c in sorted(cluster_ids))
-        raise UnsafeError(f"the instances of ASG {asg.name} answer for different etcd clusters ({ids}); refusing")
-    lists = [frozenset(a.members) for a in answers if a.members]
-    if lists:
-        best = max(set(lists), key=lambda members: (lists.count(members), len(members)))
-        cluster = from_members(sorted(best, key=lambda m: m.id), asg)
+def discover(view: ClusterView) -> Cluster | None:
+    """The member list the members agree on, else the ASG's view; None while neither names a member."""
+    view.require_one_cluster()
+    if view.members:
+        cluster = from_members(view)
         if cluster.client_urls:
             return cluster
-    cluster = from_asg(asg, endpoints)
+    cluster = from_asg(view.asg, view.endpoints)
     return cluster if cluster.initial_cluster else None
 
 
@@ -126,55 +99,3 @@ def render(values: Mapping[str, str]) -> str:
         raise ValueError(f"proxy env file needs {', '.join(KEYS)} and optionally {', '.join(TLS_KEYS)}")
     lines = [f"{key}={validate.env_value(key, values[key])}" for key in (*KEYS, *TLS_KEYS) if key in values]
     return HEADER + "\n".join(lines) + "\n"
-
-
-# --- the run: facts -> client configuration -> file ------------------------------------------------------------
-def run(settings: Settings, *, dry_run: bool = False) -> int:
-    """Find the cluster of ASG `proxy_asg`, write the client configuration (or print it with dry_run)."""
-    from etcd_aws_cluster import envfile
-    from etcd_aws_cluster.deadline import backoff
-    from etcd_aws_cluster.errors import AwsError, ConfigError
-    from etcd_aws_cluster.runner import Runner, host_lock
-
-    group = settings.proxy_asg
-    if not group:
-        raise ConfigError("proxy mode needs proxy_asg")
-    runner = Runner(settings)
-    me = runner.identity()
-    aws = runner.connect_aws(me.region)
-    attempt = 0
-    while True:
-        asg = aws.describe(group)
-        mine = asg.find(me.instance_id)
-        if mine is not None and not mine.is_gone:
-            raise ConfigError(
-                f"this instance is in ASG {group}, the cluster's own group; unset proxy_asg on its members"
-            )
-        cluster = discover(asg, runner.probe_all(asg), runner.endpoints)
-        if cluster is not None:
-            break
-        if not runner.deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
-            raise AwsError(f"gave up: ASG {group} has no InService or Pending instance with a private IP")
-        attempt += 1
-    tls_files = {
-        "ETCDCTL_CACERT": settings.ca_file,
-        "ETCDCTL_CERT": settings.cert_file,
-        "ETCDCTL_KEY": settings.key_file,
-    }
-    values = variables(me, cluster, runner.endpoints, listen_loopback=settings.listen_loopback, tls_files=tls_files)
-    text = render(values)
-    log.info(
-        "proxy mode: %d members of ASG %s (from the %s); client URLs %s",
-        len(cluster.initial_cluster),
-        group,
-        cluster.source,
-        values["ETCDCTL_ENDPOINTS"],
-    )
-    if dry_run:
-        sys.stdout.write(f"# proxy mode: a client of ASG {group}, members from the {cluster.source}\n{text}")
-        return 0
-    with host_lock(settings.lock_file, runner.deadline):
-        envfile.write(settings.output, text)
-    if settings.output != "-":
-        log.info("wrote %s: proxy configuration for %s", settings.output, me.instance_id)
-    return 0

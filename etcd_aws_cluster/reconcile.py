@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Facts, Member
+from etcd_aws_cluster.model import AsgInstance, AsgView, Identity, Member
+from etcd_aws_cluster.view import ClusterView, Facts, is_me, quorum
 
 # Lifecycle states the setting may name; InService/Pending instances are members and are never removed.
 REMOVABLE_STATES = frozenset(
@@ -114,25 +114,9 @@ class Reconciliation:
     def summary(self) -> str:
         return (
             f"{len(self.members)} members, {self.healthy_voters} of {self.voters} voting members answer "
-            f"(quorum {planner.quorum(self.voters)}); remove {len(self.remove)}, blocked {len(self.blocked)}, "
+            f"(quorum {quorum(self.voters)}); remove {len(self.remove)}, blocked {len(self.blocked)}, "
             f"unstarted within grace {len(self.waiting)}"
         )
-
-
-def owner(member: Member, asg: AsgView) -> AsgInstance | None:
-    """The ASG instance a member belongs to, in any lifecycle state.
-
-    A started member named after an instance id belongs to that instance only: its IP may since have been given
-    to a new instance. Otherwise as the boot plan sees it (`plan.instance_of`), falling back to an instance in any
-    state that holds one of its peer IPs (e.g. an unstarted member of a Standby instance).
-    """
-    if member.started and validate.INSTANCE_ID.fullmatch(member.name):
-        return asg.find(member.name)
-    found = planner.instance_of(member, asg)
-    if found is not None:
-        return found
-    hosts = {planner.url_host(u) for u in member.peer_urls}
-    return next((i for i in asg.instances if i.private_ip and i.private_ip in hosts), None)
 
 
 def _gone_reason(member: Member, instance: AsgInstance | None, asg: AsgView, policy: Policy) -> str | None:
@@ -160,35 +144,16 @@ def _order(member: Member, healthy: frozenset[int]) -> tuple[int, int]:
     return (rank, member.id)
 
 
-def decide(facts: Facts, policy: Policy, seen_unstarted: Mapping[int, float], now: float) -> Reconciliation:
-    """Compare the cluster with the ASG. Raises UnsafeError when no quorum answers or the view is inconsistent."""
-    me, asg, endpoints = facts.me, facts.asg, facts.endpoints
-    if asg.find(me.instance_id) is None:
-        raise UnsafeError(f"this instance {me.instance_id} is not in ASG {asg.name}'s view; refusing to act on it")
-    if not any(p.answered for p in facts.probes):
-        raise UnsafeError(
-            f"no etcd of ASG {asg.name} answers; the cluster has no quorum here. Refusing to change membership"
-        )
-    members = planner.agreed_member_list(facts).members
-    if not any(planner.is_me(m, me, endpoints) for m in members):
-        raise UnsafeError(f"this instance {me.instance_id} is not a member of the cluster; run reconcile from a member")
-    answered_ips = {p.ip for p in facts.probes if p.answered}
-    healthy = frozenset(m.id for m in members if any(planner.url_host(u) in answered_ips for u in m.peer_urls))
-    voters = [m for m in members if not m.is_learner]
-    up = sum(1 for m in voters if m.id in healthy)
-    if up < planner.quorum(len(voters)):
-        raise UnsafeError(
-            f"the cluster has no quorum: {up} of {len(voters)} voting members answer. Restore the missing "
-            "members' instances, or recover the cluster from a snapshot; refusing to change membership"
-        )
-
-    since = {m.id: min(seen_unstarted.get(m.id, now), now) for m in members if not m.started}
+def _candidates(
+    view: ClusterView, me: Identity, policy: Policy, since: Mapping[int, float], now: float
+) -> tuple[list[Removal], list[Unstarted]]:
+    """Members that reconcile would remove (with the reason), and failed joins still within their grace."""
     candidates: list[Removal] = []
     waiting: list[Unstarted] = []
-    for member in members:
-        if planner.is_me(member, me, endpoints):
+    for member in view.members:
+        if is_me(member, me, view.endpoints):
             continue  # never the member this runs on
-        reason = _gone_reason(member, owner(member, asg), asg, policy)
+        reason = _gone_reason(member, view.owner(member), view.asg, policy)
         if reason is None and not member.started:
             seen_for = now - since[member.id]
             if seen_for >= policy.grace:
@@ -197,24 +162,50 @@ def decide(facts: Facts, policy: Policy, seen_unstarted: Mapping[int, float], no
                 waiting.append(Unstarted(member, seen_for, policy.grace))
         if reason is not None:
             candidates.append(Removal(member, reason))
+    return candidates, waiting
 
+
+def _guarded(view: ClusterView, candidates: list[Removal]) -> tuple[list[Removal], list[Removal]]:
+    """The removals the quorum guard allows, in order, and those it blocks."""
     remove: list[Removal] = []
     blocked: list[Removal] = []
-    for candidate in sorted(candidates, key=lambda r: _order(r.member, healthy)):
+    removed: list[int] = []
+    for candidate in sorted(candidates, key=lambda r: _order(r.member, view.healthy)):
         if candidate.member.is_learner:
             remove.append(candidate)
             continue
-        after = [v for v in voters if v.id != candidate.member.id]
-        up_after = sum(1 for v in after if v.id in healthy)
-        if after and up_after >= planner.quorum(len(after)):
-            voters = after
+        after = view.count([*removed, candidate.member.id])
+        if after.ok:
+            removed.append(candidate.member.id)
             remove.append(candidate)
         else:
-            reason = f"{candidate.reason}; removing it would leave {up_after} of {len(after)} voting members answering"
+            reason = (
+                f"{candidate.reason}; removing it would leave {after.up} of {after.voters} voting members answering"
+            )
             blocked.append(Removal(candidate.member, reason))
+    return remove, blocked
+
+
+def decide(facts: Facts, policy: Policy, seen_unstarted: Mapping[int, float], now: float) -> Reconciliation:
+    """Compare the cluster with the ASG. Raises UnsafeError when no quorum answers or the view is inconsistent."""
+    me, view = facts.me, facts.view
+    asg = view.asg
+    if asg.find(me.instance_id) is None:
+        raise UnsafeError(f"this instance {me.instance_id} is not in ASG {asg.name}'s view; refusing to act on it")
+    if not view.answered:
+        raise UnsafeError(
+            f"no etcd of ASG {asg.name} answers; the cluster has no quorum here. Refusing to change membership"
+        )
+    view.require_one_cluster()
+    if not view.claiming(me):
+        raise UnsafeError(f"this instance {me.instance_id} is not a member of the cluster; run reconcile from a member")
+    view.require_quorum("change membership")
+    since = {m.id: min(seen_unstarted.get(m.id, now), now) for m in view.members if not m.started}
+    candidates, waiting = _candidates(view, me, policy, since, now)
+    remove, blocked = _guarded(view, candidates)
     return Reconciliation(
-        members=members,
-        healthy=healthy,
+        members=view.members,
+        healthy=view.healthy,
         remove=tuple(remove),
         blocked=tuple(blocked),
         waiting=tuple(waiting),

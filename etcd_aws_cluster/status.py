@@ -1,19 +1,18 @@
 """`status`: the Auto Scaling group and the etcd cluster side by side, as rows and one verdict.
 
-Pure: what was found (ASG view, member-list probes, members' own status) in, a report out; no I/O, no clock.
+Pure: the cluster view and the members' own status in, a report out; no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from etcd_aws_cluster.etcd import EndpointStatus
-from etcd_aws_cluster.model import AsgInstance, AsgView, Member, Probe
-from etcd_aws_cluster.plan import quorum, url_host
+from etcd_aws_cluster.model import AsgInstance, EndpointStatus, Member
+from etcd_aws_cluster.view import ClusterView, quorum, url_host
 
 
 class Verdict(str, enum.Enum):
@@ -60,153 +59,117 @@ class Report:
         return quorum(self.voters)
 
 
-def cluster_view(probes: Iterable[Probe]) -> tuple[tuple[Member, ...], tuple[int, ...], bool]:
-    """The member list most peers agree on (sorted by id), every cluster id seen, and whether the lists differ."""
-    answers = [p.answer for p in probes if p.answer is not None]
-    if not answers:
-        return (), (), False
-    counts = Counter(frozenset(a.members) for a in answers)
-    best = max(counts, key=lambda members: (counts[members], len(members), sorted(m.id for m in members)))
-    cluster_ids = tuple(sorted({a.cluster_id for a in answers if a.cluster_id is not None}))
-    return tuple(sorted(best, key=lambda m: m.id)), cluster_ids, len(counts) > 1
-
-
-def member_hosts(member: Member) -> set[str]:
-    return {url_host(u) for u in (*member.peer_urls, *member.client_urls)}
-
-
-def owner(member: Member, asg: AsgView) -> AsgInstance | None:
-    """The ASG instance a member belongs to, in any lifecycle state: by name (instance id), else by IP."""
-    by_name = asg.find(member.name) if member.name else None
-    if by_name is not None:
-        return by_name
-    hosts = member_hosts(member)
-    return next((i for i in asg.instances if i.private_ip and i.private_ip in hosts), None)
-
-
 def _label(member: Member) -> str:
     return f"{member.hex_id} ({member.name})" if member.name else f"{member.hex_id} (not started)"
 
 
-def build(asg: AsgView, probes: Sequence[Probe], statuses: Iterable[EndpointStatus] = ()) -> Report:
-    """Join the ASG view, the member lists the peers answered and the members' own status into a report.
+def _reachable_row(
+    view: ClusterView, member: Member, leader: int | None, instance: AsgInstance | None, note: str
+) -> Row:
+    return Row(
+        instance.instance_id if instance else None,
+        instance.private_ip if instance else None,
+        instance.lifecycle_state if instance else None,
+        member,
+        view.reachable(member),
+        None if leader is None else member.id == leader,
+        note,
+    )
 
-    `probes` are the member-list probes of the ASG's instances, plus any of members outside the ASG (their
-    `instance_id` empty). `statuses` are the answers to the v3 status call of the members that answered.
-    """
-    statuses = tuple(statuses)
-    members, cluster_ids, disagree = cluster_view(probes)
-    answered = {p.ip for p in probes if p.answered}
-    failed = {p.ip for p in probes if not p.answered}
-    status_ids = {s.member_id for s in statuses}
-    probe_of = {p.instance_id: p for p in probes if p.instance_id}
 
-    def reachable(member: Member) -> bool | None:
-        hosts = member_hosts(member)
-        if member.id in status_ids or hosts & answered:
-            return True
-        return False if hosts & failed else None
-
-    votes = Counter(s.leader for s in statuses if s.leader)
-    leader: int | None = votes.most_common(1)[0][0] if votes else (0 if statuses else None)
-
+def _rows(view: ClusterView, leader: int | None) -> list[Row]:
+    """One row per ASG instance and member of it (or none), then one per member of no instance."""
+    asg = view.asg
+    probe_of = {p.instance_id: p for p in view.probes if p.instance_id}
     rows: list[Row] = []
-    by_instance: dict[str, list[Member]] = {}
-    orphans: list[Member] = []
-    for member in members:
-        found = owner(member, asg)
-        if found is None:
-            orphans.append(member)
-        else:
-            by_instance.setdefault(found.instance_id, []).append(member)
     for instance in asg.instances:
         probe = probe_of.get(instance.instance_id)
         note = (probe.error or "") if probe is not None else ""
-        mine = by_instance.get(instance.instance_id, [])
+        mine = view.members_of(instance.instance_id)
         if not mine:
             reach = None if probe is None else probe.answered
-            if members and instance.counts_as_member:
+            if view.members and instance.counts_as_member:
                 note = "; ".join(filter(None, ["no member", note]))
             rows.append(
                 Row(instance.instance_id, instance.private_ip, instance.lifecycle_state, None, reach, None, note)
             )
         for member in mine:
             named = f"named {member.name}" if member.name and member.name != instance.instance_id else ""
-            rows.append(
-                Row(
-                    instance.instance_id,
-                    instance.private_ip,
-                    instance.lifecycle_state,
-                    member,
-                    reachable(member),
-                    None if leader is None else member.id == leader,
-                    "; ".join(filter(None, [named, note])),
-                )
-            )
-    for member in orphans:
+            rows.append(_reachable_row(view, member, leader, instance, "; ".join(filter(None, [named, note]))))
+    for member in view.orphans:
         hosts = sorted(h for h in (url_host(u) for u in member.peer_urls) if h)
-        rows.append(
-            Row(
-                None,
-                hosts[0] if hosts else None,
-                None,
-                member,
-                reachable(member),
-                None if leader is None else member.id == leader,
-                f"not in ASG {asg.name}" + (f"; named {member.name}" if member.name else ""),
-            )
-        )
+        note = f"not in ASG {asg.name}" + (f"; named {member.name}" if member.name else "")
+        row = _reachable_row(view, member, leader, None, note)
+        rows.append(replace(row, ip=hosts[0] if hosts else None))
+    return rows
 
-    voters = [m for m in members if not m.is_learner]
-    up = sum(1 for m in voters if reachable(m))
-    no_quorum: list[str] = []
-    degraded: list[str] = []
-    if not members:
-        no_quorum.append(f"no etcd member answers on the {len(probes)} instances asked")
-    else:
-        if up < quorum(len(voters)):
-            no_quorum.append(f"{up} of {len(voters)} voting members reachable; quorum needs {quorum(len(voters))}")
-        if leader == 0:
-            no_quorum.append("no member knows a leader")
-        if len(cluster_ids) > 1:
-            degraded.append("peers answer for different clusters: " + ", ".join(f"{c:x}" for c in cluster_ids))
-        elif disagree:
-            degraded.append("peers answer different member lists (a membership change in progress?)")
-        for member in members:
-            found = owner(member, asg)
-            if not member.serving:
-                degraded.append(f"member {_label(member)} has not started")
-            elif not reachable(member):
-                degraded.append(f"{'learner' if member.is_learner else 'member'} {_label(member)} is unreachable")
-            if found is None:
-                degraded.append(f"member {_label(member)} belongs to no instance of ASG {asg.name}")
-            elif found.is_gone:
-                degraded.append(
-                    f"member {_label(member)} belongs to {found.instance_id}, which is {found.lifecycle_state}"
-                )
-        for instance in asg.instances:
-            count = len(by_instance.get(instance.instance_id, []))
-            if count == 0 and instance.counts_as_member:
-                degraded.append(f"instance {instance.instance_id} ({instance.lifecycle_state}) has no member")
-            elif count > 1:
-                degraded.append(f"{count} members belong to instance {instance.instance_id}")
+
+def _member_problems(view: ClusterView) -> list[str]:
+    """What needs a look about the members and the instances, while the cluster has a quorum."""
+    asg, problems = view.asg, []
+    if len(view.cluster_ids) > 1:
+        problems.append("peers answer for different clusters: " + ", ".join(f"{c:x}" for c in view.cluster_ids))
+    elif view.lists_differ:
+        problems.append("peers answer different member lists (a membership change in progress?)")
+    for member in view.members:
+        found = view.owner(member)
+        if not member.serving:
+            problems.append(f"member {_label(member)} has not started")
+        elif not view.reachable(member):
+            problems.append(f"{'learner' if member.is_learner else 'member'} {_label(member)} is unreachable")
+        if found is None:
+            problems.append(f"member {_label(member)} belongs to no instance of ASG {asg.name}")
+        elif found.is_gone:
+            problems.append(f"member {_label(member)} belongs to {found.instance_id}, which is {found.lifecycle_state}")
+    for instance in asg.instances:
+        count = len(view.members_of(instance.instance_id))
+        if count == 0 and instance.counts_as_member:
+            problems.append(f"instance {instance.instance_id} ({instance.lifecycle_state}) has no member")
+        elif count > 1:
+            problems.append(f"{count} members belong to instance {instance.instance_id}")
+    return problems
+
+
+def _quorum_problems(view: ClusterView, leader: int | None) -> list[str]:
+    if not view.members:
+        return [f"no etcd member answers on the {len(view.probes)} instances asked"]
+    count = view.count()
+    problems = (
+        [] if count.ok else [f"{count.up} of {count.voters} voting members reachable; quorum needs {count.needed}"]
+    )
+    if leader == 0:
+        problems.append("no member knows a leader")
+    return problems
+
+
+def build(view: ClusterView, statuses: Iterable[EndpointStatus] = ()) -> Report:
+    """Join the cluster view and the members' own status into a report.
+
+    The view's probes are those of the ASG's instances, plus any of members outside the ASG (their `instance_id`
+    empty). `statuses` are the answers to the v3 status call of the members that answered.
+    """
+    statuses = tuple(statuses)
+    votes = Counter(s.leader for s in statuses if s.leader)
+    leader: int | None = votes.most_common(1)[0][0] if votes else (0 if statuses else None)
+    asg = view.asg
+    no_quorum = _quorum_problems(view, leader)
+    degraded = _member_problems(view) if view.members else []
     in_service = len(asg.members())
     if in_service != asg.desired_capacity:
         degraded.append(
             f"ASG {asg.name} has {in_service} InService/Pending instances of {asg.desired_capacity} desired"
         )
-
-    verdict = Verdict.NO_QUORUM if no_quorum else Verdict.DEGRADED if degraded else Verdict.HEALTHY
+    count = view.count()
     return Report(
         asg=asg.name,
         desired_capacity=asg.desired_capacity,
-        rows=tuple(rows),
-        verdict=verdict,
+        rows=tuple(_rows(view, leader)),
+        verdict=Verdict.NO_QUORUM if no_quorum else Verdict.DEGRADED if degraded else Verdict.HEALTHY,
         reasons=tuple(no_quorum + degraded),
-        voters=len(voters),
-        reachable_voters=up,
+        voters=count.voters,
+        reachable_voters=count.up,
         leader=leader,
-        cluster_ids=cluster_ids,
+        cluster_ids=view.cluster_ids,
     )
 
 

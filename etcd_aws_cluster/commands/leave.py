@@ -13,14 +13,10 @@ import logging
 import re
 import sys
 
-from etcd_aws_cluster import plan as planner
-from etcd_aws_cluster import status, validate
-from etcd_aws_cluster.errors import AgentError, EtcdError, MetadataError, UnsafeError
-from etcd_aws_cluster.etcd import EtcdRequestError
+from etcd_aws_cluster import validate
+from etcd_aws_cluster.context import Context
+from etcd_aws_cluster.errors import EtcdError, MetadataError, UnsafeError
 from etcd_aws_cluster.imds import Imds
-from etcd_aws_cluster.model import Identity, Probe
-from etcd_aws_cluster.runner import Runner
-from etcd_aws_cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,62 +38,39 @@ def target_lifecycle_state(imds: Imds) -> str | None:
     return value
 
 
-def _probe_me(runner: Runner, me: Identity) -> Probe:
-    """This node's own etcd: probe_all skips instances on their way out, which is what this one is."""
-    url = runner.endpoints.client_url(me.private_ip)
-    try:
-        answer = runner.etcd.list_members(url, runner.deadline.cap(runner.settings.probe_timeout))
-    except EtcdRequestError as exc:
-        return Probe(me.instance_id, me.private_ip, error=exc.kind)
-    except AgentError as exc:
-        return Probe(me.instance_id, me.private_ip, error=f"invalid answer: {exc}")
-    return Probe(me.instance_id, me.private_ip, answer=answer)
-
-
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
-    runner = Runner(settings)
-    me = runner.identity()
+    me = ctx.me
     if getattr(args, "if_terminating", False):
-        state = target_lifecycle_state(runner.metadata())
+        state = target_lifecycle_state(ctx.metadata)
         if state != "Terminated":
             log.info("target lifecycle state is %s, not Terminated: staying in the cluster", state or "not set")
             return 0
         log.info("target lifecycle state is Terminated: leaving the cluster")
 
-    asg = runner.find_asg(me)
-    probes = runner.probe_all(asg)
-    if not any(p.instance_id == me.instance_id for p in probes):
-        probes = (*probes, _probe_me(runner, me))
-    members, cluster_ids, _ = status.cluster_view(probes)
-    if len(cluster_ids) > 1:
-        ids = ", ".join(f"{c:x}" for c in cluster_ids)
-        raise UnsafeError(f"peers answer for different etcd clusters ({ids}); refusing to pick one")
-    if not any(p.answered for p in probes):
+    # This node's own etcd too: the probes skip instances on their way out, which is what this one is.
+    own = ctx.probe(me.instance_id, ctx.endpoints.client_url(me.private_ip), me.private_ip)
+    cluster = ctx.observe(ctx.find_asg(), extra=(own,))
+    cluster.require_one_cluster()
+    if not cluster.answered:
         raise EtcdError(
-            f"no etcd answers on the {len(probes)} instances of ASG {asg.name}; "
+            f"no etcd answers on the {len(cluster.probes)} instances of ASG {cluster.asg.name}; "
             "cannot tell whether this instance is still a member"
         )
-    mine = [m for m in members if planner.is_me(m, me, runner.endpoints)]
+    mine = cluster.claiming(me)
     if not mine:
         log.info("this instance is not a member of the cluster (already left): nothing to do")
         return 0
     if len(mine) > 1:
         raise UnsafeError(f"{len(mine)} members claim this instance; remove the extra ones with etcdctl")
     member = mine[0]
-    answered = {p.ip for p in probes if p.answered}
-    healthy = {m.id for m in members if any(planner.url_host(u) in answered for u in m.peer_urls)}
-    # as_learner: only removals are checked (quorum now, and after this member is gone), no add follows.
-    planner.check_quorum(members, healthy, (member,), as_learner=True)
+    cluster.check_change((member,), add_voter=False)  # quorum now, and after this member is gone
 
     label = f"this instance's member {member.hex_id} ({member.name or 'not started'})"
     if dry_run:
-        sys.stdout.write(f"# would remove {label} from a cluster of {len(members)} members\n")
+        sys.stdout.write(f"# would remove {label} from a cluster of {len(cluster.members)} members\n")
         return 0
     # Through the other members first: this node's etcd stops itself once it sees its own removal.
-    urls = [runner.endpoints.client_url(p.ip) for p in probes if p.answered and p.ip != me.private_ip]
-    urls += [runner.endpoints.client_url(me.private_ip)] if me.private_ip in answered else []
-    timeout = settings.probe_timeout * 2
-    removed = runner.retry(f"removing {label}", lambda url: runner.etcd.remove_member(url, member.id, timeout), urls)
+    removed = ctx.remove_member(f"removing {label}", member.id, cluster.client_urls(last=[me.private_ip]))
     log.info("removed %s; stop etcd on this instance now" if removed else "%s was already gone", label)
     return 0

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from etcd_aws_cluster import envfile
 from etcd_aws_cluster import reconcile as reconciler
+from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgView, Facts, Identity, Member
-from etcd_aws_cluster.plan import url_host
-from etcd_aws_cluster.runner import Runner, host_lock
-from etcd_aws_cluster.settings import Settings
+from etcd_aws_cluster.model import AsgView
+from etcd_aws_cluster.runner import host_lock
+from etcd_aws_cluster.view import Facts, url_host
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -52,11 +52,11 @@ def save_state(path: Path, since: tuple[tuple[int, float], ...]) -> None:
 
 
 @contextlib.contextmanager
-def _state_lock(runner: Runner, path: Path, dry_run: bool) -> Iterator[None]:
+def _state_lock(ctx: Context, path: Path, dry_run: bool) -> Iterator[None]:
     if dry_run:  # reads only: no lock, no directory needed
         yield
         return
-    with host_lock(path.with_name(path.name + ".lock"), runner.deadline):
+    with host_lock(path.with_name(path.name + ".lock"), ctx.deadline):
         yield
 
 
@@ -70,21 +70,18 @@ def describe(result: reconciler.Reconciliation, asg: AsgView) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
+    settings = ctx.settings
     policy = reconciler.Policy(reconciler.parse_states(settings.reconcile_remove_states), settings.reconcile_grace)
-    runner = Runner(settings)
-    me = runner.identity()
-    asg = runner.find_asg(me)
-    listed = ", ".join(f"{i.instance_id} {i.lifecycle_state}" for i in asg.instances)
-    log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
+    asg = ctx.find_asg()
     state_file = settings.reconcile_state_file
-    with _state_lock(runner, state_file, dry_run):
+    with _state_lock(ctx, state_file, dry_run):
         seen = load_state(state_file)
         if dry_run:
-            sys.stdout.write(describe(_decide(runner, me, asg, policy, seen)[1], asg))
+            sys.stdout.write(describe(_decide(ctx, asg, policy, seen)[1], asg))
             return 0
-        result = _reconcile(runner, me, asg, policy, seen)
+        result = _reconcile(ctx, asg, policy, seen)
         save_state(state_file, result.unstarted_since)
     for pending in result.waiting:
         log.info("%s", pending.describe())
@@ -95,21 +92,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _decide(
-    runner: Runner, me: Identity, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
+    ctx: Context, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
 ) -> tuple[Facts, reconciler.Reconciliation]:
-    facts = Facts(me=me, asg=asg, probes=runner.probe_all(asg), endpoints=runner.endpoints)
+    facts = Facts(me=ctx.me, view=ctx.observe(asg))
     return facts, reconciler.decide(facts, policy, seen, time.time())
 
 
 def _reconcile(
-    runner: Runner, me: Identity, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
+    ctx: Context, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
 ) -> reconciler.Reconciliation:
     """Remove one member at a time, deciding again from a fresh probe before each removal."""
     done: set[int] = set()
-    timeout = runner.settings.probe_timeout * 2
     first = True
     while True:
-        facts, result = _decide(runner, me, asg, policy, seen)
+        facts, result = _decide(ctx, asg, policy, seen)
         seen = dict(result.unstarted_since)
         if first:
             log.info("reconcile: %s", result.summary())
@@ -120,10 +116,10 @@ def _reconcile(
                 log.info("reconcile: nothing to remove")
             return result
         removal = todo[0]
-        remover = _Remover(runner, removal.member.id, timeout)
-        removed = runner.retry(
-            f"removing member {removal.member.hex_id}", remover, _client_urls(runner, facts, removal.member)
-        )
+        remover = _Remover(ctx, removal.member.id)
+        hosts = [url_host(u) for u in removal.member.peer_urls]
+        client_urls = facts.view.client_urls(first=ctx.me.private_ip, last=hosts)
+        removed = ctx.retry(f"removing member {removal.member.hex_id}", remover, client_urls)
         done.add(removal.member.id)
         if removed:
             outcome = "removed"
@@ -137,20 +133,10 @@ def _reconcile(
 class _Remover:
     """One member's removal through any client URL; counts its calls."""
 
-    def __init__(self, runner: Runner, member_id: int, timeout: float) -> None:
-        self.runner, self.member_id, self.timeout = runner, member_id, timeout
+    def __init__(self, ctx: Context, member_id: int) -> None:
+        self.ctx, self.member_id = ctx, member_id
         self.calls = 0
 
     def __call__(self, url: str) -> bool:
         self.calls += 1
-        return self.runner.etcd.remove_member(url, self.member_id, self.timeout)
-
-
-def _client_urls(runner: Runner, facts: Facts, removing: Member) -> list[str]:
-    """Client URLs of the etcds that answered, this instance's first, the one being removed last."""
-    hosts = {url_host(u) for u in removing.peer_urls}
-    ips = sorted(
-        (p.ip for p in facts.probes if p.answered),
-        key=lambda ip: (ip in hosts, ip != facts.me.private_ip, ip),
-    )
-    return [runner.endpoints.client_url(ip) for ip in ips]
+        return self.ctx.etcd.remove_member(url, self.member_id, self.ctx.call_timeout)

@@ -1,12 +1,19 @@
-"""The default command: discover, decide, change membership, write the env file."""
+"""The default command: discover, decide, change membership, write the env file (or, in proxy mode, a client
+configuration for another ASG's cluster)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from etcd_aws_cluster.runner import Outcome, Runner
-from etcd_aws_cluster.settings import Settings
+from etcd_aws_cluster import envfile, proxy
+from etcd_aws_cluster.context import Context
+from etcd_aws_cluster.deadline import backoff
+from etcd_aws_cluster.errors import AwsError, ConfigError
+from etcd_aws_cluster.runner import Outcome, Runner, host_lock
+
+log = logging.getLogger(__name__)
 
 
 def describe_plan(outcome: Outcome) -> str:
@@ -25,13 +32,59 @@ def describe_plan(outcome: Outcome) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
-    if settings.proxy_asg:  # proxy mode: write a client configuration for that ASG's cluster, never join
-        from etcd_aws_cluster import proxy
-
-        return proxy.run(settings, dry_run=dry_run)
-    outcome = Runner(settings).run(dry_run=dry_run)
+    if ctx.settings.proxy_asg:  # proxy mode: write a client configuration for that ASG's cluster, never join
+        return run_proxy(ctx, ctx.settings.proxy_asg, dry_run=dry_run)
+    outcome = Runner(ctx).run(dry_run=dry_run)
     if dry_run:
         sys.stdout.write(describe_plan(outcome) + outcome.text)
+    return 0
+
+
+def _find_cluster(ctx: Context, group: str) -> proxy.Cluster:
+    """The cluster of ASG `group`, looking again (under the deadline) while it has no instance to name."""
+    attempt = 0
+    while True:
+        asg = ctx.find_asg(group)
+        mine = asg.find(ctx.me.instance_id)
+        if mine is not None and not mine.is_gone:
+            raise ConfigError(
+                f"this instance is in ASG {group}, the cluster's own group; unset proxy_asg on its members"
+            )
+        cluster = proxy.discover(ctx.observe(asg))
+        if cluster is not None:
+            return cluster
+        if not ctx.deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
+            raise AwsError(f"gave up: ASG {group} has no InService or Pending instance with a private IP")
+        attempt += 1
+
+
+def run_proxy(ctx: Context, group: str, *, dry_run: bool = False) -> int:
+    """Find the cluster of ASG `group`, write the client configuration (or print it with dry_run)."""
+    settings = ctx.settings
+    cluster = _find_cluster(ctx, group)
+    tls_files = {
+        "ETCDCTL_CACERT": settings.ca_file,
+        "ETCDCTL_CERT": settings.cert_file,
+        "ETCDCTL_KEY": settings.key_file,
+    }
+    values = proxy.variables(
+        ctx.me, cluster, ctx.endpoints, listen_loopback=settings.listen_loopback, tls_files=tls_files
+    )
+    text = proxy.render(values)
+    log.info(
+        "proxy mode: %d members of ASG %s (from the %s); client URLs %s",
+        len(cluster.initial_cluster),
+        group,
+        cluster.source,
+        values["ETCDCTL_ENDPOINTS"],
+    )
+    if dry_run:
+        sys.stdout.write(f"# proxy mode: a client of ASG {group}, members from the {cluster.source}\n{text}")
+        return 0
+    with host_lock(settings.lock_file, ctx.deadline):
+        envfile.write(settings.output, text)
+    if settings.output != "-":
+        log.info("wrote %s: proxy configuration for %s", settings.output, ctx.me.instance_id)
     return 0

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from etcd_aws_cluster import view
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import (
     AsgInstance,
     AsgView,
     Decision,
-    Facts,
     Identity,
     Member,
     MemberList,
     Probe,
 )
-from etcd_aws_cluster.plan import decide, quorum, render_initial_cluster
+from etcd_aws_cluster.plan import decide
+from etcd_aws_cluster.view import Facts, quorum, render_initial_cluster
 from tests.unit.builders import EP, IDS, IPS, member
 
 
@@ -38,13 +41,8 @@ def facts(
     desired: int | None = None,
     local: bool = False,
 ) -> Facts:
-    return Facts(
-        me=Identity(IDS[me], IPS[me], "us-east-1"),
-        asg=AsgView("etcd", len(instances) if desired is None else desired, tuple(instances)),
-        probes=tuple(probes),
-        endpoints=EP,
-        has_local_data=local,
-    )
+    asg = AsgView("etcd", len(instances) if desired is None else desired, tuple(instances))
+    return Facts(me=Identity(IDS[me], IPS[me], "us-east-1"), view=view.build(asg, probes, EP), has_local_data=local)
 
 
 def test_quorum() -> None:
@@ -191,12 +189,7 @@ def test_second_joiner_waits_for_the_first() -> None:
     members = (member(0), member(1), member(2), member(3, started=False))
     instances = [inst(0), inst(1), inst(2), inst(3), AsgInstance(IDS[4], "InService", IPS[4])]
     probes = [answered(n, members) for n in range(3)]
-    f = Facts(
-        Identity(IDS[4], IPS[4], "us-east-1"),
-        AsgView("etcd", 5, tuple(instances)),
-        tuple(probes),
-        EP,
-    )
+    f = Facts(Identity(IDS[4], IPS[4], "us-east-1"), view.build(AsgView("etcd", 5, tuple(instances)), probes, EP))
     plan = decide(f)
     assert plan.decision is Decision.WAIT
     assert IDS[3] in plan.reason
@@ -219,12 +212,52 @@ def test_refuse_removal_that_breaks_quorum() -> None:
 
 
 def test_refuse_add_that_needs_more_healthy_members() -> None:
-    # 4 voters all in the ASG, 2 answer (quorum of 4 is 3): no quorum at all
-    members = (member(0), member(1), member(2), Member(104, "x-other", ("http://10.0.0.9:2380",)))
+    # quorum holds now (2 of 3), but with this instance there are 4 voters and 3 must answer: 2 do
+    members = (member(0), member(1), member(2))
     instances = [inst(0), inst(1), inst(2), inst(3)]
     probes = [answered(0, members), answered(1, members), failed(2, "timeout"), failed(3)]
-    with pytest.raises(UnsafeError):
-        decide(facts(3, instances, probes, desired=5))
+    with pytest.raises(UnsafeError, match="adding this instance would need 3 healthy voting members, only 2"):
+        decide(facts(3, instances, probes))
+    # as a learner it does not count toward quorum: allowed
+    assert decide(facts(3, instances, probes), as_learner=True).decision is Decision.JOIN
+
+
+def test_refuse_when_two_members_claim_this_instance() -> None:
+    by_name = Member(555, IDS[2], (EP.peer_url(IPS[2]),))
+    members = (member(0), member(1), member(2), by_name)
+    with pytest.raises(UnsafeError, match="2 members claim this instance"):
+        decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)]))
+
+
+def test_refuse_when_a_live_instance_s_member_has_my_peer_url() -> None:
+    theirs = Member(555, IDS[1], (EP.peer_url(IPS[2]),), (EP.client_url(IPS[2]),))
+    members = (member(0), theirs)
+    with pytest.raises(UnsafeError, match=f"member '{IDS[1]}' of live instance {IDS[1]} has this instance's peer URL"):
+        decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), failed(1), failed(2)]))
+
+
+def test_lost_data_dir_of_a_member_that_ran_replaces_its_entry() -> None:
+    # same instance, same IP, an empty data dir (instance store after stop/start): etcd would panic on "existing"
+    members = (member(0), member(1), member(2))
+    plan = decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members), failed(2)]))
+    assert plan.decision is Decision.JOIN
+    assert [m.id for m in plan.remove] == [102] and plan.add_self
+    assert not plan.move_data_aside  # nothing to move
+    assert "data dir lost" in plan.reason
+
+
+def test_lost_data_dir_replacement_is_quorum_guarded() -> None:
+    members = (member(0), member(1), member(2))
+    with pytest.raises(UnsafeError, match="no quorum: 1 of 3"):
+        decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), failed(1, "timeout"), failed(2)]))
+
+
+def test_a_member_that_never_ran_needs_no_data() -> None:
+    # a late member of a new cluster's initial list: named, no client URLs, no data yet
+    late = Member(102, IDS[2], (EP.peer_url(IPS[2]),))
+    members = (member(0), member(1), late)
+    plan = decide(facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members), failed(2)]))
+    assert plan.decision is Decision.MEMBER
 
 
 def test_refuse_answers_from_two_clusters() -> None:
@@ -284,7 +317,7 @@ def test_learner_members_do_not_count_toward_quorum() -> None:
 def test_local_data_of_another_cluster_replaces_my_entry() -> None:
     members = (member(0), member(1), member(2))
     f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
-    f = Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(102, 99))  # cluster 99, not 7
+    f = replace(f, has_local_data=True, local_ids=(102, 99))  # cluster 99, not 7
     plan = decide(f)
     assert plan.decision is Decision.JOIN
     assert plan.move_data_aside
@@ -295,7 +328,7 @@ def test_local_data_of_another_cluster_replaces_my_entry() -> None:
 def test_local_data_of_an_earlier_membership_replaces_my_entry() -> None:
     members = (member(0), member(1), member(2))
     f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
-    f = Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(555, 7))
+    f = replace(f, has_local_data=True, local_ids=(555, 7))
     plan = decide(f)
     assert plan.decision is Decision.JOIN and plan.move_data_aside
     with pytest.raises(UnsafeError, match="of member 22b"):
@@ -305,7 +338,7 @@ def test_local_data_of_an_earlier_membership_replaces_my_entry() -> None:
 def test_matching_local_data_is_a_plain_member() -> None:
     members = (member(0), member(1), member(2))
     f = facts(2, [inst(0), inst(1), inst(2)], [answered(0, members), answered(1, members)], local=True)
-    plan = decide(Facts(f.me, f.asg, f.probes, f.endpoints, True, local_ids=(102, 7)))
+    plan = decide(replace(f, has_local_data=True, local_ids=(102, 7)))
     assert plan.decision is Decision.MEMBER and not plan.move_data_aside
 
 

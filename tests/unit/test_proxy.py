@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import envfile
+from etcd_aws_cluster import envfile, proxy, view
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Identity, Member, MemberList, Probe
-from etcd_aws_cluster.proxy import KEYS, Cluster, discover, from_asg, from_members, render, variables
+from etcd_aws_cluster.proxy import KEYS, Cluster, from_asg, render, variables
 
 EP = Endpoints()
 ME = Identity("i-0ffffffffffffffff", "10.1.0.9", "us-east-1")
@@ -27,6 +27,14 @@ def member(n: int, started: bool = True) -> Member:
     )
 
 
+def from_members(members: list[Member], asg: AsgView) -> Cluster:
+    return proxy.from_members(view.ClusterView(asg, EP, (), tuple(sorted(members, key=lambda m: m.id)), (7,), False))
+
+
+def discover(asg: AsgView, probes: list[Probe], endpoints: Endpoints) -> Cluster | None:
+    return proxy.discover(view.build(asg, probes, endpoints))
+
+
 def test_from_the_member_list() -> None:
     cluster = from_members([member(2), member(0), member(1, started=False)], ASG)
     assert cluster.source == "member list"
@@ -39,9 +47,9 @@ def test_from_the_member_list() -> None:
     assert cluster.client_urls == ("http://10.0.0.1:2379", "http://10.0.0.3:2379")  # only started members serve
 
 
-def test_unstarted_member_of_no_instance_is_named_by_its_id() -> None:
+def test_unstarted_member_of_no_instance_is_named_by_its_id_as_the_boot_plan_names_it() -> None:
     stranger = Member(0xABC, "", ("http://10.7.7.7:2380",))
-    assert from_members([member(0), stranger], ASG).initial_cluster[0] == ("abc", "http://10.7.7.7:2380")
+    assert ("member-abc", "http://10.7.7.7:2380") in from_members([member(0), stranger], ASG).initial_cluster
 
 
 def test_from_the_asg_counts_only_inservice_and_pending_instances_with_an_ip() -> None:

@@ -8,16 +8,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from etcd_aws_cluster import view
 from etcd_aws_cluster.commands.reconcile import describe, load_state, save_state
 from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import ConfigError, UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Facts, Identity, Member, MemberList, Probe
-from etcd_aws_cluster.reconcile import Policy, decide, owner, parse_states
+from etcd_aws_cluster.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.reconcile import Policy, decide, parse_states
 from etcd_aws_cluster.settings import Settings, load
+from etcd_aws_cluster.view import ClusterView, Facts
 from tests.packaging_helpers import SYSTEMD, entries, keys, parse_unit
 from tests.unit.builders import EP, IDS, IPS, member
 
@@ -96,7 +98,8 @@ def facts_of(case: Case) -> Facts:
         for n, state in asg.items()
         if state != "Terminated"
     )
-    return Facts(Identity(IDS[0], IPS[0], "us-east-1"), AsgView("etcd", len(instances), instances), probes, EP)
+    asg = AsgView("etcd", len(instances), instances)
+    return Facts(Identity(IDS[0], IPS[0], "us-east-1"), view.build(asg, probes, EP))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -130,9 +133,9 @@ def test_refuses_without_quorum_or_membership(members: str, asg: str, answering:
 def test_refuses_answers_from_two_clusters() -> None:
     facts = facts_of(Case("two", "012", "III", "012", []))
     other = MemberList((member(0), member(1), member(2)), cluster_id=8)
-    probes = (*facts.probes[:2], Probe(IDS[2], IPS[2], answer=other))
+    probes = (*facts.view.probes[:2], Probe(IDS[2], IPS[2], answer=other))
     with pytest.raises(UnsafeError, match="different etcd clusters"):
-        decide(Facts(facts.me, facts.asg, probes, EP), Policy(), {}, NOW)
+        decide(Facts(facts.me, view.build(facts.asg, probes, EP)), Policy(), {}, NOW)
 
 
 def test_unstarted_since_keeps_first_sightings_and_drops_the_rest() -> None:
@@ -149,12 +152,6 @@ def test_a_clock_that_went_back_restarts_the_grace() -> None:
     result = decide(facts_of(case), Policy(grace=GRACE), {103: NOW + 3600}, NOW)
     assert not result.remove
     assert dict(result.unstarted_since) == {103: NOW}
-
-
-def test_owner_by_name_is_authoritative_for_started_members() -> None:
-    asg = AsgView("etcd", 1, (AsgInstance(IDS[1], "InService", IPS[0]),))  # i-1 got i-0's old IP
-    assert owner(member(0), asg) is None
-    assert owner(member(0, started=False), asg) == asg.instances[0]
 
 
 @pytest.mark.parametrize(
@@ -241,28 +238,27 @@ def test_dry_run_text_says_what_and_why() -> None:
 
 
 class FakeCluster:
-    """What the command sees through Runner: an ASG, a member list it probes, and removals that change it."""
+    """What the command sees through its Context: an ASG, a member list it probes, and removals that change it."""
 
     def __init__(self, asg: str, members: str, answer: str, removed_by_others: tuple[int, ...] = ()) -> None:
         self.case = Case("fake", members, asg, answer, [])
         self.members = self.case.member_list()
         self.removed_by_others = set(removed_by_others)  # gone between our decision and our call
         self.calls: list[int] = []
-        self.settings = SimpleNamespace(probe_timeout=1.0)
+        self.settings: Any = None
         self.endpoints = EP
         self.deadline = Deadline(10)
+        self.call_timeout = 2.0
         self.etcd = self
+        self.me = Identity(IDS[0], IPS[0], "us-east-1")
 
-    # Runner
-    def identity(self) -> Identity:
-        return Identity(IDS[0], IPS[0], "us-east-1")
-
-    def find_asg(self, me: Identity) -> AsgView:
+    # Context
+    def find_asg(self) -> AsgView:
         return facts_of(self.case).asg
 
-    def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
+    def observe(self, asg: AsgView) -> ClusterView:
         self.case.members = list(self.members)
-        return facts_of(self.case).probes
+        return facts_of(self.case).view
 
     def retry(self, what: str, call: Callable[[str], bool], client_urls: list[str]) -> bool:
         assert client_urls[0] == EP.client_url(IPS[0]), client_urls  # this instance's etcd first
@@ -281,11 +277,10 @@ def run_command(
 ) -> int:
     from etcd_aws_cluster.commands import reconcile as command
 
-    monkeypatch.setattr(command, "Runner", lambda settings: cluster)
     values = {n: f.default for n, f in Settings.model_fields.items()}
     values.update(reconcile_state_file=tmp_path / "s.json", reconcile_remove_states=states)
-    settings = Settings.model_construct(**values)
-    code: int = command.run(settings, argparse.Namespace(dry_run="--dry-run" in args))
+    cluster.settings = Settings.model_construct(**values)
+    code: int = command.run(cluster, argparse.Namespace(dry_run="--dry-run" in args))  # type: ignore[arg-type]
     return code
 
 

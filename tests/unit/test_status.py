@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Sequence
 
 import pytest
 
+from etcd_aws_cluster import status, view
 from etcd_aws_cluster.commands.status import use_colour
-from etcd_aws_cluster.etcd import EndpointStatus
-from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Member, MemberList, Probe
-from etcd_aws_cluster.status import Verdict, build, render_text, to_json
+from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, EndpointStatus, Member, MemberList, Probe
+from etcd_aws_cluster.status import Verdict, render_text, to_json
+
+
+def build(asg: AsgView, probes: Sequence[Probe], statuses: Iterable[EndpointStatus] = ()) -> status.Report:
+    return status.build(view.build(asg, probes, Endpoints()), statuses)
+
 
 EP = Endpoints()
 IDS = ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c", "i-0000000000000000d"]
