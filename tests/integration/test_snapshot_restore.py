@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,13 @@ import requests
 
 from etcd_aws_cluster.errors import ConfigError, EtcdError, UnsafeError
 from etcd_aws_cluster.etcd import EtcdClient, Tls
+from etcd_aws_cluster.records import SnapshotMeta, newest_valid
 from etcd_aws_cluster.restore_tool import RestoreTarget, RestoreTool, db_revision, find_tool, restore
+from etcd_aws_cluster.s3 import BackupStore, connect_s3
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
+from tests.harness.moto_server import FAKE_CREDENTIALS
+from tests.harness.sim import initial_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +104,44 @@ def test_restore_refuses_a_data_dir_with_data_and_cleans_up_a_failed_one(
         restore(tool, garbage, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "garbage.db"]  # no staging dir left
     assert not any((tmp_path / "data").iterdir())
+
+
+def test_snapshot_to_s3_and_back_restores_a_three_node_cluster(
+    sim: SimFactory, etcd_binary: Path, tmp_path: Path, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = tool_for(etcd_binary)
+    env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": moto_url}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s3 = connect_s3("us-east-1", env, timeout=10, max_attempts=2)
+    s3.create_bucket(Bucket="backups")
+    store = BackupStore(s3, "s3://backups/etcd", "etcd-sim")
+
+    asg = sim(3, etcd_binary)
+    asg.bootstrap_static()
+    first = asg.nodes[0]
+    revision = max(put(first.client_url, f"/app/{i}", f"value-{i}") for i in range(50))
+    old_cluster = asg.member_list()["header"]["cluster_id"]
+    client = EtcdClient(requests.Session(), Tls())
+    taken = SnapshotMeta(datetime.now(timezone.utc), revision, int(old_cluster), "3.5.0", (), "i-0123456789abcdef0")
+    store.upload(client.snapshot(first.client_url, 5), taken)
+
+    for node in asg.nodes:  # every member gone: their data with them
+        asg.stop_etcd(node, kill=True)
+        node.data_dir.rename(node.data_dir.with_name("data.lost"))
+    chosen = newest_valid(store.list_snapshots())
+    assert chosen is not None and chosen.revision == revision
+    snapshot_file = tmp_path / "restore.db"
+    store.download(chosen, snapshot_file)
+    assert db_revision(tool, snapshot_file) == revision
+    cluster = initial_cluster(asg.nodes)
+    for node in asg.nodes:
+        restore(tool, snapshot_file, RestoreTarget(node.data_dir, node.name, cluster, "restored", node.peer_url))
+
+    asg.write_static_env(state="new", token="restored")
+    for node in asg.nodes:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert {asg.get(f"/app/{i}", node=asg.nodes[i % 3]) for i in range(50)} == {f"value-{i}" for i in range(50)}
+    cluster_ids = {asg.member_list(node)["header"]["cluster_id"] for node in asg.nodes}
+    assert len(cluster_ids) == 1 and cluster_ids != {old_cluster}
