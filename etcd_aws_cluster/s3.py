@@ -40,9 +40,9 @@ BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 PREFIX_PART = re.compile(r"[A-Za-z0-9!_.*'()-]{1,200}")
 KMS_KEY_ID = re.compile(r"[A-Za-z0-9:/_-]{1,2048}")
 SSE_MODES = ("AES256", "aws:kms")
-# Parts of 8 MiB, at most 2 in memory and 2 in flight: about 32 MiB of buffers, whatever the db size
-# (10,000 parts of 8 MiB = 80 GiB, far above etcd's 8 GiB quota).
-PART_SIZE = 8 * 1024 * 1024
+# Parts of 5 MiB (S3's smallest), at most 2 read ahead and 2 in flight: a bounded ~25 MiB of buffers whatever the
+# db size (10,000 parts of 5 MiB = 50 GiB, far above etcd's 8 GiB quota).
+PART_SIZE = 5 * 1024 * 1024
 PARTS_IN_MEMORY = 2
 READ_CHUNK = 1024 * 1024
 
@@ -146,7 +146,8 @@ class HashingReader:
             else:
                 self._buffer += chunk
         cut = len(self._buffer) if want is None else min(want, len(self._buffer))
-        data = bytes(self._buffer[:cut])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:cut])  # one copy, not two
         del self._buffer[:cut]
         self.sha256.update(data)
         self.size += len(data)

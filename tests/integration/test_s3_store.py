@@ -58,7 +58,7 @@ def chunks(total: int, size: int = 1024 * 1024, seed: bytes = b"x") -> Iterator[
 
 
 def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
-    total = 20 * 1024 * 1024 + 123  # three multipart parts
+    total = 12 * 1024 * 1024 + 123  # three multipart parts
     info = store.upload(chunks(total), meta(42))
     expected = hashlib.sha256(b"".join(chunks(total))).hexdigest()
     assert (info.size, info.sha256, info.revision) == (total, expected, 42)
