@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +126,9 @@ class EtcdClient:
     def api(self) -> str:
         return self._prefixes[0].lstrip("/") if len(self._prefixes) == 1 else "auto"
 
-    def _call(self, method: str, url: str, timeout: float, body: Any = None) -> requests.Response:
+    def _call(
+        self, method: str, url: str, timeout: float, body: Any = None, *, stream: bool = False
+    ) -> requests.Response:
         import requests
 
         try:
@@ -135,6 +140,7 @@ class EtcdClient:
                 verify=self._tls.verify(),
                 cert=self._tls.cert(),
                 allow_redirects=False,
+                stream=stream,
             )
         except requests.exceptions.SSLError as exc:
             tls = self._tls
@@ -318,8 +324,81 @@ class EtcdClient:
             return EndpointStatus(member_id, leader, is_learner=body.get("isLearner") is True)
         return None
 
+    def snapshot(self, client_url: str, timeout: float) -> Iterator[bytes]:
+        """Stream this member's snapshot (POST /v3/maintenance/snapshot): the db bytes, chunk by chunk.
+
+        The last chunk is the db's sha256 as etcd appends it (`snapshot restore` checks it); it is verified here
+        first, so a cut or garbled stream raises EtcdRequestError instead of ending quietly. `timeout` bounds
+        each read, not the whole stream.
+        """
+        import requests
+
+        for prefix in [p for p in self._prefixes if p != "/v2"]:
+            url = f"{client_url}{prefix}/maintenance/snapshot"
+            with self._call("POST", url, timeout, {}, stream=True) as response:
+                if response.status_code == 404:
+                    continue
+                if response.status_code != 200:
+                    raise self._error(response, url)
+                try:
+                    yield from _snapshot_chunks(response.iter_lines(chunk_size=64 * 1024), url)
+                except requests.RequestException as exc:
+                    raise EtcdRequestError(
+                        f"snapshot stream from {url} broke: {type(exc).__name__}", kind="unreachable", transient=True
+                    ) from None
+                return
+        raise EtcdRequestError(f"{client_url} serves no v3 gateway for snapshots", kind="http", status=404)
+
 
 def _uint64(value: Any) -> int | None:
     """A uint64 as the JSON gateway sends it (a decimal string); None if it is not one."""
     text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     return int(text) if text.isascii() and text.isdigit() and int(text) < 2**64 else None
+
+
+# -- snapshots ---------------------------------------------------------------------------------------------------
+
+# One gateway line carries one of etcd's 32 KiB chunks, base64'd; far longer lines are not etcd's.
+SNAPSHOT_LINE_LIMIT = 1024 * 1024
+
+
+def _snapshot_chunks(lines: Iterable[bytes], url: str) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    db_done = False
+    for line in lines:
+        if not line:
+            continue
+        blob, remaining = _snapshot_message(line, url)
+        if db_done:
+            if blob != digest.digest():
+                raise EtcdRequestError(f"snapshot from {url} does not match its own sha256", kind="answer")
+            yield blob
+            return
+        digest.update(blob)
+        yield blob
+        db_done = remaining == 0
+    raise EtcdRequestError(f"snapshot stream from {url} ended early", kind="answer", transient=True)
+
+
+def _snapshot_message(line: bytes, url: str) -> tuple[bytes, int]:
+    if len(line) > SNAPSHOT_LINE_LIMIT:
+        raise EtcdRequestError(f"snapshot stream from {url} sent an oversized message", kind="answer")
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise EtcdRequestError(f"snapshot stream from {url} sent malformed JSON", kind="answer") from None
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict):
+        error = message.get("error") if isinstance(message, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else error
+        raise EtcdRequestError(
+            f"snapshot stream from {url} failed: {validate.shown(detail, 200)}", kind="answer", transient=True
+        )
+    remaining = _uint64(result.get("remaining_bytes", "0"))
+    try:
+        blob = base64.b64decode(result.get("blob", ""), validate=True)
+    except (ValueError, TypeError):
+        blob, remaining = b"", None
+    if remaining is None:
+        raise EtcdRequestError(f"snapshot stream from {url} sent a malformed chunk", kind="answer")
+    return blob, remaining

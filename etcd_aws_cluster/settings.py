@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -81,6 +81,55 @@ class Settings(BaseSettings):
         Path("/var/lib/etcd-aws-cluster/reconcile.json"),
         description="reconcile: records since when each member has been unstarted",
     )
+
+    backup_url: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="backups: s3://bucket/prefix for snapshots and the cluster record; empty: no backups, and "
+        "nothing restores the data if every member is lost",
+    )
+    backup_sse: Literal["AES256", "aws:kms"] = Field(
+        "AES256", description="backups: S3 server-side encryption, SSE-S3 (AES256) or SSE-KMS (aws:kms)"
+    )
+    backup_kms_key_id: Optional[str] = Field(  # noqa: UP045
+        None, description="backups: KMS key id, ARN or alias for aws:kms; empty: the account's S3 KMS key"
+    )
+    backup_keep_last: int = Field(24, ge=1, le=10000, description="backups: keep the newest N snapshots")
+    backup_keep_daily_days: int = Field(
+        14, ge=0, le=3650, description="backups: also keep the newest snapshot of each of the last D days (UTC)"
+    )
+    backup_interval: float = Field(3600.0, ge=60, le=604800, description="backups: seconds between scheduled snapshots")
+    etcdutl: Optional[Path] = Field(  # noqa: UP045
+        None,
+        description="restore tool: path to etcdutl (or etcdctl on etcd 3.4); empty: etcdutl, then etcdctl, on PATH",
+    )
+
+    @field_validator("backup_url", "backup_kms_key_id", "etcdutl", mode="before")
+    @classmethod
+    def _backup_empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("backup_url")
+    @classmethod
+    def _backup_url_is_s3(cls, value: str | None) -> str | None:
+        from etcd_aws_cluster.s3 import parse_backup_url
+
+        if value is not None:
+            try:
+                parse_backup_url(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("backup_url ")) from None
+        return value
+
+    @field_validator("backup_kms_key_id")
+    @classmethod
+    def _kms_key_needs_kms(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from etcd_aws_cluster.s3 import KMS_KEY_ID
+
+        if value is not None and info.data.get("backup_sse") != "aws:kms":
+            raise ValueError("needs backup_sse = aws:kms")
+        if value is not None and not KMS_KEY_ID.fullmatch(value):
+            raise ValueError("must be a KMS key id, ARN or alias")
+        return value
 
     @field_validator("reconcile_remove_states", mode="before")
     @classmethod

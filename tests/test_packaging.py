@@ -237,14 +237,39 @@ def test_config_example_is_generated_from_the_settings_model() -> None:
     )
 
 
+# What each S3 client call in s3.py needs (upload_fileobj: PutObject for single and multipart uploads, and
+# AbortMultipartUpload when one fails; head_object and download_file: GetObject).
+S3_CALL_ACTIONS = {
+    "upload_fileobj": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "head_object": {"s3:GetObject"},
+    "get_object": {"s3:GetObject"},
+    "download_file": {"s3:GetObject"},
+    "put_object": {"s3:PutObject"},
+    "delete_objects": {"s3:DeleteObject"},
+    "list_objects_v2": {"s3:ListBucket"},
+}
+
+
 def test_iam_policy_allows_exactly_the_calls_the_agent_makes() -> None:
     source = (REPO / "etcd_aws_cluster" / "aws.py").read_text()
     calls = set(re.findall(r"self\._(autoscaling|ec2)\.(?:get_paginator\(\")?(describe_\w+)", source))
     assert calls, "no AWS calls found in etcd_aws_cluster/aws.py"
     wanted = {f"{service}:{''.join(w.title() for w in call.split('_'))}" for service, call in calls}
+    s3_calls = set(
+        re.findall(r"self\._s3\.(?:get_paginator\(\")?(\w+)", (REPO / "etcd_aws_cluster" / "s3.py").read_text())
+    )
+    assert s3_calls == set(S3_CALL_ACTIONS), "a new S3 call: add it and its IAM actions to S3_CALL_ACTIONS"
+    wanted |= {action for actions in S3_CALL_ACTIONS.values() for action in actions}
     policy = json.loads((PACKAGING / "iam-policy.json").read_text())
     granted = {action for statement in policy["Statement"] for action in statement["Action"]}
     assert granted == wanted
+    for statement in policy["Statement"]:
+        if any(action.startswith("s3:") for action in statement["Action"]):
+            assert statement["Resource"].startswith("arn:aws:s3:::BUCKET"), "S3 access is scoped to the bucket"
+            if statement["Action"] == ["s3:ListBucket"]:
+                assert statement["Condition"] == {"StringLike": {"s3:prefix": ["PREFIX/*"]}}
+            else:
+                assert statement["Resource"] == "arn:aws:s3:::BUCKET/PREFIX/*"
 
 
 def _lock_pins(path: Path) -> dict[str, str]:

@@ -110,3 +110,13 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def snapshot_tool(binary: Path) -> Path | None:
+    """The snapshot restore/status tool that goes with an etcd binary: ``etcdutl`` beside it (3.5+),
+    else ``etcdctl`` beside it (3.4's Debian etcd-client installs /usr/bin/etcdctl); None if neither."""
+    for name in ("etcdutl", "etcdctl"):
+        candidate = binary.parent / name
+        if candidate.is_file() and _ensure_executable(candidate):
+            return candidate
+    return None

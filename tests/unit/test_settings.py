@@ -59,3 +59,37 @@ def test_invalid_settings_name_the_setting(tmp_path: Path, toml: str, message: s
 def test_unknown_environment_variables_are_reported() -> None:
     env = {"ETCD_AWS_CLUSTER_CLIENTPORT": "1", "ETCD_AWS_CLUSTER_CONFIG": "x", "ETCD_AWS_CLUSTER_OUTPUT": "-"}
     assert settings.unknown_env(env) == ["ETCD_AWS_CLUSTER_CLIENTPORT"]
+
+
+def test_backup_settings_defaults_and_values(tmp_path: Path) -> None:
+    got = settings.load({}, tmp_path / "none.toml", environ={})
+    assert (got.backup_url, got.backup_sse, got.backup_kms_key_id, got.etcdutl) == (None, "AES256", None, None)
+    assert (got.backup_keep_last, got.backup_keep_daily_days, got.backup_interval) == (24, 14, 3600)
+    config = write(
+        tmp_path / "config.toml",
+        'backup_url = "s3://my-bucket/etcd/"\nbackup_sse = "aws:kms"\nbackup_kms_key_id = "alias/etcd"\n'
+        'etcdutl = "/opt/etcd/etcdutl"\n',
+    )
+    got = settings.load({}, config, environ={})
+    assert (got.backup_url, got.backup_sse, got.backup_kms_key_id) == ("s3://my-bucket/etcd/", "aws:kms", "alias/etcd")
+    assert got.etcdutl == Path("/opt/etcd/etcdutl")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('backup_url = "https://bucket/x"\n', "backup_url .*s3://bucket/prefix"),
+        ('backup_url = "s3://Bad_Bucket/x"\n', "backup_url .*not an S3 bucket name"),
+        ('backup_url = "s3://bucket/../x"\n', "backup_url .*path segments"),
+        ('backup_sse = "none"\n', "backup_sse"),
+        ('backup_kms_key_id = "alias/etcd"\n', "backup_kms_key_id .*needs backup_sse = aws:kms"),
+        ('backup_sse = "aws:kms"\nbackup_kms_key_id = "bad key"\n', "backup_kms_key_id .*KMS key id"),
+        ("backup_keep_last = 0\n", "backup_keep_last"),
+        ("backup_keep_daily_days = -1\n", "backup_keep_daily_days"),
+        ("backup_interval = 10\n", "backup_interval"),
+    ],
+)
+def test_invalid_backup_settings_name_the_setting(tmp_path: Path, toml: str, message: str) -> None:
+    config = write(tmp_path / "config.toml", toml)
+    with pytest.raises(ConfigError, match=message):
+        settings.load({}, config, environ={})

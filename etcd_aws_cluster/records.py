@@ -1,0 +1,295 @@
+"""What the backups say: snapshot manifests and the cluster record, their strict JSON, and the pure choices.
+
+Everything read back from S3 is untrusted: each field is checked against a strict pattern and an unknown format
+version is refused, so a stray or tampered object can never steer a restore.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from etcd_aws_cluster import validate
+from etcd_aws_cluster.errors import UnsafeError
+
+SNAPSHOT_FORMAT = "etcd-aws-cluster/snapshot"
+RECORD_FORMAT = "etcd-aws-cluster/cluster-record"
+FORMAT_VERSION = 1
+# Largest manifest or record we read back: a few hundred members would still fit; anything bigger is not ours.
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+CLUSTER_ID_HEX = re.compile(r"[0-9a-f]{1,16}")
+ETCD_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4}([-+][A-Za-z0-9.+-]{1,40})?")
+# S3 keys we write: our own layout only, so nothing from a listing can smuggle in odd characters.
+OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/%-]{1,1024}")
+
+
+def _refuse(what: str, source: str, value: object) -> UnsafeError:
+    return UnsafeError(f"refusing {what} from {source}: {validate.shown(value)} is not a valid {what}")
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() != timedelta(0):
+        raise ValueError(f"{what} must be an aware UTC datetime, got {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """What is known about a snapshot before it is uploaded (its checksum and size come from the upload)."""
+
+    taken_at: datetime
+    revision: int
+    cluster_id: int
+    etcd_version: str
+    members: tuple[tuple[str, str], ...]  # (member name, peer URL)
+    source_instance: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One complete snapshot in the store: its object key, metadata, and the checksum of the object."""
+
+    key: str
+    taken_at: datetime
+    revision: int
+    cluster_id: int
+    etcd_version: str
+    sha256: str
+    size: int
+    members: tuple[tuple[str, str], ...]  # (member name, peer URL)
+    source_instance: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
+
+    @classmethod
+    def of(cls, key: str, meta: SnapshotMeta, sha256: str, size: int) -> SnapshotInfo:
+        return cls(
+            key=key,
+            taken_at=meta.taken_at,
+            revision=meta.revision,
+            cluster_id=meta.cluster_id,
+            etcd_version=meta.etcd_version,
+            sha256=sha256,
+            size=size,
+            members=meta.members,
+            source_instance=meta.source_instance,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """The object that says a cluster exists for this ASG: its id, members and newest snapshot."""
+
+    asg_name: str
+    cluster_id: int
+    members: tuple[tuple[str, str], ...]  # (instance id, peer URL)
+    newest_snapshot: str | None
+    updated_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "updated_at", _utc(self.updated_at, "updated_at"))
+
+
+# -- JSON -----------------------------------------------------------------------------------------------------
+
+
+def format_time(value: datetime) -> str:
+    return _utc(value, "time").strftime(TIMESTAMP_FORMAT)
+
+
+def _document(text: str | bytes, expected_format: str, source: str) -> dict[str, Any]:
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise UnsafeError(f"refusing {source}: {len(text)} bytes is larger than any {expected_format} document")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise UnsafeError(f"refusing {source}: not valid JSON") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        raise UnsafeError(f"refusing {source}: not an {expected_format} document")
+    if data.get("version") != FORMAT_VERSION:
+        raise UnsafeError(
+            f"refusing {source}: {expected_format} version {validate.shown(data.get('version'))} is not "
+            f"{FORMAT_VERSION} (written by a newer agent? upgrade this one)"
+        )
+    return data
+
+
+def _fields(data: Mapping[str, Any], names: tuple[str, ...], source: str) -> None:
+    unknown = sorted(set(data) - {"format", "version", *names})
+    missing = sorted(set(names) - set(data))
+    if unknown or missing:
+        raise UnsafeError(f"refusing {source}: unknown fields {unknown} / missing fields {missing}")
+
+
+def _matching(pattern: re.Pattern[str], what: str, value: object, source: str) -> str:
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return value
+    raise _refuse(what, source, value)
+
+
+def _count(value: object, what: str, source: str, upper: int = 2**63) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < upper:
+        return value
+    raise _refuse(what, source, value)
+
+
+def _time(value: object, what: str, source: str) -> datetime:
+    text = _matching(TIMESTAMP, what, value, source)
+    try:
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise _refuse(what, source, value) from None
+
+
+def _cluster_id(value: object, source: str) -> int:
+    number = int(_matching(CLUSTER_ID_HEX, "cluster id", value, source), 16)
+    if number == 0:
+        raise _refuse("cluster id", source, value)
+    return number
+
+
+def _pairs(value: object, first: Any, source: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or len(value) > 1000:
+        raise _refuse("member list", source, value)
+    pairs = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise _refuse("member", source, item)
+        pairs.append((first(item[0], source), validate.url(item[1], source)))
+    return tuple(pairs)
+
+
+def _member_name(value: object, source: str) -> str:
+    return "" if value == "" else validate.member_name(value, source)  # an unstarted member has no name yet
+
+
+def object_key(value: object, source: str) -> str:
+    key = _matching(OBJECT_KEY, "object key", value, source)
+    if key.startswith("/") or "//" in key or any(part in (".", "..") for part in key.split("/")):
+        raise _refuse("object key", source, value)
+    return key
+
+
+SNAPSHOT_FIELDS = (
+    "key",
+    "taken_at",
+    "revision",
+    "cluster_id",
+    "etcd_version",
+    "sha256",
+    "size",
+    "members",
+    "source_instance",
+)
+RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
+
+
+def snapshot_to_json(info: SnapshotInfo) -> str:
+    return json.dumps(
+        {
+            "format": SNAPSHOT_FORMAT,
+            "version": FORMAT_VERSION,
+            "key": info.key,
+            "taken_at": format_time(info.taken_at),
+            "revision": info.revision,
+            "cluster_id": f"{info.cluster_id:x}",
+            "etcd_version": info.etcd_version,
+            "sha256": info.sha256,
+            "size": info.size,
+            "members": [list(pair) for pair in info.members],
+            "source_instance": info.source_instance,
+        },
+        indent=1,
+    )
+
+
+def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
+    data = _document(text, SNAPSHOT_FORMAT, source)
+    _fields(data, SNAPSHOT_FIELDS, source)
+    return SnapshotInfo(
+        key=object_key(data["key"], source),
+        taken_at=_time(data["taken_at"], "time", source),
+        revision=_count(data["revision"], "revision", source),
+        cluster_id=_cluster_id(data["cluster_id"], source),
+        etcd_version=_matching(ETCD_VERSION, "etcd version", data["etcd_version"], source),
+        sha256=_matching(SHA256_HEX, "sha256", data["sha256"], source),
+        size=_count(data["size"], "size", source, upper=2**44),
+        members=_pairs(data["members"], _member_name, source),
+        source_instance=validate.instance_id(data["source_instance"], source),
+    )
+
+
+def record_to_json(record: ClusterRecord) -> str:
+    return json.dumps(
+        {
+            "format": RECORD_FORMAT,
+            "version": FORMAT_VERSION,
+            "asg_name": record.asg_name,
+            "cluster_id": f"{record.cluster_id:x}",
+            "members": [list(pair) for pair in record.members],
+            "newest_snapshot": record.newest_snapshot,
+            "updated_at": format_time(record.updated_at),
+        },
+        indent=1,
+    )
+
+
+def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
+    data = _document(text, RECORD_FORMAT, source)
+    _fields(data, RECORD_FIELDS, source)
+    newest = data["newest_snapshot"]
+    return ClusterRecord(
+        asg_name=validate.asg_name(data["asg_name"], source),
+        cluster_id=_cluster_id(data["cluster_id"], source),
+        members=_pairs(data["members"], validate.instance_id, source),
+        newest_snapshot=None if newest is None else object_key(newest, source),
+        updated_at=_time(data["updated_at"], "time", source),
+    )
+
+
+# -- choices --------------------------------------------------------------------------------------------------
+
+
+def _order(info: SnapshotInfo) -> tuple[int, datetime, str]:
+    return (info.revision, info.taken_at, info.key)
+
+
+def newest_first(snapshots: Iterable[SnapshotInfo]) -> tuple[SnapshotInfo, ...]:
+    """Every snapshot, newest first by (revision, taken_at, key): the same order on every instance."""
+    return tuple(sorted(snapshots, key=_order, reverse=True))
+
+
+def newest_valid(snapshots: Iterable[SnapshotInfo], rejected: Iterable[str] = ()) -> SnapshotInfo | None:
+    """The snapshot every instance picks from the same listing: the newest whose key was not rejected
+    (e.g. found corrupt on download); None when there is none."""
+    skip = frozenset(rejected)
+    return next((info for info in newest_first(snapshots) if info.key not in skip), None)
+
+
+def retention(
+    snapshots: Iterable[SnapshotInfo], now: datetime, keep_last: int, keep_daily_days: int
+) -> tuple[SnapshotInfo, ...]:
+    """What to delete: everything but the newest `keep_last`, the newest of each UTC day of the last
+    `keep_daily_days` days (today included), and always the newest one. Oldest first."""
+    ordered = newest_first(snapshots)
+    keep = {info.key for info in ordered[: max(1, keep_last)]}
+    first_day: date = _utc(now, "now").date() - timedelta(days=keep_daily_days - 1)
+    days_seen: set[date] = set()
+    for info in ordered:
+        day = info.taken_at.date()
+        if keep_daily_days > 0 and day >= first_day and day not in days_seen:
+            days_seen.add(day)
+            keep.add(info.key)
+    return tuple(reversed([info for info in ordered if info.key not in keep]))

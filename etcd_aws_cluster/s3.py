@@ -1,0 +1,358 @@
+"""Snapshots and the cluster record in S3 (boto3): streamed up and down, checksummed, our own objects only.
+
+Layout under `s3://bucket/prefix`, with the ASG name percent-encoded into one path segment:
+
+    <prefix>/<asg>/cluster.json                                    the cluster record
+    <prefix>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db    a snapshot, as etcd streamed it
+    <prefix>/<asg>/snapshots/<same name>.json                     its manifest, written last
+
+A snapshot is listed only with its manifest, and the manifest is written only after the snapshot object is
+complete (a multipart upload is invisible until completed), so a crash at any point of an upload leaves nothing
+a restore would take. The instance id in the name keeps two members' uploads of one revision apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Union, cast
+from urllib.parse import quote
+
+from etcd_aws_cluster import records, validate
+from etcd_aws_cluster.aws import aws_errors
+from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, UnsafeError
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PREFIX_PART = re.compile(r"[A-Za-z0-9!_.*'()-]{1,200}")
+KMS_KEY_ID = re.compile(r"[A-Za-z0-9:/_-]{1,2048}")
+SSE_MODES = ("AES256", "aws:kms")
+# Parts of 5 MiB (S3's smallest), at most 2 read ahead and 2 in flight: a bounded ~25 MiB of buffers whatever the
+# db size (10,000 parts of 5 MiB = 50 GiB, far above etcd's 8 GiB quota).
+PART_SIZE = 5 * 1024 * 1024
+PARTS_IN_MEMORY = 2
+READ_CHUNK = 1024 * 1024
+
+Stream = Union[Iterable[bytes], IO[bytes]]
+
+
+class CorruptSnapshotError(AgentError):
+    """A downloaded snapshot does not match the size or sha256 its manifest promises."""
+
+    exit_code = 6
+    kind = "corrupt snapshot"
+
+
+@dataclass(frozen=True)
+class BackupUrl:
+    bucket: str
+    prefix: str  # no leading or trailing slash; may be empty
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_backup_url(value: str) -> BackupUrl:
+    """`s3://bucket[/prefix]`, strictly: a DNS-style bucket name and a prefix of plain path segments."""
+    if not value.startswith("s3://"):
+        raise ConfigError(f"backup_url {validate.shown(value)} must look like s3://bucket/prefix")
+    bucket, _, prefix = value[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    parts = prefix.split("/") if prefix else []
+    if not BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(f"backup_url {validate.shown(value)}: {validate.shown(bucket)} is not an S3 bucket name")
+    if any(not PREFIX_PART.fullmatch(part) or part in (".", "..") for part in parts):
+        raise ConfigError(
+            f"backup_url {validate.shown(value)}: the prefix must be path segments of [A-Za-z0-9!_.*'()-]"
+        )
+    return BackupUrl(bucket, prefix)
+
+
+def endpoint_url(environ: Mapping[str, str]) -> str | None:
+    return next((environ[name] for name in ENDPOINT_VARIABLES if environ.get(name)), None)
+
+
+def connect_s3(region: str, environ: Mapping[str, str], timeout: float, max_attempts: int) -> S3Client:
+    """An S3 client like Aws.connect's: bounded timeouts and retries, the endpoint from the environment
+    (path-style addressing then, as S3-compatible servers and moto expect)."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = endpoint_url(environ)
+    config = Config(
+        region_name=region,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    with aws_errors("creating the S3 client"):
+        return boto3.session.Session(region_name=region).client("s3", config=config, endpoint_url=endpoint)
+
+
+def transfer_config() -> TransferConfig:
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(
+        multipart_threshold=PART_SIZE,
+        multipart_chunksize=PART_SIZE,
+        max_concurrency=2,
+        io_chunksize=256 * 1024,
+    )
+    # Not a TransferConfig argument, but s3transfer reads it: the parts of a non-seekable stream held at once.
+    config.max_in_memory_upload_chunks = PARTS_IN_MEMORY
+    config.max_in_memory_download_chunks = PARTS_IN_MEMORY
+    return config
+
+
+class HashingReader:
+    """A read-only, non-seekable file over a stream of chunks that hashes and counts what it hands out.
+
+    `read(n)` returns exactly n bytes until the end, as s3transfer needs for equal multipart parts.
+    """
+
+    def __init__(self, source: Stream) -> None:
+        self._chunks: Iterator[bytes] = _chunks_of(source)
+        self._buffer = bytearray()
+        self._done = False
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = None if size is None or size < 0 else size
+        while not self._done and (want is None or len(self._buffer) < want):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+            else:
+                self._buffer += chunk
+        cut = len(self._buffer) if want is None else min(want, len(self._buffer))
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:cut])  # one copy, not two
+        del self._buffer[:cut]
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+def _chunks_of(source: Stream) -> Iterator[bytes]:
+    if hasattr(source, "read"):
+        reader = cast("IO[bytes]", source)
+        return iter(lambda: reader.read(READ_CHUNK), b"")
+    return iter(source)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class BackupStore:
+    """The snapshots and the record of one ASG under one backup URL."""
+
+    def __init__(
+        self,
+        s3: S3Client,
+        url: BackupUrl | str,
+        asg_name: str,
+        sse: str = "AES256",
+        kms_key_id: str | None = None,
+    ) -> None:
+        if sse not in SSE_MODES:
+            raise ConfigError(f"backup_sse must be one of {', '.join(SSE_MODES)}, not {validate.shown(sse)}")
+        if kms_key_id is not None and (sse != "aws:kms" or not KMS_KEY_ID.fullmatch(kms_key_id)):
+            raise ConfigError("backup_kms_key_id needs backup_sse = aws:kms and must be a KMS key id, ARN or alias")
+        self._s3 = s3
+        self.url = parse_backup_url(url) if isinstance(url, str) else url
+        self.asg_name = validate.asg_name(asg_name, "settings")
+        base = f"{self.url.prefix}/" if self.url.prefix else ""
+        self.base = f"{base}{quote(self.asg_name, safe='-_.')}"
+        self.snapshot_prefix = f"{self.base}/snapshots/"
+        self.record_key = f"{self.base}/cluster.json"
+        self._encryption: dict[str, str] = {"ServerSideEncryption": sse}
+        if kms_key_id:
+            self._encryption["SSEKMSKeyId"] = kms_key_id
+
+    @property
+    def bucket(self) -> str:
+        return self.url.bucket
+
+    def where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def snapshot_key(self, meta: SnapshotMeta) -> str:
+        stamp = meta.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
+        instance = validate.instance_id(meta.source_instance, "snapshot metadata")
+        return f"{self.snapshot_prefix}{stamp}-r{meta.revision}-{instance}.db"
+
+    @staticmethod
+    def manifest_key(snapshot_key: str) -> str:
+        return snapshot_key[: -len(".db")] + ".json"
+
+    # -- snapshots ------------------------------------------------------------------------------------------
+
+    def upload(self, stream: Stream, meta: SnapshotMeta) -> SnapshotInfo:
+        """Upload a snapshot stream with bounded memory, then its manifest; returns what the manifest says.
+
+        Any error (from the stream too) aborts the multipart upload and writes no manifest.
+        """
+        key = self.snapshot_key(meta)
+        reader = HashingReader(stream)
+        extra: dict[str, Any] = {**self._encryption, "ContentType": "application/octet-stream"}
+        with aws_errors(f"uploading {self.where(key)}"):
+            self._s3.upload_fileobj(
+                cast("IO[bytes]", reader), self.bucket, key, ExtraArgs=extra, Config=transfer_config()
+            )
+            stored = self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        if stored != reader.size:
+            raise AwsError(f"{self.where(key)} holds {stored} bytes after uploading {reader.size}")
+        info = SnapshotInfo.of(key, meta, reader.sha256.hexdigest(), reader.size)
+        self._put(self.manifest_key(key), records.snapshot_to_json(info))
+        log.info("uploaded snapshot %s (%d bytes, revision %d)", self.where(key), info.size, info.revision)
+        return info
+
+    def _objects(self) -> dict[str, int]:
+        """Key -> size of every object under the snapshot prefix."""
+        sizes: dict[str, int] = {}
+        with aws_errors(f"listing {self.where(self.snapshot_prefix)}"):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.snapshot_prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    sizes[str(item.get("Key"))] = int(item.get("Size", -1))
+        return sizes
+
+    def list_snapshots(self) -> tuple[SnapshotInfo, ...]:
+        """Every complete snapshot (object and valid manifest agree), newest first; others are skipped, loudly."""
+        objects = self._objects()
+        found = []
+        for key in sorted(k for k in objects if k.endswith(".json")):
+            snapshot_key = key[: -len(".json")] + ".db"
+            if snapshot_key not in objects:
+                log.warning("skipping manifest %s: its snapshot object is missing", self.where(key))
+                continue
+            text = self._get(key)
+            if text is None:
+                continue  # deleted since the listing
+            try:
+                info = records.snapshot_from_json(text, self.where(key))
+            except UnsafeError as exc:
+                log.warning("skipping snapshot %s: %s", self.where(snapshot_key), exc)
+                continue
+            if info.key != snapshot_key or info.size != objects[snapshot_key]:
+                log.warning("skipping snapshot %s: its manifest describes another object", self.where(snapshot_key))
+                continue
+            found.append(info)
+        return records.newest_first(found)
+
+    def download(self, info: SnapshotInfo, path: Path) -> None:
+        """Download a snapshot to `path`, verified against its manifest; on a mismatch leave no file and raise."""
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        temp = Path(temp_name)
+        try:
+            with aws_errors(f"downloading {self.where(info.key)}"):
+                self._s3.download_file(self.bucket, info.key, str(temp), Config=transfer_config())
+            sha256, size = file_sha256(temp)
+            if (sha256, size) != (info.sha256, info.size):
+                raise CorruptSnapshotError(
+                    f"snapshot {self.where(info.key)} is corrupt: {size} bytes with sha256 {sha256}, "
+                    f"its manifest says {info.size} bytes with sha256 {info.sha256}"
+                )
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def delete(self, infos: Iterable[SnapshotInfo]) -> None:
+        """Delete snapshots: manifests first, so a half-done delete leaves nothing listed that is gone."""
+        keys = [info.key for info in infos]
+        for batch in (
+            [self.manifest_key(k) for k in keys],
+            keys,
+        ):
+            for start in range(0, len(batch), 1000):
+                self._delete_keys(batch[start : start + 1000])
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        if any(not k.startswith(self.snapshot_prefix) for k in keys):
+            raise UnsafeError(f"refusing to delete objects outside {self.where(self.snapshot_prefix)}")
+        with aws_errors(f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}"):
+            answer = self._s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+        errors = answer.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise AwsError(
+                f"deleting {self.where(str(first.get('Key')))}: {first.get('Code')}: "
+                f"{validate.shown(first.get('Message', ''), 200)} ({len(errors)} failed)"
+            )
+
+    # -- the cluster record ---------------------------------------------------------------------------------
+
+    def read_record(self) -> ClusterRecord | None:
+        """The cluster record, or None when there is none."""
+        text = self._get(self.record_key)
+        if text is None:
+            return None
+        record = records.record_from_json(text, self.where(self.record_key))
+        if record.asg_name != self.asg_name:
+            raise UnsafeError(f"{self.where(self.record_key)} belongs to ASG {validate.shown(record.asg_name)}")
+        return record
+
+    def write_record(self, record: ClusterRecord) -> None:
+        if record.asg_name != self.asg_name:
+            raise UnsafeError(f"refusing to write the record of ASG {record.asg_name} for ASG {self.asg_name}")
+        self._put(self.record_key, records.record_to_json(record))
+
+    # -- small objects --------------------------------------------------------------------------------------
+
+    def _put(self, key: str, text: str) -> None:
+        with aws_errors(f"writing {self.where(key)}"):
+            self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=text.encode(),
+                ContentType="application/json",
+                **self._encryption,  # type: ignore[arg-type]
+            )
+
+    def _get(self, key: str) -> bytes | None:
+        """A small object's body; None when it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with aws_errors(f"reading {self.where(key)}"):
+            try:
+                answer = self._s3.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            if int(answer.get("ContentLength", 0)) > records.MAX_DOCUMENT_BYTES:
+                raise UnsafeError(f"refusing {self.where(key)}: too large for a manifest or record")
+            body: bytes = answer["Body"].read(records.MAX_DOCUMENT_BYTES + 1)
+            return body

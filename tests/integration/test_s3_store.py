@@ -1,0 +1,191 @@
+"""BackupStore against moto's S3 server: streamed multipart uploads, manifests written last, verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from mypy_boto3_s3 import S3Client
+
+from etcd_aws_cluster.errors import AwsError, UnsafeError
+from etcd_aws_cluster.records import ClusterRecord, SnapshotMeta
+from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from tests.harness.moto_server import FAKE_CREDENTIALS
+from tests.harness.procs import ProcessRegistry
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "etcd-backups"
+ASG = "etcd prod/eu"
+NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=timezone.utc)
+INSTANCE = "i-0123456789abcdef0"
+
+
+def aws_env(moto_url: str) -> dict[str, str]:
+    return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": moto_url}
+
+
+@pytest.fixture
+def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> S3Client:
+    for name, value in aws_env(moto_url).items():
+        monkeypatch.setenv(name, value)
+    client = connect_s3("us-east-1", aws_env(moto_url), timeout=10, max_attempts=2)
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+def store(s3: S3Client) -> BackupStore:
+    return BackupStore(s3, f"s3://{BUCKET}/backups/", ASG)
+
+
+def meta(revision: int, taken_at: datetime = NOW) -> SnapshotMeta:
+    return SnapshotMeta(taken_at, revision, 0xABC, "3.5.17", (("n1", "http://10.0.0.1:2380"),), INSTANCE)
+
+
+def chunks(total: int, size: int = 1024 * 1024, seed: bytes = b"x") -> Iterator[bytes]:
+    block = hashlib.sha256(seed).digest() * (size // 32)
+    for offset in range(0, total, size):
+        yield block[: min(size, total - offset)]
+
+
+def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
+    total = 12 * 1024 * 1024 + 123  # three multipart parts
+    info = store.upload(chunks(total), meta(42))
+    expected = hashlib.sha256(b"".join(chunks(total))).hexdigest()
+    assert (info.size, info.sha256, info.revision) == (total, expected, 42)
+    assert info.key == "backups/etcd%20prod%2Feu/snapshots/20240510T120000000000Z-r42-i-0123456789abcdef0.db"
+    head = s3.head_object(Bucket=BUCKET, Key=info.key)
+    assert head["ServerSideEncryption"] == "AES256"
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=info.key[:-3] + ".json")["Body"].read())
+    assert manifest["sha256"] == expected
+    assert store.list_snapshots() == (info,)
+    target = tmp_path / "snap.db"
+    store.download(info, target)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.db"]
+
+
+def test_upload_from_a_file_and_a_small_stream(store: BackupStore, tmp_path: Path) -> None:
+    source = tmp_path / "in.db"
+    source.write_bytes(b"small db")
+    with source.open("rb") as handle:
+        first = store.upload(handle, meta(1))
+    second = store.upload([b"a", b"", b"bc"], meta(2))
+    assert (first.size, second.size) == (8, 3)
+    assert [s.revision for s in store.list_snapshots()] == [2, 1]
+
+
+def test_list_shows_only_complete_snapshots_of_this_group(s3: S3Client, store: BackupStore) -> None:
+    good = store.upload([b"good"], meta(5))
+    prefix = store.snapshot_prefix
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}orphan-r9.db", Body=b"no manifest")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}lonely.json", Body=b"{}")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}bad.db", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}bad.json", Body=b"not json")
+    liar = json.loads(s3.get_object(Bucket=BUCKET, Key=good.key[:-3] + ".json")["Body"].read())
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.db", Body=b"good")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.json", Body=json.dumps(liar).encode())  # names another key
+    other = BackupStore(s3, f"s3://{BUCKET}/backups", "etcd prod")
+    other.upload([b"other group"], meta(99))
+    assert store.list_snapshots() == (good,)
+    assert [s.revision for s in other.list_snapshots()] == [99]
+
+
+def test_corrupt_object_raises_and_leaves_no_file(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
+    info = store.upload([b"original bytes"], meta(7))
+    s3.put_object(Bucket=BUCKET, Key=info.key, Body=b"tampered bytes")  # same size: still listed
+    assert store.list_snapshots() == (info,)
+    with pytest.raises(CorruptSnapshotError, match="corrupt"):
+        store.download(info, tmp_path / "snap.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_stream_leaves_no_object_and_no_upload(s3: S3Client, store: BackupStore) -> None:
+    def broken() -> Iterator[bytes]:
+        yield from chunks(12 * 1024 * 1024)
+        raise OSError("etcd went away")
+
+    with pytest.raises(OSError, match="etcd went away"):
+        store.upload(broken(), meta(3))
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+KILLED_UPLOADER = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import datetime, timezone
+    from etcd_aws_cluster.records import SnapshotMeta
+    from etcd_aws_cluster.s3 import BackupStore, connect_s3
+    import os
+
+    def slow():
+        for _ in range(400):
+            yield b"y" * (1024 * 1024)
+            time.sleep(0.02)
+
+    store = BackupStore(connect_s3("us-east-1", os.environ, 10, 2), sys.argv[1], sys.argv[2])
+    meta = SnapshotMeta(datetime.now(timezone.utc), 11, 1, "3.4.23", (), "i-0123456789abcdef0")
+    store.upload(slow(), meta)
+    """
+)
+
+
+def test_kill_9_during_an_upload_leaves_nothing_a_restore_would_take(
+    s3: S3Client, store: BackupStore, moto_url: str
+) -> None:
+    env = {**os.environ, **aws_env(moto_url)}
+    with ProcessRegistry() as registry:
+        proc = registry.start([sys.executable, "-c", KILLED_UPLOADER, f"s3://{BUCKET}/backups", ASG], env=env)
+        deadline = time.monotonic() + 60
+        while not _uploaded_a_part(s3):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.1)
+        registry.kill(proc.pid)
+    assert store.list_snapshots() == ()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert keys == []
+
+
+def _uploaded_a_part(s3: S3Client) -> bool:
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    return any(s3.list_parts(Bucket=BUCKET, Key=u["Key"], UploadId=u["UploadId"]).get("Parts") for u in uploads)
+
+
+def test_delete_removes_snapshots_and_manifests_only(s3: S3Client, store: BackupStore) -> None:
+    infos = [store.upload([b"%d" % i], meta(i, NOW + timedelta(minutes=i))) for i in range(1, 4)]
+    s3.put_object(Bucket=BUCKET, Key="backups/unrelated.db", Body=b"keep me")
+    store.delete(infos[:2])
+    assert store.list_snapshots() == (infos[2],)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert keys == sorted(["backups/unrelated.db", infos[2].key, infos[2].key[:-3] + ".json"])
+
+
+def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) -> None:
+    assert store.read_record() is None
+    record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    store.write_record(record)
+    assert store.read_record() == record
+    with pytest.raises(UnsafeError):
+        store.write_record(ClusterRecord("other", 1, (), None, NOW))
+    s3.put_object(Bucket=BUCKET, Key=store.record_key, Body=b'{"format": "etcd-aws-cluster/cluster-record"}')
+    with pytest.raises(UnsafeError, match="version"):
+        store.read_record()
+
+
+def test_missing_bucket_is_one_clear_aws_error(s3: S3Client) -> None:
+    store = BackupStore(s3, "s3://no-such-bucket/p", ASG)
+    with pytest.raises(AwsError, match="NoSuchBucket"):
+        store.list_snapshots()
+    with pytest.raises(AwsError, match="NoSuchBucket"):
+        store.read_record()

@@ -1,0 +1,197 @@
+"""Snapshot manifests and the cluster record: strict JSON both ways, and the pure choices."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.records import (
+    ClusterRecord,
+    SnapshotInfo,
+    SnapshotMeta,
+    newest_first,
+    newest_valid,
+    record_from_json,
+    record_to_json,
+    retention,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+
+UTC = timezone.utc
+NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=UTC)
+SHA = "ab" * 32
+
+
+def snap(key: str, revision: int, taken_at: datetime = NOW) -> SnapshotInfo:
+    return SnapshotInfo(
+        key=key,
+        taken_at=taken_at,
+        revision=revision,
+        cluster_id=0xCDF818194E3A8C32,
+        etcd_version="3.5.17",
+        sha256=SHA,
+        size=20480,
+        members=(("i-0123456789abcdef0", "http://10.0.0.1:2380"), ("", "http://10.0.0.2:2380")),
+        source_instance="i-0123456789abcdef0",
+    )
+
+
+def record() -> ClusterRecord:
+    return ClusterRecord(
+        asg_name="etcd prod",
+        cluster_id=0xCDF818194E3A8C32,
+        members=(("i-0123456789abcdef0", "https://10.0.0.1:2380"),),
+        newest_snapshot="backups/etcd%20prod/snapshots/x.db",
+        updated_at=NOW,
+    )
+
+
+def test_snapshot_round_trips() -> None:
+    info = snap("p/a.db", 42, NOW.replace(microsecond=123456))
+    assert snapshot_from_json(snapshot_to_json(info), "test") == info
+
+
+def test_record_round_trips_with_and_without_a_snapshot() -> None:
+    assert record_from_json(record_to_json(record()), "test") == record()
+    bare = ClusterRecord("g", 1, (), None, NOW)
+    assert record_from_json(record_to_json(bare), "test") == bare
+
+
+def test_meta_and_info_refuse_naive_times() -> None:
+    with pytest.raises(ValueError, match="UTC"):
+        SnapshotMeta(datetime(2024, 1, 1), 1, 1, "3.5.0", (), "i-0123456789abcdef0")  # noqa: DTZ001
+    other = timezone(timedelta(hours=2))
+    with pytest.raises(ValueError, match="UTC"):
+        snap("a.db", 1, NOW.astimezone(other))
+
+
+def test_info_of_meta_carries_every_field() -> None:
+    meta = SnapshotMeta(NOW, 7, 9, "3.4.23", (("n", "http://h:1"),), "i-0123456789abcdef0")
+    info = SnapshotInfo.of("k.db", meta, SHA, 5)
+    assert (info.key, info.revision, info.cluster_id, info.sha256, info.size) == ("k.db", 7, 9, SHA, 5)
+    assert (info.taken_at, info.etcd_version, info.members, info.source_instance) == (
+        NOW,
+        "3.4.23",
+        (("n", "http://h:1"),),
+        "i-0123456789abcdef0",
+    )
+
+
+def _tampered(change: dict[str, Any]) -> str:
+    data = json.loads(snapshot_to_json(snap("p/a.db", 42)))
+    data.update(change)
+    return json.dumps({k: v for k, v in data.items() if v is not ...})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": 2}, "version '2' is not 1"),
+        ({"format": "something/else"}, "not an etcd-aws-cluster/snapshot"),
+        ({"extra": 1}, "unknown fields \\['extra'\\]"),
+        ({"sha256": ...}, "missing fields \\['sha256'\\]"),
+        ({"key": "../../etc/passwd"}, "object key"),
+        ({"key": "/abs.db"}, "object key"),
+        ({"key": "a b.db"}, "object key"),
+        ({"taken_at": "2024-05-10T12:00:00Z"}, "time"),
+        ({"taken_at": "2024-13-10T12:00:00.000000Z"}, "time"),
+        ({"revision": -1}, "revision"),
+        ({"revision": True}, "revision"),
+        ({"revision": "5"}, "revision"),
+        ({"cluster_id": "0"}, "cluster id"),
+        ({"cluster_id": "xyz"}, "cluster id"),
+        ({"etcd_version": "3.5.0; rm -rf"}, "etcd version"),
+        ({"sha256": "AB" * 32}, "sha256"),
+        ({"size": 2**50}, "size"),
+        ({"members": [["n", "ftp://h:1"]]}, "URL"),
+        ({"members": [["bad name!", "http://h:1"]]}, "member name"),
+        ({"members": [["n"]]}, "member"),
+        ({"members": {}}, "member list"),
+        ({"source_instance": "i-xyz"}, "instance id"),
+    ],
+)
+def test_snapshot_manifest_refuses_anything_off(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(UnsafeError, match=message):
+        snapshot_from_json(_tampered(change), "s3://b/p/a.json")
+
+
+@pytest.mark.parametrize("text", ["", "[]", "null", "{not json", b"\xff\xfe", " " * 300_000])
+def test_garbage_is_refused(text: str | bytes) -> None:
+    with pytest.raises(UnsafeError):
+        snapshot_from_json(text, "test")
+    with pytest.raises(UnsafeError):
+        record_from_json(text, "test")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"asg_name": ""}, "Auto Scaling group name"),
+        ({"members": [["node-1", "http://h:1"]]}, "instance id"),
+        ({"newest_snapshot": "a//b.db"}, "object key"),
+        ({"updated_at": 5}, "time"),
+        ({"version": 0}, "version '0'"),
+    ],
+)
+def test_record_refuses_anything_off(change: dict[str, Any], message: str) -> None:
+    data = json.loads(record_to_json(record()))
+    data.update(change)
+    with pytest.raises(UnsafeError, match=message):
+        record_from_json(json.dumps(data), "test")
+
+
+def test_newest_orders_by_revision_then_time_then_key() -> None:
+    earlier = NOW - timedelta(hours=1)
+    listing = [snap("c.db", 5, earlier), snap("a.db", 9, earlier), snap("b.db", 9, NOW), snap("d.db", 9, NOW)]
+    assert [s.key for s in newest_first(listing)] == ["d.db", "b.db", "a.db", "c.db"]
+    # Every instance picks the same one, whatever order its listing came in.
+    assert {newest_valid(order).key for order in (listing, listing[::-1], listing[1:] + listing[:1])} == {"d.db"}
+
+
+def test_newest_valid_skips_rejected_and_may_find_none() -> None:
+    listing = [snap("a.db", 1), snap("b.db", 2)]
+    assert newest_valid(listing, rejected={"b.db"}) == listing[0]
+    assert newest_valid(listing, rejected={"a.db", "b.db"}) is None
+    assert newest_valid([]) is None
+
+
+def _hourly(days: int) -> list[SnapshotInfo]:
+    """One snapshot every 6 hours for `days` days up to NOW, revisions growing with time."""
+    count = days * 4
+    return [snap(f"s{i:03}.db", i + 1, NOW - timedelta(hours=6 * (count - 1 - i))) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("keep_last", "keep_daily_days", "kept"),
+    [
+        (2, 0, {"s010.db", "s011.db"}),
+        (1, 1, {"s011.db"}),  # the newest is also today's newest
+        (1, 2, {"s011.db", "s008.db"}),  # plus yesterday's newest
+        (3, 2, {"s011.db", "s010.db", "s009.db", "s008.db"}),
+        (1, 30, {"s011.db", "s008.db", "s004.db", "s000.db"}),  # one per day as far back as there are
+        (0, 0, {"s011.db"}),  # never delete the newest
+        (100, 0, {f"s{i:03}.db" for i in range(12)}),
+    ],
+)
+def test_retention_table(keep_last: int, keep_daily_days: int, kept: set[str]) -> None:
+    listing = _hourly(3)
+    # s000 is May 7 18:00; s001-s004 are May 8 (00, 06, 12, 18h); s005-s008 May 9; s009-s011 May 10 (00, 06, 12h).
+    assert [s.taken_at.day for s in listing] == [7, 8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10]
+    deleted = retention(listing, NOW, keep_last, keep_daily_days)
+    assert {s.key for s in deleted} == {s.key for s in listing} - kept
+    assert [s.revision for s in deleted] == sorted(s.revision for s in deleted)  # oldest first
+
+
+def test_retention_daily_keeps_the_newest_of_a_day_by_the_shared_order() -> None:
+    day = NOW - timedelta(days=1)
+    listing = [snap("late-low.db", 3, day + timedelta(hours=5)), snap("early-high.db", 4, day), snap("now.db", 9)]
+    assert [s.key for s in retention(listing, NOW, 1, 2)] == ["late-low.db"]
+
+
+def test_retention_of_nothing_is_nothing() -> None:
+    assert retention([], NOW, 3, 3) == ()
