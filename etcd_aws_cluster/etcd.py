@@ -321,7 +321,11 @@ class EtcdClient:
             member_id, leader = _uint64(header.get("member_id")), _uint64(body.get("leader", "0"))
             if member_id is None or leader is None:
                 raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
-            return EndpointStatus(member_id, leader, is_learner=body.get("isLearner") is True)
+            revision = _uint64(header.get("revision", "0")) or 0
+            version = body.get("version", "")
+            if not isinstance(version, str) or not validate.ETCD_VERSION.fullmatch(version):
+                version = ""
+            return EndpointStatus(member_id, leader, body.get("isLearner") is True, revision, version)
         return None
 
     def snapshot(self, client_url: str, timeout: float) -> Iterator[bytes]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.records import SnapshotInfo
 
 # Lifecycle states whose instance is, or is about to be, a cluster member.
 MEMBER_STATES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed"})
@@ -86,6 +90,8 @@ class EndpointStatus:
     member_id: int
     leader: int
     is_learner: bool = False
+    revision: int = 0  # the store's revision when it answered
+    version: str = ""  # the etcd server version
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class Decision(str, enum.Enum):
     JOIN = "join"  # a cluster exists: remove gone members, add this instance
     RESTART = "restart"  # no peer answers but local member data exists: etcd restarts from it
     WAIT = "wait"  # not enough is known yet to decide safely; look again
+    RESTORE = "restore"  # the cluster record says a cluster existed and none of its members is left: restore it
 
 
 @dataclass(frozen=True)
@@ -140,3 +147,5 @@ class Plan:
     add_self: bool = False
     move_data_aside: bool = False
     members: tuple[Member, ...] = field(default=(), compare=False)
+    # RESTORE: the snapshots to try, newest first; the first whose checksum holds is restored
+    restore: tuple[SnapshotInfo, ...] = ()

@@ -6,14 +6,15 @@ reasoning about who is who and about quorum lives in `view`; this module only de
 
 from __future__ import annotations
 
-from etcd_aws_cluster import validate
+from etcd_aws_cluster import recovery, validate
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import Decision, Member, Plan
 from etcd_aws_cluster.view import ClusterView, Facts
 
 
 def _bootstrap(facts: Facts) -> Plan:
-    """No peer answers: restart from local data, start a new cluster, or wait for a complete view."""
+    """No peer answers: restart from local data, start a new cluster (or, when the cluster record says one
+    existed, wait for its survivors or restore it), or wait for a complete view."""
     asg, endpoints = facts.asg, facts.endpoints
     candidates = asg.members()
     expected = tuple((i.instance_id, endpoints.peer_url(i.private_ip)) for i in candidates if i.private_ip)
@@ -33,6 +34,11 @@ def _bootstrap(facts: Facts) -> Plan:
     if silent:
         names = ", ".join(f"{p.instance_id} ({p.error})" for p in silent)
         return Plan(Decision.WAIT, f"no member list yet, but etcd may be running on {names}")
+    if facts.record is not None:
+        waiting = recovery.wait_for_survivors(facts, facts.record, facts.snapshots)
+        if waiting is not None:
+            return waiting
+        recovery.require_snapshot(facts, facts.record, facts.snapshots)
     if asg.desired_capacity < 1:
         return Plan(Decision.WAIT, f"ASG {asg.name} has desired capacity {asg.desired_capacity}")
     if len(expected) != asg.desired_capacity or len(candidates) != len(expected):
@@ -43,6 +49,8 @@ def _bootstrap(facts: Facts) -> Plan:
         )
     if facts.me.instance_id not in {name for name, _ in expected}:
         return Plan(Decision.WAIT, f"this instance is not yet InService/Pending in ASG {asg.name}")
+    if facts.record is not None:
+        return recovery.restore_plan(facts, facts.snapshots, tuple(sorted(expected)))
     return Plan(
         Decision.NEW,
         f"no etcd answers on any of the {len(expected)} ASG instances and the ASG is complete",

@@ -26,7 +26,7 @@ TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 CLUSTER_ID_HEX = re.compile(r"[0-9a-f]{1,16}")
-ETCD_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4}([-+][A-Za-z0-9.+-]{1,40})?")
+ETCD_VERSION = validate.ETCD_VERSION
 # S3 keys we write: our own layout only, so nothing from a listing can smuggle in odd characters.
 OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/%-]{1,1024}")
 
@@ -93,7 +93,7 @@ class ClusterRecord:
     """The object that says a cluster exists for this ASG: its id, members and newest snapshot."""
 
     asg_name: str
-    cluster_id: int
+    cluster_id: int | None  # None until a member has reported it (a cluster just created or restored)
     members: tuple[tuple[str, str], ...]  # (instance id, peer URL)
     newest_snapshot: str | None
     updated_at: datetime
@@ -237,7 +237,7 @@ def record_to_json(record: ClusterRecord) -> str:
             "format": RECORD_FORMAT,
             "version": FORMAT_VERSION,
             "asg_name": record.asg_name,
-            "cluster_id": f"{record.cluster_id:x}",
+            "cluster_id": None if record.cluster_id is None else f"{record.cluster_id:x}",
             "members": [list(pair) for pair in record.members],
             "newest_snapshot": record.newest_snapshot,
             "updated_at": format_time(record.updated_at),
@@ -252,7 +252,7 @@ def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
     newest = data["newest_snapshot"]
     return ClusterRecord(
         asg_name=validate.asg_name(data["asg_name"], source),
-        cluster_id=_cluster_id(data["cluster_id"], source),
+        cluster_id=None if data["cluster_id"] is None else _cluster_id(data["cluster_id"], source),
         members=_pairs(data["members"], validate.instance_id, source),
         newest_snapshot=None if newest is None else object_key(newest, source),
         updated_at=_time(data["updated_at"], "time", source),

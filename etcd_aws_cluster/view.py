@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Identity, Member, Probe
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
 
 
 def quorum(voters: int) -> int:
@@ -239,6 +240,9 @@ class Facts:
     has_local_data: bool = False
     # (member id, cluster id) from the local WAL, when it could be read
     local_ids: tuple[int, int] | None = None
+    # With backup_url, when no etcd answers: the cluster record, and the snapshots newest first
+    record: ClusterRecord | None = None
+    snapshots: tuple[SnapshotInfo, ...] = ()
 
     @property
     def asg(self) -> AsgView:
