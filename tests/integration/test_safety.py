@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,50 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     moved = [p for p in node.data_dir.parent.iterdir() if p.name.startswith(node.data_dir.name + ".stale-")]
     assert len(moved) == 1 and (moved[0] / "member" / "wal").is_dir()
     asg.start_etcd(node)
+    members = asg.wait_healthy(3, timeout=60)
+    assert node.instance_id in {m["name"] for m in members}
+    new_ids = read_ids(node.data_dir)
+    assert new_ids is not None and new_ids.member_id != old_ids.member_id
+
+
+@pytest.fixture
+def bind_mounted() -> Iterator[Callable[[Path], None]]:
+    """Make a directory a mount point of its own (`mount --bind d d`), as an EBS volume or `docker -v` is; every
+    mount is undone after the test. Needs root (CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) for a bind mount")
+    mounted: list[Path] = []
+
+    def bind(directory: Path) -> None:
+        subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+        mounted.append(directory)
+
+    try:
+        yield bind
+    finally:
+        for directory in reversed(mounted):
+            # --lazy: etcd (stopped by the sim fixture, torn down after this one) may still hold files there.
+            subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+def test_stale_data_on_a_mount_point_is_kept_inside_it_and_etcd_starts(
+    sim: SimFactory, etcd_binary: Path, bind_mounted: Callable[[Path], None]
+) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    node = asg.nodes[2]
+    old_ids = read_ids(node.data_dir)
+    assert old_ids is not None
+    asg.stop_etcd(node)
+    member_change(asg, asg.nodes[0], "remove", {"ID": str(old_ids.member_id)})
+    bind_mounted(node.data_dir)  # renaming it now fails with EBUSY
+    result = run_ok(asg, node)
+    assert decision(result.stderr) == "join"
+    assert not [p for p in node.data_dir.parent.iterdir() if ".stale-" in p.name]
+    (kept,) = [p for p in node.data_dir.iterdir() if p.name.startswith(".stale-")]
+    assert read_ids(kept) == old_ids
+    asg.start_etcd(node)  # etcd starts from a data dir that holds only the .stale- subdir
     members = asg.wait_healthy(3, timeout=60)
     assert node.instance_id in {m["name"] for m in members}
     new_ids = read_ids(node.data_dir)
