@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.envfile import KEYS
+from etcd_aws_cluster.envfile import KEYS, TEST_PAUSE_VARIABLE
 from etcd_aws_cluster.waldata import read_ids
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
@@ -203,30 +203,54 @@ def test_local_wal_ids_match_the_cluster(sim: SimFactory, etcd_binary: Path) -> 
     assert ids.member_id == int(answer["header"]["member_id"])
 
 
-def test_kill_9_at_any_moment_leaves_old_or_new_file(sim: SimFactory) -> None:
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the agent exited {proc.returncode} first:\n{proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "the agent never reached the write"
+        time.sleep(0.01)
+
+
+def complete_temp_file(directory: Path) -> bool:
+    """A temp file of the env file holds the whole new text (the agent wrote and fsynced it)."""
+    for path in directory.glob("*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text().count("\n") == len(KEYS) + 1:
+                return True
+    return False
+
+
+def test_kill_9_at_the_write_leaves_the_old_file_or_the_whole_new_one(sim: SimFactory) -> None:
+    """The fault lands at the write itself: the agent pauses (a test-only hook) just before and just after
+    renaming its complete temp file into place, and is killed there."""
     asg = sim(3)
     node = asg.nodes[0]
     old = "ETCD_NAME=old-file\n"
-    rng = random.Random(4)
-    outcomes = set()
-    for _ in range(12):
+    outcomes: list[str] = []
+    leftovers: list[Path] = []
+    for moment in ("before the rename", "after the rename"):
         node.env_file.write_text(old)
-        proc = asg.start_agent(node)
-        time.sleep(rng.uniform(0.0, 0.9))
+        # The pause comes before and after the rename: long where the kill lands, short where it does not.
+        proc = asg.start_agent(node, env={TEST_PAUSE_VARIABLE: "30" if moment == "before the rename" else "3"})
+        if moment == "before the rename":
+            wait_for(lambda: complete_temp_file(node.env_file.parent), proc)
+        else:
+            wait_for(lambda: node.env_file.read_text() != old, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        leftovers.extend(p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp"))
         text = node.env_file.read_text()
         if text == old:
-            outcomes.add("old")
+            outcomes.append("old")
         else:
             lines = [line for line in text.splitlines() if not line.startswith("#")]
             assert [line.split("=", 1)[0] for line in lines] == list(KEYS), text
             assert text.endswith("\n")
-            outcomes.add("new")
-    leftovers = [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")]
-    run_ok(asg, node)  # a later run cleans temp files a killed run left
+            outcomes.append("new")
+    assert outcomes == ["old", "new"]
+    assert leftovers, "the kill before the rename leaves its temp file"
+    # ...which the next run, holding the lock, removed before writing
     assert not [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")], leftovers
-    assert "old" in outcomes
 
 
 def test_learner_join_then_promote(sim: SimFactory, etcd_binary: Path) -> None:
