@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from etcd_aws_cluster import validate
+from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import AwsError, UnsafeError
 from etcd_aws_cluster.model import AsgInstance, AsgView
 
@@ -19,9 +21,12 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-LIFECYCLE_STATE = re.compile(r"[A-Za-z]+(:[A-Za-z]+)?")
+# Up to four parts (today's longest: Warmed:Terminating:Retained). A well-formed state this code does not know
+# (a future API) is neither member nor gone (model.OTHER_STATES): it never stops the boot of the others.
+LIFECYCLE_STATE = re.compile(r"[A-Za-z]{1,40}(:[A-Za-z]{1,40}){0,3}")
 # Per-service variables first, then the global one: the same names recent botocore reads itself. Older botocore
 # (Debian bookworm's 1.29) ignores them, so the agent passes endpoint_url= explicitly.
 ENDPOINT_VARIABLES = {
@@ -50,26 +55,49 @@ def aws_errors(action: str) -> Iterator[None]:
         raise AwsError(f"{action}: {validate.shown(exc, 200)}") from None
 
 
-class Aws:
-    """Thin adapter over the two clients the agent needs."""
+def _refuse_late_attempts(deadline: Deadline) -> Callable[..., None]:
+    """A botocore before-send handler: no attempt (first or retry) starts once the run's deadline has passed."""
 
-    def __init__(self, autoscaling: AutoScalingClient, ec2: EC2Client) -> None:
+    def guard(**_: Any) -> None:
+        if deadline.expired:
+            raise AwsError(f"no time left for another AWS request before the run's deadline ({deadline.seconds:.0f}s)")
+
+    return guard
+
+
+class Aws:
+    """Thin adapter over the two clients the agent needs.
+
+    With a deadline, every call (botocore's retries and backoff included) ends by it: per-request timeouts never
+    exceed the time left when the clients were made, no retry starts after it, and a call still running at the
+    deadline is abandoned with an AwsError.
+    """
+
+    def __init__(self, autoscaling: AutoScalingClient, ec2: EC2Client, deadline: Deadline | None = None) -> None:
         self._autoscaling = autoscaling
         self._ec2 = ec2
+        self._deadline = deadline
 
     @classmethod
     def connect(
-        cls, region: str, *, timeout: float, max_attempts: int, environ: Mapping[str, str] | None = None
+        cls,
+        region: str,
+        *,
+        timeout: float,
+        max_attempts: int,
+        environ: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
     ) -> Aws:
         import boto3
         import botocore.session
         from botocore.config import Config
 
         env = os.environ if environ is None else environ
+        per_request = deadline.cap(timeout) if deadline is not None else timeout
         config = Config(
             region_name=region,
-            connect_timeout=timeout,
-            read_timeout=timeout,
+            connect_timeout=per_request,
+            read_timeout=per_request,
             retries={"mode": "standard", "total_max_attempts": max_attempts},
         )
         with aws_errors("creating AWS clients"):
@@ -79,11 +107,38 @@ class Aws:
             session = boto3.session.Session(botocore_session=core, region_name=region)
             autoscaling = session.client("autoscaling", config=config, endpoint_url=endpoint_url("autoscaling", env))
             ec2 = session.client("ec2", config=config, endpoint_url=endpoint_url("ec2", env))
-        return cls(autoscaling, ec2)
+        if deadline is not None:
+            for client in (autoscaling, ec2):
+                client.meta.events.register("before-send", _refuse_late_attempts(deadline))
+        return cls(autoscaling, ec2, deadline)
+
+    def _bounded(self, action: str, call: Callable[[], T]) -> T:
+        """Run one AWS call (with its pages and retries) to its end or to the deadline, whichever comes first."""
+
+        def attempt() -> T:
+            with aws_errors(action):
+                return call()
+
+        if self._deadline is None:
+            return attempt()
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            raise AwsError(f"{action}: no time left before the run's deadline ({self._deadline.seconds:.0f}s)")
+        # A worker thread, so that a call still retrying at the deadline can be abandoned; its before-send guard
+        # stops it from sending more. The process exits soon after an AwsError.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            return pool.submit(attempt).result(timeout=remaining)
+        except concurrent.futures.TimeoutError:
+            raise AwsError(f"{action}: no answer before the run's deadline ({self._deadline.seconds:.0f}s)") from None
+        finally:
+            pool.shutdown(wait=False)
 
     def group_of(self, instance_id: str) -> str:
-        with aws_errors(f"looking up the ASG of {instance_id}"):
-            found = self._autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
+        found = self._bounded(
+            f"looking up the ASG of {instance_id}",
+            lambda: self._autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id]),
+        )
         groups = {i.get("AutoScalingGroupName") for i in found.get("AutoScalingInstances", [])}
         if not groups:
             raise AwsError(f"instance {instance_id} is not in any Auto Scaling group (set asg_name or asg_tag)")
@@ -92,25 +147,27 @@ class Aws:
         return self._asg_name(groups.pop())
 
     def group_by_tag(self, key: str, value: str) -> str:
-        names: set[str] = set()
-        with aws_errors(f"looking up the ASG tagged {key}={value}"):
+        def names_tagged() -> set[str]:
             pages = self._autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
                 Filters=[{"Name": f"tag:{key}", "Values": [value]}]
             )
-            for page in pages:
-                names.update(str(g.get("AutoScalingGroupName")) for g in page.get("AutoScalingGroups", []))
+            return {str(g.get("AutoScalingGroupName")) for page in pages for g in page.get("AutoScalingGroups", [])}
+
+        names = self._bounded(f"looking up the ASG tagged {key}={value}", names_tagged)
         if len(names) != 1:
-            found = ", ".join(sorted(names)) or "none"
+            found = ", ".join(validate.shown(n, 80) for n in sorted(names)) or "none"
             raise AwsError(f"expected exactly one ASG tagged {key}={value}, found {len(names)}: {found}")
         return self._asg_name(names.pop())
 
     def describe(self, name: str) -> AsgView:
         """The group's desired capacity and instances, each with its private IP (None while it has none)."""
-        groups: list[Any] = []
-        with aws_errors(f"describing ASG {name}"):
+
+        def groups_named() -> list[Any]:
             paginator = self._autoscaling.get_paginator("describe_auto_scaling_groups")
-            for page in paginator.paginate(AutoScalingGroupNames=[name]):
-                groups.extend(page.get("AutoScalingGroups", []))
+            pages = paginator.paginate(AutoScalingGroupNames=[name])
+            return [group for page in pages for group in page.get("AutoScalingGroups", [])]
+
+        groups = self._bounded(f"describing ASG {name}", groups_named)
         if not groups:
             raise AwsError(f"Auto Scaling group {name} was not found")
         group = groups[0]
@@ -124,6 +181,12 @@ class Aws:
             states[instance_id] = state
         ips = self._private_ips(sorted(states))
         instances = tuple(AsgInstance(i, states[i], ips.get(i)) for i in sorted(states))
+        for unknown in (i for i in instances if not i.state_is_known):
+            log.warning(
+                "instance %s is in lifecycle state %s, unknown to this version: neither member nor gone",
+                unknown.instance_id,
+                unknown.lifecycle_state,
+            )
         desired = group.get("DesiredCapacity")
         if not isinstance(desired, int) or desired < 0:
             raise AwsError(f"ASG {name} has no valid DesiredCapacity")
@@ -132,17 +195,18 @@ class Aws:
     def _private_ips(self, instance_ids: list[str]) -> dict[str, str]:
         if not instance_ids:
             return {}
+
+        def described() -> list[Any]:
+            pages = self._ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
+            return [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+
         ips: dict[str, str] = {}
-        with aws_errors("describing the ASG's instances"):
-            paginator = self._ec2.get_paginator("describe_instances")
-            for page in paginator.paginate(InstanceIds=instance_ids):
-                for reservation in page.get("Reservations", []):
-                    for instance in reservation.get("Instances", []):
-                        ip = instance.get("PrivateIpAddress")
-                        state = instance.get("State", {}).get("Name")
-                        if ip and state not in ("terminated", "shutting-down"):
-                            iid = validate.instance_id(instance.get("InstanceId"), "EC2")
-                            ips[iid] = validate.ipv4(ip, f"EC2 instance {iid}")
+        for instance in self._bounded("describing the ASG's instances", described):
+            ip = instance.get("PrivateIpAddress")
+            state = instance.get("State", {}).get("Name")
+            if ip and state not in ("terminated", "shutting-down"):
+                iid = validate.instance_id(instance.get("InstanceId"), "EC2")
+                ips[iid] = validate.ipv4(ip, f"EC2 instance {iid}")
         return ips
 
     @staticmethod

@@ -196,11 +196,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = module.run(Context(settings), args)
         return code
     except AgentError as exc:
-        message = f"error ({exc.kind}): {exc}"
-        log.error("%s", message)
-        if not errors_on_stderr:
-            print(f"etcd-aws-cluster: {message}", file=sys.stderr)
-        return exc.exit_code
+        return _report(f"error ({exc.kind}): {exc}", exc.exit_code, errors_on_stderr)
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence: one line and exit 1, never a traceback (but with -v)
+        log.debug("traceback of the unexpected error:", exc_info=True)
+        return _report(f"error ({_unexpected_kind(exc)}): {_describe_unexpected(exc)}", 1, errors_on_stderr)
+
+
+def _report(message: str, code: int, errors_on_stderr: bool) -> int:
+    log.error("%s", message)
+    if not errors_on_stderr:
+        print(f"etcd-aws-cluster: {message}", file=sys.stderr)
+    return code
+
+
+def _unexpected_kind(exc: BaseException) -> str:
+    return "system" if isinstance(exc, OSError) else "internal"
+
+
+def _describe_unexpected(exc: BaseException) -> str:
+    """One line for an error no command turned into an AgentError: an OS error names the file, a bug its type."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        return f"{exc.strerror}{': ' + where if where else ''} (run with -v for the traceback)"
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}{': ' + text if text else ''} (run with -v for the traceback)"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,8 @@ KEYS = (
     "ETCD_LISTEN_CLIENT_URLS",
 )
 MODE = 0o644
+# Not an ETCD_AWS_CLUSTER_* setting on purpose: only tests set it (see _test_pause).
+TEST_PAUSE_VARIABLE = "_ETCD_AWS_CLUSTER_TEST_WRITE_PAUSE"
 
 
 def variables(me: Identity, plan: Plan, endpoints: Endpoints, *, listen_loopback: bool) -> dict[str, str]:
@@ -78,8 +81,10 @@ def write(path: str, text: str) -> None:
             handle.flush()
             os.fchmod(handle.fileno(), MODE)
             os.fsync(handle.fileno())
+        _test_pause()
         os.replace(tmp_name, target)
         tmp_name = None
+        _test_pause()
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -91,6 +96,14 @@ def write(path: str, text: str) -> None:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+def _test_pause() -> None:
+    """Tests only: with TEST_PAUSE_VARIABLE set, pause just before and just after the rename, so that a test's
+    kill -9 lands exactly there (tests/integration/test_safety.py)."""
+    seconds = os.environ.get(TEST_PAUSE_VARIABLE)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def parse(text: str) -> dict[str, str]:

@@ -61,7 +61,7 @@ class LockError(AgentError):
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success: file written (or plan printed with --dry-run)"),
-    (1, "unexpected internal error"),
+    (1, "unexpected error: an OS error (e.g. a file that cannot be read) or a bug; one line, the traceback with -v"),
     (2, "invalid configuration or command line"),
     (3, "instance metadata (IMDS) unavailable or invalid"),
     (4, "AWS API error (Auto Scaling / EC2)"),

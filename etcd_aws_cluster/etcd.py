@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster import validate
+from etcd_aws_cluster.bodies import TooLarge, read_capped
 from etcd_aws_cluster.errors import ConfigError, EtcdError
 from etcd_aws_cluster.model import EndpointStatus, Member, MemberList
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 V3_PREFIXES = ("/v3", "/v3beta")
+# The largest answer read from etcd: a member list of hundreds of members is a few tens of KiB.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 # Answers that mean "not now": retry with backoff under the deadline.
 TRANSIENT_MESSAGES = (
     "unhealthy cluster",
@@ -107,8 +110,17 @@ def _member(raw: Any, source: str, *, hex_ids: bool) -> Member:
         name=validate.member_name(name, source) if name else "",
         peer_urls=tuple(validate.url(u, source) for u in peer_urls),
         client_urls=tuple(validate.url(u, source) for u in client_urls),
-        is_learner=bool(raw.get("isLearner", False)),
+        is_learner=_flag(raw.get("isLearner", False), f"{source} member {member_id:x} isLearner"),
     )
+
+
+def _flag(value: Any, what: str) -> bool:
+    """A JSON boolean, or the strings "true"/"false" some gateways send; anything else is a bad answer."""
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise EtcdRequestError(f"{what} is {validate.shown(value)}, not true or false", kind="answer")
 
 
 class EtcdClient:
@@ -132,7 +144,7 @@ class EtcdClient:
         import requests
 
         try:
-            return self._session.request(
+            response = self._session.request(
                 method,
                 url,
                 json=body,
@@ -140,8 +152,13 @@ class EtcdClient:
                 verify=self._tls.verify(),
                 cert=self._tls.cert(),
                 allow_redirects=False,
-                stream=stream,
+                stream=True,
             )
+            if not stream:  # a snapshot streams the whole db; every other answer is small
+                read_capped(response, MAX_ANSWER_BYTES)
+            return response
+        except TooLarge as exc:
+            raise EtcdRequestError(f"{url}: {exc}", kind="answer") from None
         except requests.exceptions.SSLError as exc:
             tls = self._tls
             ca = f"ca_file={tls.ca_file}" if tls.ca_file else "no ca_file (system CAs)"
@@ -218,11 +235,16 @@ class EtcdClient:
             raise
         return False
 
-    def list_members(self, client_url: str, timeout: float, *, v3_only: bool = False) -> MemberList:
+    def list_members(
+        self, client_url: str, timeout: float, *, v3_only: bool = False, linearizable: bool = False
+    ) -> MemberList:
+        """The member list. `linearizable`: etcd 3.5+ answers only with the leader's current list (it needs a
+        quorum, so a probe of a cluster without one times out); etcd 3.4 ignores the field and answers its own
+        view, as v2 does."""
         source = f"etcd at {client_url}"
         if self._prefixes != ("/v2",):
             try:
-                url, body = self._v3(client_url, "list", {}, timeout)
+                url, body = self._v3(client_url, "list", {"linearizable": True} if linearizable else {}, timeout)
             except EtcdRequestError as exc:
                 if exc.status != 404 or v3_only or "/v2" not in self._prefixes:
                     raise

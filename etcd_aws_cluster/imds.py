@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster import validate
+from etcd_aws_cluster.bodies import TooLarge, read_capped
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import MetadataError
 from etcd_aws_cluster.model import Identity
@@ -27,6 +28,8 @@ TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 # Token endpoint statuses that mean "IMDSv2 is not offered here", the only case where IMDSv1 is tried.
 NO_TOKEN_SUPPORT = frozenset({403, 404, 405})
 ATTEMPTS = 3
+# The identity document and a token are under 1 KiB; anything far larger is not IMDS.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 def endpoint_from(environ: Mapping[str, str]) -> str:
@@ -64,8 +67,11 @@ class Imds:
             try:
                 timeout = self._deadline.cap(self._timeout)
                 response = self._session.request(
-                    method, self._endpoint + path, headers=headers, timeout=timeout, allow_redirects=False
+                    method, self._endpoint + path, headers=headers, timeout=timeout, allow_redirects=False, stream=True
                 )
+                read_capped(response, MAX_ANSWER_BYTES)
+            except TooLarge as exc:
+                raise MetadataError(f"instance metadata /{path}: {exc}") from None
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
             else:

@@ -9,10 +9,59 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from etcd_aws_cluster.records import SnapshotInfo
 
-# Lifecycle states whose instance is, or is about to be, a cluster member.
-MEMBER_STATES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed"})
-# States whose instance is on its way out for good: its member may be removed.
-GONE_STATES = frozenset({"Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated"})
+# Every lifecycle state of the Auto Scaling API (botocore's autoscaling model, shape LifecycleState), in one of
+# three classes. tests/unit/test_lifecycle.py checks that each state of the installed botocore is classified.
+#
+# Members: the instance is, or is about to be, a cluster member. A root volume replacement keeps the instance,
+# its id and its IP: it stays a member (its data may be lost; the plan handles a member without data).
+MEMBER_STATES = frozenset(
+    {
+        "InService",
+        "Pending",
+        "Pending:Wait",
+        "Pending:Proceed",
+        "ReplacingRootVolume",
+        "ReplacingRootVolume:Wait",
+        "ReplacingRootVolume:Proceed",
+        "RootVolumeReplaced",
+    }
+)
+# Gone: on its way out of the group for good; its member may be removed. Terminating:Retained is an instance
+# whose termination the group gave up on (a lifecycle hook's retention): it has left the group all the same.
+GONE_STATES = frozenset(
+    {
+        "Terminating",
+        "Terminating:Wait",
+        "Terminating:Proceed",
+        "Terminating:Retained",
+        "Terminated",
+        "Warmed:Terminating",
+        "Warmed:Terminating:Wait",
+        "Warmed:Terminating:Proceed",
+        "Warmed:Terminating:Retained",
+        "Warmed:Terminated",
+    }
+)
+# Neither: in the group but not taking part now, and may come back: not counted as a member, never removed for
+# its state alone (reconcile_remove_states may name some). A warm-pool instance (Warmed:*) joins once it leaves
+# the pool; any state a future API adds lands here too, so it never stops the boot of the others.
+OTHER_STATES = frozenset(
+    {
+        "Quarantined",
+        "Detaching",
+        "Detached",
+        "EnteringStandby",
+        "Standby",
+        "Warmed:Pending",
+        "Warmed:Pending:Wait",
+        "Warmed:Pending:Proceed",
+        "Warmed:Pending:Retained",
+        "Warmed:Stopped",
+        "Warmed:Running",
+        "Warmed:Hibernated",
+    }
+)
+WARM_POOL_PREFIX = "Warmed:"
 
 
 @dataclass(frozen=True)
@@ -35,6 +84,15 @@ class AsgInstance:
     @property
     def is_gone(self) -> bool:
         return self.lifecycle_state in GONE_STATES
+
+    @property
+    def in_warm_pool(self) -> bool:
+        """Still in the group's warm pool (Warmed:*), including on its way out of it."""
+        return self.lifecycle_state.startswith(WARM_POOL_PREFIX)
+
+    @property
+    def state_is_known(self) -> bool:
+        return self.lifecycle_state in MEMBER_STATES | GONE_STATES | OTHER_STATES
 
 
 @dataclass(frozen=True)

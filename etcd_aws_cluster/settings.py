@@ -7,6 +7,7 @@ Priority, highest first: command line > environment (`ETCD_AWS_CLUSTER_*`) > dro
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -153,11 +154,25 @@ class Settings(BaseSettings):
             raise ValueError("must be an Auto Scaling group name")
         return value
 
+    @field_validator("asg_name")
+    @classmethod
+    def _asg_name_is_a_group_name(cls, value: str | None) -> str | None:
+        from etcd_aws_cluster.validate import ASG_NAME
+
+        if value is not None and not ASG_NAME.fullmatch(value):
+            raise ValueError("must be an Auto Scaling group name (letters, digits, spaces and _.:/@+=-)")
+        return value
+
     @field_validator("asg_tag")
     @classmethod
     def _tag_has_key_and_value(cls, value: str | None) -> str | None:
-        if value is not None and ("=" not in value or not value.split("=", 1)[0]):
-            raise ValueError("must be key=value")
+        from etcd_aws_cluster.validate import TAG_PART
+
+        if value is None:
+            return None
+        key, equals, tag_value = value.partition("=")
+        if not equals or not TAG_PART.fullmatch(key) or not TAG_PART.fullmatch(tag_value):
+            raise ValueError("must be key=value, each 1-128 of letters, digits, spaces and _.:/@+=-")
         return value
 
     @field_validator("data_dir", "ca_file", "cert_file", "key_file", "asg_name", "asg_tag", mode="before")
@@ -167,6 +182,26 @@ class Settings(BaseSettings):
 
     def data_dirs(self) -> tuple[Path, ...]:
         return (self.data_dir,) if self.data_dir else DEFAULT_DATA_DIRS
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """Settings from ETCD_AWS_CLUSTER_* in the given environment only (names case-insensitive, as pydantic's own
+    source reads them), so that load(environ=...) is isolated from os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        by_name = {key.upper(): value for key, value in environ.items()}
+        self._data = {
+            name: by_name[ENV_PREFIX + name.upper()]
+            for name in settings_cls.model_fields
+            if ENV_PREFIX + name.upper() in by_name
+        }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
 
 
 class _TomlFiles(PydanticBaseSettingsSource):
@@ -194,12 +229,22 @@ def read_toml(files: list[Path]) -> dict[str, Any]:
     for path in files:
         try:
             with path.open("rb") as handle:
+                _check_trusted(path, os.fstat(handle.fileno()))
                 merged.update(tomllib.load(handle))
         except FileNotFoundError:
             continue
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
     return merged
+
+
+def _check_trusted(path: Path, info: os.stat_result) -> None:
+    """Settings decide what runs as root: refuse a file another user owns or may write (group or others), as
+    a `--config` in a world-writable directory would pull in any `config.d/*.toml` there."""
+    if info.st_uid not in (0, os.geteuid()):
+        raise ConfigError(f"refusing {path}: owned by uid {info.st_uid}, not by root or uid {os.geteuid()}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"refusing {path}: writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})")
 
 
 def load(
@@ -220,7 +265,7 @@ def load(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, _TomlFiles(settings_cls, toml_data)
+            return init_settings, _Environment(settings_cls, env), _TomlFiles(settings_cls, toml_data)
 
     try:
         loaded = _Sources(**{k: v for k, v in overrides.items() if v is not None})

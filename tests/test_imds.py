@@ -9,7 +9,7 @@ import requests
 
 from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import MetadataError, UnsafeError
-from etcd_aws_cluster.imds import DEFAULT_ENDPOINT, Imds, endpoint_from
+from etcd_aws_cluster.imds import DEFAULT_ENDPOINT, MAX_ANSWER_BYTES, Imds, endpoint_from
 from tests.harness.fake_imds import DOCUMENT_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory
 
@@ -98,3 +98,10 @@ def test_endpoint_from_environment() -> None:
     assert endpoint_from({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}) == "http://127.0.0.1:9/"
     with pytest.raises(MetadataError, match="AWS_EC2_METADATA_DISABLED"):
         endpoint_from({"AWS_EC2_METADATA_DISABLED": "true"})
+
+
+def test_an_oversized_answer_is_refused_not_read_whole(fake_imds: ImdsFactory) -> None:
+    imds = fake_imds(ID, IP)
+    imds.path_overrides[DOCUMENT_PATH] = "x" * (MAX_ANSWER_BYTES + 1)
+    with pytest.raises(MetadataError, match=r"instance-identity/document: its answer .* the 65536 (bytes )?allowed"):
+        client(imds).identity()

@@ -89,6 +89,15 @@ def available() -> dict[str, Path]:
     return found
 
 
+# Versions every run of the integration tests must have: a missing one fails the run instead of silently
+# dropping that version's tests (tests/harness/fixtures.py checks it at collection).
+REQUIRED = ("3.4", "3.5")
+
+
+def missing_required() -> list[str]:
+    return [minor for minor in REQUIRED if minor not in available()]
+
+
 def newest() -> Path | None:
     """The newest available etcd binary, or None."""
     found = available()
@@ -105,6 +114,9 @@ def main() -> int:
         return 1
     for minor, path in found.items():
         print(f"etcd {minor}: {path} (version {version_of(path)})")
+    if missing_required():
+        print(f"required etcd versions missing: {', '.join(missing_required())}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,8 @@
 * ``moto_url`` (function): that server, reset to empty for this test.
 * ``sim`` (function): factory ``sim(size=3, etcd_binary=None, **kwargs) -> SimulatedAsg``; every sim it made
   is closed (etcd, agents, IMDS stopped by PID) when the test ends, pass or fail.
-* ``etcd_binary`` (function, parametrized): each available etcd (ids ``etcd3.4``, ``etcd3.5``); skips if none.
+* ``etcd_binary`` (function, parametrized): each available etcd (ids ``etcd3.4``, ``etcd3.5``); a run that
+  selects such a test fails at collection when a version in ``etcd_binaries.REQUIRED`` is missing.
 * ``fake_imds`` (function): factory for standalone :class:`FakeImds` servers, all stopped after the test.
 """
 
@@ -31,6 +32,15 @@ class ImdsFactory(Protocol):
 
 
 _ETCD = etcd_binaries.available()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail the run when a test needs real etcd and a required version is missing: its tests must not vanish."""
+    missing = etcd_binaries.missing_required()
+    if missing and any("etcd_binary" in getattr(item, "fixturenames", ()) for item in session.items):
+        raise pytest.UsageError(
+            f"etcd {', '.join(missing)} not found (required: {', '.join(etcd_binaries.REQUIRED)}); run `make setup`"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import socket
 import subprocess
 import sys
@@ -162,15 +164,38 @@ def test_refuse_to_join_without_quorum(sim: SimFactory, etcd_binary: Path) -> No
     assert len(asg.members(asg.nodes[0])) == 3  # nothing was removed or added
 
 
-def test_concurrent_runs_on_one_host_are_serialized(sim: SimFactory) -> None:
+@contextlib.contextmanager
+def lock_held(path: Path) -> Iterator[None]:
+    """Hold the agent's host lock from the test, as another run would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def test_a_second_run_on_one_host_waits_for_the_lock(sim: SimFactory) -> None:
     asg = sim(3)
     boot(asg, asg.nodes)
     asg.wait_healthy(3)
     node = asg.nodes[0]
-    runs = [asg.start_agent(node) for _ in range(2)]
-    results = [(p.wait(60), p.communicate()[1]) for p in runs]
-    assert [code for code, _ in results] == [0, 0]
-    assert {decision(err) for _, err in results} == {"member"}
+    with_old_file(node)
+    with lock_held(node.lock_file):
+        proc = asg.start_agent(node)
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()[1]  # still waiting: it has not decided or written
+        assert node.env_file.read_text() == OLD
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "another run holds" in err and decision(err) == "member"
+    assert err.index("another run holds") < err.index("decision=")
+
+
+def test_a_run_that_never_gets_the_lock_is_exit_8(sim: SimFactory) -> None:
+    asg = sim(3)
+    node = asg.nodes[0]
+    with lock_held(node.lock_file):
+        line = failed(asg, node, 8, {"ETCD_AWS_CLUSTER_TIMEOUT": "3"})
+    assert "error (lock)" in line and "until the deadline" in line
 
 
 @pytest.mark.parametrize(("status", "code"), [(400, "Throttling"), (503, "ServiceUnavailable")])

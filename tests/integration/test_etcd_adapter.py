@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.etcd import EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.etcd import MAX_ANSWER_BYTES, EtcdClient, EtcdRequestError, Tls
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 
@@ -103,25 +104,104 @@ def test_refused_port_is_recognised() -> None:
         (b'{"members": [{"ID": "1", "name": "a", "peerURLs": ["http://x:1/$(id)"]}]}', UnsafeError, "URL"),
     ],
 )
-def test_malformed_or_hostile_answers_are_refused(body: bytes, error: type[Exception], message: str) -> None:
+def read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def serve_once(raw: bytes) -> tuple[str, Callable[[], None]]:
+    """A loopback server that answers one request with `raw` (status line, headers and body); returns its URL and
+    the function that stops it."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
 
     def answer() -> None:
         conn, _ = server.accept()
-        conn.recv(65536)
-        conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        read_request(conn)  # all of it: closing with unread bytes would reset the connection mid-answer
+        with contextlib.suppress(OSError):  # the client may hang up once it has read enough
+            conn.sendall(raw)
         conn.close()
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    try:
-        with pytest.raises(error, match=message):
-            EtcdClient(requests.Session(), Tls(), "v3").list_members(url, 2)
-    finally:
+
+    def stop() -> None:
         thread.join(2)
         server.close()
+
+    return f"http://127.0.0.1:{server.getsockname()[1]}", stop
+
+
+def json_answer(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def chunked_answer(size: int) -> bytes:
+    """A 200 without Content-Length: its body ends only where the stream ends."""
+    chunk = b"x" * 65536
+    frames = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(size // len(chunk)))
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frames + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "message"),
+    [
+        (json_answer(b"not json"), EtcdRequestError, "malformed JSON"),
+        (json_answer(b'{"members": "x"}'), EtcdRequestError, "malformed member list"),
+        (json_answer(b'{"members": [{"ID": "1", "name": "a\\nb", "peerURLs": []}]}'), UnsafeError, "member name"),
+        (
+            json_answer(b'{"members": [{"ID": "1", "name": "a", "peerURLs": ["http://x:1/$(id)"]}]}'),
+            UnsafeError,
+            "URL",
+        ),
+        (json_answer(b'{"members": [{"ID": "1", "isLearner": "yes"}]}'), EtcdRequestError, "not true or false"),
+        (json_answer(b'{"members": [{"ID": "1", "isLearner": 1}]}'), EtcdRequestError, "not true or false"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n{}", EtcdRequestError, "declares 999999999"),
+        (chunked_answer(MAX_ANSWER_BYTES + 65536), EtcdRequestError, "longer than the 4194304 bytes"),
+    ],
+    ids=["not-json", "members", "name", "url", "learner-yes", "learner-1", "huge-length", "endless-body"],
+)
+def test_malformed_hostile_or_huge_answers_are_refused(raw: bytes, error: type[Exception], message: str) -> None:
+    url, stop = serve_once(raw)
+    try:
+        with pytest.raises(error, match=message):
+            EtcdClient(requests.Session(), Tls(), "v3").list_members(url, 5)
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(b"true", True), (b'"true"', True), (b'"false"', False)])
+def test_is_learner_as_bool_or_string(flag: bytes, expected: bool) -> None:
+    url, stop = serve_once(json_answer(b'{"members": [{"ID": "1", "isLearner": %s}]}' % flag))
+    try:
+        (member,) = EtcdClient(requests.Session(), Tls(), "v3").list_members(url, 2).members
+    finally:
+        stop()
+    assert member.is_learner is expected
+
+
+def test_linearizable_member_list(sim: SimFactory, etcd_binary: Path) -> None:
+    """3.5 answers a linearizable list only with a quorum; 3.4 ignores the field and answers its own view."""
+    asg = sim(3, etcd_binary)
+    asg.bootstrap_static()
+    client = EtcdClient(requests.Session(), Tls(), "v3")
+    url = asg.nodes[0].client_url
+    listed = client.list_members(url, 2, linearizable=True)
+    assert sorted(m.name for m in listed.members) == sorted(n.instance_id for n in asg.nodes)
+    for node in asg.nodes[1:]:
+        asg.stop_etcd(node)
+    assert len(client.list_members(url, 2).members) == 3  # serializable: this member's own view
+    if etcd_binaries.version_of(etcd_binary).startswith("3.4."):  # type: ignore[union-attr]
+        assert len(client.list_members(url, 2, linearizable=True).members) == 3
+    else:
+        with pytest.raises(EtcdRequestError) as caught:
+            client.list_members(url, 2, linearizable=True)
+        assert caught.value.transient

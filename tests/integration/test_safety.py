@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
+import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.envfile import KEYS
+from etcd_aws_cluster.envfile import KEYS, TEST_PAUSE_VARIABLE
 from etcd_aws_cluster.waldata import read_ids
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
@@ -145,6 +148,50 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     assert new_ids is not None and new_ids.member_id != old_ids.member_id
 
 
+@pytest.fixture
+def bind_mounted() -> Iterator[Callable[[Path], None]]:
+    """Make a directory a mount point of its own (`mount --bind d d`), as an EBS volume or `docker -v` is; every
+    mount is undone after the test. Needs root (CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) for a bind mount")
+    mounted: list[Path] = []
+
+    def bind(directory: Path) -> None:
+        subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+        mounted.append(directory)
+
+    try:
+        yield bind
+    finally:
+        for directory in reversed(mounted):
+            # --lazy: etcd (stopped by the sim fixture, torn down after this one) may still hold files there.
+            subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+def test_stale_data_on_a_mount_point_is_kept_inside_it_and_etcd_starts(
+    sim: SimFactory, etcd_binary: Path, bind_mounted: Callable[[Path], None]
+) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    node = asg.nodes[2]
+    old_ids = read_ids(node.data_dir)
+    assert old_ids is not None
+    asg.stop_etcd(node)
+    member_change(asg, asg.nodes[0], "remove", {"ID": str(old_ids.member_id)})
+    bind_mounted(node.data_dir)  # renaming it now fails with EBUSY
+    result = run_ok(asg, node)
+    assert decision(result.stderr) == "join"
+    assert not [p for p in node.data_dir.parent.iterdir() if ".stale-" in p.name]
+    (kept,) = [p for p in node.data_dir.iterdir() if p.name.startswith(".stale-")]
+    assert read_ids(kept) == old_ids
+    asg.start_etcd(node)  # etcd starts from a data dir that holds only the .stale- subdir
+    members = asg.wait_healthy(3, timeout=60)
+    assert node.instance_id in {m["name"] for m in members}
+    new_ids = read_ids(node.data_dir)
+    assert new_ids is not None and new_ids.member_id != old_ids.member_id
+
+
 def test_local_wal_ids_match_the_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
@@ -156,30 +203,54 @@ def test_local_wal_ids_match_the_cluster(sim: SimFactory, etcd_binary: Path) -> 
     assert ids.member_id == int(answer["header"]["member_id"])
 
 
-def test_kill_9_at_any_moment_leaves_old_or_new_file(sim: SimFactory) -> None:
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the agent exited {proc.returncode} first:\n{proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "the agent never reached the write"
+        time.sleep(0.01)
+
+
+def complete_temp_file(directory: Path) -> bool:
+    """A temp file of the env file holds the whole new text (the agent wrote and fsynced it)."""
+    for path in directory.glob("*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text().count("\n") == len(KEYS) + 1:
+                return True
+    return False
+
+
+def test_kill_9_at_the_write_leaves_the_old_file_or_the_whole_new_one(sim: SimFactory) -> None:
+    """The fault lands at the write itself: the agent pauses (a test-only hook) just before and just after
+    renaming its complete temp file into place, and is killed there."""
     asg = sim(3)
     node = asg.nodes[0]
     old = "ETCD_NAME=old-file\n"
-    rng = random.Random(4)
-    outcomes = set()
-    for _ in range(12):
+    outcomes: list[str] = []
+    leftovers: list[Path] = []
+    for moment in ("before the rename", "after the rename"):
         node.env_file.write_text(old)
-        proc = asg.start_agent(node)
-        time.sleep(rng.uniform(0.0, 0.9))
+        # The pause comes before and after the rename: long where the kill lands, short where it does not.
+        proc = asg.start_agent(node, env={TEST_PAUSE_VARIABLE: "30" if moment == "before the rename" else "3"})
+        if moment == "before the rename":
+            wait_for(lambda: complete_temp_file(node.env_file.parent), proc)
+        else:
+            wait_for(lambda: node.env_file.read_text() != old, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        leftovers.extend(p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp"))
         text = node.env_file.read_text()
         if text == old:
-            outcomes.add("old")
+            outcomes.append("old")
         else:
             lines = [line for line in text.splitlines() if not line.startswith("#")]
             assert [line.split("=", 1)[0] for line in lines] == list(KEYS), text
             assert text.endswith("\n")
-            outcomes.add("new")
-    leftovers = [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")]
-    run_ok(asg, node)  # a later run cleans temp files a killed run left
+            outcomes.append("new")
+    assert outcomes == ["old", "new"]
+    assert leftovers, "the kill before the rename leaves its temp file"
+    # ...which the next run, holding the lock, removed before writing
     assert not [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")], leftovers
-    assert "old" in outcomes
 
 
 def test_learner_join_then_promote(sim: SimFactory, etcd_binary: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from etcd_aws_cluster.aws import Aws, endpoint_url
+from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import AwsError, UnsafeError
 
 GOOD_ID = "i-0123456789abcdef0"
@@ -98,3 +101,72 @@ def test_ec2_client_is_built_from_the_trimmed_model() -> None:
     assert {"InstanceId", "PrivateIpAddress", "State"} <= set(instance.members)
     assert client._ec2.can_paginate("describe_instances")
     assert "DescribeAutoScalingGroups" in client._autoscaling.meta.service_model.operation_names
+
+
+class SlowAws:
+    """A loopback HTTP server that answers every AWS request after `delay` seconds with a 503."""
+
+    def __init__(self, delay: float) -> None:
+        import http.server
+        import threading
+
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                outer.hits += 1
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(delay)
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowAws]:
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = SlowAws(delay=3.0)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_an_aws_call_ends_at_the_runs_deadline_not_after_its_retries(slow_aws: SlowAws) -> None:
+    deadline = Deadline(1.0)
+    client = Aws.connect(
+        "us-east-1", timeout=10, max_attempts=5, environ={"AWS_ENDPOINT_URL": slow_aws.url}, deadline=deadline
+    )
+    started = time.monotonic()
+    with pytest.raises(AwsError, match="no answer before the run's deadline"):
+        client.describe("etcd")
+    assert time.monotonic() - started < 1.5  # 5 attempts of up to 10 s each, without the deadline
+
+
+def test_no_aws_request_starts_after_the_deadline(slow_aws: SlowAws) -> None:
+    deadline = Deadline(0.0)
+    client = Aws.connect("us-east-1", timeout=10, max_attempts=5, environ={"AWS_ENDPOINT_URL": slow_aws.url})
+    with pytest.raises(AwsError, match="no time left"):
+        Aws(client._autoscaling, client._ec2, deadline).describe("etcd")
+    guarded = Aws.connect(
+        "us-east-1", timeout=10, max_attempts=5, environ={"AWS_ENDPOINT_URL": slow_aws.url}, deadline=deadline
+    )
+    with pytest.raises(AwsError, match="no time left for another AWS request"):
+        guarded._autoscaling.describe_auto_scaling_groups()  # botocore itself, below the adapter
+    assert slow_aws.hits == 0

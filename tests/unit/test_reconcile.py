@@ -186,7 +186,7 @@ def test_policy_matches_states() -> None:
     assert not Policy().removes("Terminating")
 
 
-def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings(tmp_path: Path) -> None:
     none = tmp_path / "none.toml"
     defaults = load({}, none, {})
     assert defaults.reconcile_remove_states is None
@@ -194,16 +194,16 @@ def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert defaults.reconcile_state_file == Path("/var/lib/etcd-aws-cluster/reconcile.json")
     (tmp_path / "config.toml").write_text('reconcile_remove_states = ["Detaching", "Standby"]\n')
     assert load({}, tmp_path / "config.toml", {}).reconcile_remove_states == "Detaching,Standby"
-    monkeypatch.setenv("ETCD_AWS_CLUSTER_RECONCILE_REMOVE_STATES", " Terminating,Standby")
-    monkeypatch.setenv("ETCD_AWS_CLUSTER_RECONCILE_GRACE", "5")
-    settings = load({}, none, {})
+    environ = {
+        "ETCD_AWS_CLUSTER_RECONCILE_REMOVE_STATES": " Terminating,Standby",
+        "ETCD_AWS_CLUSTER_RECONCILE_GRACE": "5",
+    }
+    settings = load({}, none, environ)
     assert settings.reconcile_remove_states == "Standby,Terminating"
     assert settings.reconcile_grace == 5.0
     for name, bad in (("RECONCILE_REMOVE_STATES", "InService"), ("RECONCILE_GRACE", "0")):
-        monkeypatch.setenv(f"ETCD_AWS_CLUSTER_{name}", bad)
         with pytest.raises(ConfigError, match=name.lower()):
-            load({}, none, {})
-        monkeypatch.delenv(f"ETCD_AWS_CLUSTER_{name}")
+            load({}, none, {f"ETCD_AWS_CLUSTER_{name}": bad})
 
 
 def test_state_file_round_trip_and_damage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ('api = "v4"\n', "api"),
         ("no_such = 1\n", "unknown config key 'no_such'"),
         ('asg_tag = "novalue"\n', "key=value"),
+        ('asg_tag = "=value"\n', "key=value"),
+        ('asg_tag = "key=va\\nlue"\n', "key=value"),
+        ('asg_name = "etcd\\nETCD_NAME=x"\n', "asg_name"),
+        ("asg_name = \"etcd'$(id)'\"\n", "asg_name"),
         ("client_port = [\n", "cannot read"),
     ],
 )
@@ -92,4 +97,37 @@ def test_backup_settings_defaults_and_values(tmp_path: Path) -> None:
 def test_invalid_backup_settings_name_the_setting(tmp_path: Path, toml: str, message: str) -> None:
     config = write(tmp_path / "config.toml", toml)
     with pytest.raises(ConfigError, match=message):
+        settings.load({}, config, environ={})
+
+
+def test_an_empty_environment_is_isolated_from_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETCD_AWS_CLUSTER_CLIENT_PORT", "5")
+    assert settings.load({}, tmp_path / "none.toml", environ={}).client_port == 2379
+    given = {"ETCD_AWS_CLUSTER_CLIENT_PORT": "7", "etcd_aws_cluster_peer_port": "8"}
+    got = settings.load({}, tmp_path / "none.toml", environ=given)
+    assert (got.client_port, got.peer_port) == (7, 8)
+
+
+def test_valid_group_name_and_tag_are_kept(tmp_path: Path) -> None:
+    env = {"ETCD_AWS_CLUSTER_ASG_NAME": "etcd prod:1", "ETCD_AWS_CLUSTER_ASG_TAG": "aws:role=etcd main"}
+    got = settings.load({}, tmp_path / "none.toml", environ=env)
+    assert (got.asg_name, got.asg_tag) == ("etcd prod:1", "aws:role=etcd main")
+
+
+@pytest.mark.parametrize("which", ["config.toml", "config.d/10-dropin.toml"])
+def test_a_config_file_others_may_write_is_refused(tmp_path: Path, which: str) -> None:
+    config = write(tmp_path / "config.toml", "timeout = 5\n")
+    path = write(tmp_path / which, "timeout = 6\n")
+    path.chmod(0o664)
+    with pytest.raises(ConfigError, match=r"writable by group or others \(mode 0664\)"):
+        settings.load({}, config, environ={})
+
+
+def test_a_dropin_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    config = write(tmp_path / "config.toml", "timeout = 5\n")
+    dropin = write(tmp_path / "config.d" / "99-evil.toml", 'output = "/etc/shadow"\n')
+    os.chown(dropin, 65534, 65534)
+    with pytest.raises(ConfigError, match="99-evil.toml: owned by uid 65534, not by root"):
         settings.load({}, config, environ={})

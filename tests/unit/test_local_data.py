@@ -1,0 +1,143 @@
+"""Local etcd data: found, read, or refused when it cannot be read; stale data kept where etcd will not use it."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from etcd_aws_cluster import runner
+from etcd_aws_cluster.deadline import Deadline
+from etcd_aws_cluster.errors import LockError, UnsafeError
+from etcd_aws_cluster.runner import host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.waldata import WalIds, read_ids
+
+NOW = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def wal_bytes(member_id: int, cluster_id: int) -> bytes:
+    """A WAL's first frames as etcd writes them: a crc record (type 4), then the metadata record (type 1)."""
+    metadata = b"\x08" + _varint(member_id) + b"\x10" + _varint(cluster_id)
+    crc_record = b"\x08\x04\x10\x00"
+    meta_record = b"\x08\x01\x1a" + _varint(len(metadata)) + metadata
+    return b"".join(len(r).to_bytes(8, "little") + r for r in (crc_record, meta_record))
+
+
+def data_dir_with_wal(base: Path, content: bytes = b"") -> Path:
+    wal = base / "member" / "wal"
+    wal.mkdir(parents=True)
+    (wal / "0000000000000000-0000000000000000.wal").write_bytes(content or wal_bytes(0x1234, 0xABCD))
+    return base
+
+
+def test_a_data_dir_with_a_wal_is_found_and_a_missing_one_is_not(tmp_path: Path) -> None:
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    found = data_dir_with_wal(tmp_path / "data")
+    assert local_data_dir((missing, empty)) is None
+    assert local_data_dir((missing, found)) == found
+
+
+@pytest.mark.parametrize("breakage", ["wal is a file", "symlink loop"])
+def test_an_unreadable_data_dir_is_refused_not_read_as_empty(tmp_path: Path, breakage: str) -> None:
+    # chmod 000 does not stop root: a file where the WAL dir should be, or a symlink loop, fails the same way.
+    member = tmp_path / "data" / "member"
+    member.mkdir(parents=True)
+    if breakage == "wal is a file":
+        (member / "wal").write_text("not a directory")
+    else:
+        (member / "wal").symlink_to(member / "wal")
+    with pytest.raises(UnsafeError, match=r"cannot read etcd data dir .*member/wal"):
+        local_data_dir((tmp_path / "data",))
+
+
+def test_an_io_error_reading_the_data_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_scandir(path: object) -> object:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(runner.os, "scandir", failing_scandir)
+    with pytest.raises(UnsafeError, match="Input/output error"):
+        local_data_dir((tmp_path,))
+
+
+def test_wal_ids_are_read(tmp_path: Path) -> None:
+    assert read_ids(data_dir_with_wal(tmp_path)) == WalIds(0x1234, 0xABCD)
+    assert read_ids(tmp_path / "nothing-here") is None
+
+
+def test_an_unreadable_wal_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "member" / "wal" / "0000000000000000-0000000000000000.wal").mkdir(parents=True)  # open() fails
+    with pytest.raises(UnsafeError, match="cannot read etcd WAL"):
+        read_ids(tmp_path)
+
+
+def test_a_wal_without_a_metadata_record_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeError, match="cannot decode the metadata record"):
+        read_ids(data_dir_with_wal(tmp_path, b"\x00" * 64))
+
+
+def test_stale_data_is_renamed_to_a_sibling(tmp_path: Path) -> None:
+    data = data_dir_with_wal(tmp_path / "etcd")
+    moved = move_aside(data, NOW)
+    assert moved == tmp_path / "etcd.stale-20240506T070809Z"
+    assert (moved / "member" / "wal").is_dir()
+    assert data.is_dir() and not any(data.iterdir())
+    assert local_data_dir((data,)) is None
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EBUSY, errno.EXDEV, errno.EROFS, errno.EACCES, errno.EPERM], ids=errno.errorcode.get
+)
+def test_a_data_dir_that_cannot_be_renamed_keeps_its_data_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    data = data_dir_with_wal(tmp_path / "etcd")
+    (data / "keep.txt").write_text("other files stay")
+    real_rename = os.rename
+
+    def rename(src: object, dst: object) -> None:
+        if Path(str(src)) == data:  # the data dir itself is a mount point or its parent is read-only
+            raise OSError(code, os.strerror(code))
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner.os, "rename", rename)
+    moved = move_aside(data, NOW)
+    assert moved == data / ".stale-20240506T070809Z"
+    assert read_ids(moved) == WalIds(0x1234, 0xABCD)
+    assert not (data / "member").exists() and (data / "keep.txt").exists()
+    assert local_data_dir((data,)) is None
+
+
+def test_stale_data_that_cannot_be_moved_at_all_is_refused_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = data_dir_with_wal(tmp_path / "etcd")
+
+    def rename(src: object, dst: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(runner.os, "rename", rename)
+    with pytest.raises(UnsafeError, match="move it away by hand"):
+        move_aside(data, NOW)
+    assert local_data_dir((data,)) == data
+
+
+def test_the_lock_file_is_never_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    lock = tmp_path / "lock"
+    lock.symlink_to(target)
+    with pytest.raises(LockError, match="it is a symlink"), host_lock(lock, Deadline(1)):
+        pass
+    assert not target.exists()
