@@ -76,6 +76,7 @@ class Context:
             timeout=self.settings.aws_timeout,
             max_attempts=self.settings.aws_max_attempts,
             environ=self.environ,
+            deadline=self.deadline,
         )
 
     @property

@@ -17,6 +17,7 @@ from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import EtcdError, LockError, UnsafeError
+from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
 from etcd_aws_cluster.waldata import read_ids
@@ -149,13 +150,15 @@ class Runner:
         )
 
     # --- decide ----------------------------------------------------------------------------------------
-    def decide(self) -> tuple[Plan, Facts]:
-        """Gather facts and decide, looking again while the plan says WAIT, until the deadline."""
+    def decide(self, asg: AsgView | None = None) -> tuple[Plan, Facts]:
+        """Gather facts (from `asg`, else a fresh look at the ASG) and decide, looking again while the plan says
+        WAIT, until the deadline."""
         deadline = self.ctx.deadline
         attempt = 0
         last_progress = -PROGRESS_EVERY
         while True:
-            facts = self.facts(self.ctx.find_asg())
+            facts = self.facts(asg or self.ctx.find_asg())
+            asg = None
             try:
                 plan = planner.decide(facts, stale_data=self.settings.stale_data, as_learner=self.settings.learner)
             except UnsafeError as exc:
@@ -199,7 +202,11 @@ class Runner:
         except EtcdError as exc:
             raise EtcdError(f"{exc}{_unhealthy_hint(str(exc), plan, facts.view)}") from None
         log.info("added this instance as %s %s", "learner" if added.is_learner else "member", added.hex_id)
-        listing = ctx.retry("listing members", lambda url: ctx.etcd.list_members(url, ctx.call_timeout), client_urls)
+        listing = ctx.retry(
+            "listing members",
+            lambda url: ctx.etcd.list_members(url, ctx.call_timeout, linearizable=True),
+            client_urls,
+        )
         after = ClusterView(facts.asg, ctx.endpoints, facts.view.probes, listing.members, facts.view.cluster_ids, False)
         rivals = _concurrent_joiners(me, after)
         if rivals:
@@ -211,15 +218,22 @@ class Runner:
         return replace(plan, initial_cluster=after.initial_cluster(listing.members, me), members=listing.members), True
 
     # --- the whole run ---------------------------------------------------------------------------------
-    def run(self, *, dry_run: bool = False) -> Outcome:
+    def run(self, *, dry_run: bool = False) -> Outcome | None:
+        """The boot run; None when this boot must change nothing (a warm-pool boot)."""
+        asg: AsgView | None = self.ctx.find_asg()
+        skip = warm_pool_boot(asg, self.ctx.me) if asg is not None else None
+        if skip is not None:
+            log.info("decision=skip reason=%s", skip)
+            return None
         if dry_run:
-            plan, facts = self.decide()
+            plan, facts = self.decide(asg)
             self._log_plan(plan)
             return self._outcome(plan)
         with host_lock(self.settings.lock_file, self.ctx.deadline):
             attempt = 0
             while True:
-                plan, facts = self.decide()
+                plan, facts = self.decide(asg)
+                asg = None
                 self._log_plan(plan)
                 plan, settled = self.act(plan, facts)
                 if settled:

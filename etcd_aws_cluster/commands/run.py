@@ -37,6 +37,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.settings.proxy_asg:  # proxy mode: write a client configuration for that ASG's cluster, never join
         return run_proxy(ctx, ctx.settings.proxy_asg, dry_run=dry_run)
     outcome = Runner(ctx).run(dry_run=dry_run)
+    if outcome is None:
+        return 0
     if dry_run:
         sys.stdout.write(describe_plan(outcome) + outcome.text)
     return 0
