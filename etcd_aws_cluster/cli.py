@@ -58,6 +58,8 @@ COMMANDS = {
     "reconcile": "remove members whose instance left the ASG, and failed joins, under the quorum guard (timer)",
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
+    "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run)",
+    "restore": "list the snapshots under backup_url (--list), or restore one on this instance (every instance)",
 }
 
 
@@ -77,14 +79,19 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _run_options() -> argparse.ArgumentParser:
-    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    options.add_argument(
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "-o",
         "--output",
         metavar="PATH",
+        default=argparse.SUPPRESS,
         help="env file to write, '-' for stdout (default: /etc/sysconfig/etcd-cluster)",
     )
+
+
+def _run_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _output_option(options)
     options.add_argument(
         "--dry-run",
         action="store_true",
@@ -152,6 +159,23 @@ def _leave_options(parser: argparse.ArgumentParser) -> None:
     _dry_run_option(parser, "check and print what it would remove; change nothing")
 
 
+def _backup_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="upload only from the leader, and only when the newest snapshot is older than backup_interval; "
+        "then apply retention (what etcd-aws-cluster-backup.timer runs on every member)",
+    )
+
+
+def _restore_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--list", action="store_true", help="list the snapshots, newest first; change nothing")
+    parser.add_argument("--snapshot", metavar="KEY", help="the snapshot to restore (default: the newest)")
+    _output_option(parser)
+
+
+COMMAND_ARGUMENTS["backup"] = _backup_options
+COMMAND_ARGUMENTS["restore"] = _restore_options
 COMMAND_ARGUMENTS["reconcile"] = _reconcile_options
 COMMAND_ARGUMENTS["status"] = _status_options
 COMMAND_ARGUMENTS["leave"] = _leave_options

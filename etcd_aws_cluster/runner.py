@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from etcd_aws_cluster import envfile, notify
 from etcd_aws_cluster import plan as planner
+from etcd_aws_cluster.backups import Backups
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import EtcdError, LockError, UnsafeError
 from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
 from etcd_aws_cluster.waldata import read_ids
 
@@ -139,14 +142,27 @@ class Runner:
         self.ctx = ctx
         self.settings = ctx.settings
 
+    @functools.cached_property
+    def backups(self) -> Backups | None:
+        return Backups.open(self.ctx, self.ctx.group)
+
     def facts(self, asg: AsgView) -> Facts:
         data_dir = local_data_dir(self.settings.data_dirs())
         ids = read_ids(data_dir) if data_dir is not None else None
+        cluster = self.ctx.observe(asg)
+        record: ClusterRecord | None = None
+        snapshots: tuple[SnapshotInfo, ...] = ()
+        if self.backups is not None and not cluster.answered and data_dir is None:
+            # Only a node without data that sees no cluster needs to know whether one existed.
+            record = self.backups.store.read_record()
+            snapshots = self.backups.store.list_snapshots() if record is not None else ()
         return Facts(
             me=self.ctx.me,
-            view=self.ctx.observe(asg),
+            view=cluster,
             has_local_data=data_dir is not None,
             local_ids=(ids.member_id, ids.cluster_id) if ids else None,
+            record=record,
+            snapshots=snapshots,
         )
 
     # --- decide ----------------------------------------------------------------------------------------
@@ -177,8 +193,26 @@ class Runner:
 
     # --- act -------------------------------------------------------------------------------------------
     def act(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
-        """Carry out the plan's membership changes. Returns the plan to write and False when a concurrent
-        joiner was detected and this instance backed off (the caller decides again)."""
+        """Carry out the plan: membership changes, a restore, the cluster record. Returns the plan to write and
+        False when a concurrent joiner was detected and this instance backed off (the caller decides again)."""
+        backups = self.backups
+        if plan.decision is Decision.RESTORE and backups is not None:
+            info = backups.restore(plan.restore, plan.initial_cluster)
+            backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster)
+            return replace(plan, reason=f"{plan.reason}; restored {info.key}"), True
+        if plan.decision is Decision.NEW and backups is not None:
+            backups.write_record(facts.view, members=plan.initial_cluster)
+        if not plan.remove and not plan.add_self:
+            return plan, True
+        if backups is not None:
+            backups.insure(facts.view, "this membership change")
+        plan, settled = self._change_membership(plan, facts)
+        if settled and backups is not None:
+            after = replace(facts.view, members=plan.members)
+            backups.write_record(after)
+        return plan, settled
+
+    def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
         ctx, me = self.ctx, self.ctx.me
         if plan.move_data_aside:
             directory = local_data_dir(self.settings.data_dirs())
@@ -228,7 +262,7 @@ class Runner:
         if dry_run:
             plan, facts = self.decide(asg)
             self._log_plan(plan)
-            return self._outcome(plan)
+            return self.outcome(plan)
         with host_lock(self.settings.lock_file, self.ctx.deadline):
             attempt = 0
             while True:
@@ -241,13 +275,13 @@ class Runner:
                 if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
                     raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
                 attempt += 1
-            outcome = self._outcome(plan)
+            outcome = self.outcome(plan)
             envfile.write(self.settings.output, outcome.text)
         if self.settings.output != "-":
             log.info("wrote %s: %s, state %s", self.settings.output, self.ctx.me.instance_id, plan.cluster_state)
         return outcome
 
-    def _outcome(self, plan: Plan) -> Outcome:
+    def outcome(self, plan: Plan) -> Outcome:
         me = self.ctx.me
         values = envfile.variables(me, plan, self.ctx.endpoints, listen_loopback=self.settings.listen_loopback)
         return Outcome(me, plan, values, envfile.render(values))

@@ -12,8 +12,10 @@ import argparse
 import logging
 import re
 import sys
+from dataclasses import replace
 
 from etcd_aws_cluster import validate
+from etcd_aws_cluster.backups import Backups
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import EtcdError, MetadataError, UnsafeError
 from etcd_aws_cluster.imds import Imds
@@ -70,7 +72,13 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if dry_run:
         sys.stdout.write(f"# would remove {label} from a cluster of {len(cluster.members)} members\n")
         return 0
+    backups = Backups.open(ctx, cluster.asg.name)
+    if backups is not None:
+        backups.insure(cluster, f"removing {label}")
     # Through the other members first: this node's etcd stops itself once it sees its own removal.
     removed = ctx.remove_member(f"removing {label}", member.id, cluster.client_urls(last=[me.private_ip]))
+    if backups is not None:
+        left = tuple(m for m in cluster.members if m.id != member.id)
+        backups.write_record(replace(cluster, members=left))
     log.info("removed %s; stop etcd on this instance now" if removed else "%s was already gone", label)
     return 0

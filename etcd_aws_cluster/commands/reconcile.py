@@ -20,6 +20,7 @@ from pathlib import Path
 
 from etcd_aws_cluster import envfile
 from etcd_aws_cluster import reconcile as reconciler
+from etcd_aws_cluster.backups import Backups
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import AsgView
@@ -83,6 +84,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             return 0
         result = _reconcile(ctx, asg, policy, seen)
         save_state(state_file, result.unstarted_since)
+        if result.remove and (backups := Backups.open(ctx, asg.name)) is not None:
+            backups.write_record(ctx.observe(asg))
     for pending in result.waiting:
         log.info("%s", pending.describe())
     if result.blocked:
@@ -116,6 +119,8 @@ def _reconcile(
                 log.info("reconcile: nothing to remove")
             return result
         removal = todo[0]
+        if not done and (backups := Backups.open(ctx, asg.name)) is not None:
+            backups.insure(facts.view, f"removing member {removal.member.hex_id}")
         remover = _Remover(ctx, removal.member.id)
         hosts = [url_host(u) for u in removal.member.peer_urls]
         client_urls = facts.view.client_urls(first=ctx.me.private_ip, last=hosts)

@@ -1,0 +1,77 @@
+"""`etcd-aws-cluster backup`: a snapshot of the cluster through this instance's member, uploaded to backup_url.
+
+By hand it always takes one. With `--scheduled` (the backup timer, on every member) only the leader uploads,
+and only when the newest snapshot is older than backup_interval, so a group of five uploads one copy per
+period; retention then deletes what backup_keep_last / backup_keep_daily_days do not keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from etcd_aws_cluster.backups import Backups
+from etcd_aws_cluster.context import Context
+from etcd_aws_cluster.errors import ConfigError, EtcdError
+from etcd_aws_cluster.view import ClusterView
+
+log = logging.getLogger(__name__)
+# A timer that fires a little late must not skip a period: a snapshot this much younger than the interval is due.
+SCHEDULE_SLACK = 0.9
+
+
+def require_backups(ctx: Context) -> Backups:
+    backups = Backups.open(ctx, ctx.group)
+    if backups is None:
+        raise ConfigError("backup_url is not set: there is nowhere to back up to or restore from")
+    return backups
+
+
+def _is_leader(ctx: Context) -> bool:
+    status = ctx.etcd.endpoint_status(ctx.endpoints.client_url(ctx.me.private_ip), ctx.call_timeout)
+    return status is not None and status.leader != 0 and status.leader == status.member_id
+
+
+def _due(ctx: Context, backups: Backups) -> bool:
+    newest = backups.newest()
+    if newest is None:
+        return True
+    age = backups.age(newest)
+    if age < ctx.settings.backup_interval * SCHEDULE_SLACK:
+        log.info(
+            "the newest snapshot %s is %.0fs old (backup_interval %.0fs): none due",
+            newest.key,
+            age,
+            ctx.settings.backup_interval,
+        )
+        return False
+    return True
+
+
+def _local_member(ctx: Context, cluster: ClusterView) -> None:
+    cluster.require_one_cluster()
+    if not cluster.claiming(ctx.me):
+        raise EtcdError(f"{ctx.me.instance_id} is not a member of the cluster; back up from a member")
+    if ctx.me.private_ip not in cluster.answered_ips:
+        raise EtcdError(f"this instance's etcd ({ctx.endpoints.client_url(ctx.me.private_ip)}) does not answer")
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    backups = require_backups(ctx)
+    cluster = ctx.observe(ctx.find_asg())
+    _local_member(ctx, cluster)
+    scheduled = bool(getattr(args, "scheduled", False))
+    if scheduled:
+        if not _is_leader(ctx):
+            log.info("scheduled backup: this member is not the leader; the leader uploads")
+            return 0
+        if not _due(ctx, backups):
+            return 0
+    info = backups.take(cluster, ctx.me.private_ip)
+    if scheduled:
+        backups.prune()
+    sys.stdout.write(
+        f"{backups.store.where(info.key)} revision {info.revision} {info.size} bytes sha256 {info.sha256}\n"
+    )
+    return 0

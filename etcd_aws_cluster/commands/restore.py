@@ -1,0 +1,93 @@
+"""`etcd-aws-cluster restore`: list the snapshots under backup_url, or restore one on this instance.
+
+`--list` shows every complete snapshot, newest first, and marks the one the boot agent would take. Without it,
+this instance's data dir is restored from `--snapshot KEY` (default: the newest) as its member of a new cluster
+of the ASG's current instances, and the env file is written with ETCD_INITIAL_CLUSTER_STATE=new. Run it on every
+instance of the group, with etcd stopped everywhere; local data is moved aside first, never deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from etcd_aws_cluster import envfile
+from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
+from etcd_aws_cluster.commands.backup import require_backups
+from etcd_aws_cluster.context import Context
+from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.model import AsgView, Decision, Plan
+from etcd_aws_cluster.records import SnapshotInfo, format_time
+from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
+
+log = logging.getLogger(__name__)
+
+
+def render_list(backups: Backups, snapshots: tuple[SnapshotInfo, ...]) -> str:
+    if not snapshots:
+        return f"no snapshots under {backups.store.where(backups.store.snapshot_prefix)}\n"
+    now = backups.ctx.now()
+    lines = ["  KEY  TAKEN  AGE  REVISION  SIZE  CLUSTER  ETCD"]
+    for n, info in enumerate(snapshots):
+        mark = "*" if n == 0 else " "
+        lines.append(
+            f"{mark} {info.key}  {format_time(info.taken_at)}  {utc_age(now, info.taken_at)}  {info.revision}  "
+            f"{info.size}  {info.cluster_id:x}  {info.etcd_version}"
+        )
+    lines.append("* the one a boot would restore (newest by revision, then time); a corrupt one falls to the next")
+    return "\n".join(lines) + "\n"
+
+
+def _initial_cluster(ctx: Context, asg: AsgView) -> tuple[tuple[str, str], ...]:
+    instances = asg.members()
+    pairs = tuple(sorted((i.instance_id, ctx.endpoints.peer_url(i.private_ip)) for i in instances if i.private_ip))
+    if len(pairs) != asg.desired_capacity or len(pairs) != len(instances):
+        raise UnsafeError(
+            f"ASG {asg.name} is not complete ({len(pairs)} of {asg.desired_capacity} instances InService/Pending "
+            "with an IP): every member of the restored cluster must be known; rerun when it is"
+        )
+    if ctx.me.instance_id not in {name for name, _ in pairs}:
+        raise UnsafeError(f"this instance is not InService/Pending in ASG {asg.name}")
+    return pairs
+
+
+def _choose(snapshots: tuple[SnapshotInfo, ...], key: str | None) -> tuple[SnapshotInfo, ...]:
+    if key is None:
+        if not snapshots:
+            raise UnsafeError("there is no snapshot under backup_url to restore")
+        return snapshots
+    chosen = tuple(info for info in snapshots if info.key == key)
+    if not chosen:
+        raise UnsafeError(f"no complete snapshot {key} under backup_url (`etcd-aws-cluster restore --list`)")
+    return chosen
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    backups = require_backups(ctx)
+    snapshots = backups.store.list_snapshots()
+    if getattr(args, "list", False):
+        sys.stdout.write(render_list(backups, snapshots))
+        return 0
+    candidates = _choose(snapshots, getattr(args, "snapshot", None))
+    asg = ctx.find_asg()
+    cluster = ctx.observe(asg)
+    if cluster.answered:
+        answering = ", ".join(sorted(cluster.answered_ips))
+        raise UnsafeError(f"etcd answers on {answering}: stop etcd on every instance of ASG {asg.name} first")
+    initial = _initial_cluster(ctx, asg)
+    restore_data_dir(ctx)  # the setting is checked before anything moves
+    with host_lock(ctx.settings.lock_file, ctx.deadline):
+        existing = local_data_dir(ctx.settings.data_dirs())
+        if existing is not None:
+            log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
+        info = backups.restore(candidates, initial)
+        backups.write_record(cluster, newest=info.key, members=initial)
+        plan = Plan(Decision.RESTORE, f"restored {info.key} by hand", "new", initial, restore=(info,))
+        outcome = Runner(ctx).outcome(plan)
+        envfile.write(ctx.settings.output, outcome.text)
+    sys.stdout.write(
+        f"restored {info.key} (revision {info.revision}) into {restore_data_dir(ctx)}; wrote {ctx.settings.output}. "
+        "Run the same command on every other instance of the group, then start etcd everywhere.\n"
+    )
+    return 0
