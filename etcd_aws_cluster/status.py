@@ -49,6 +49,7 @@ class Report:
     reachable_voters: int
     leader: int | None  # the leader's member id; 0: members answer but know no leader; None: unknown
     cluster_ids: tuple[int, ...]
+    backups: str = ""  # what protects the data (backup_url, the newest snapshot), one line
 
     @property
     def exit_code(self) -> int:
@@ -231,6 +232,8 @@ def render_text(report: Report, *, colour: bool = False) -> str:
         verdict = VERDICT_COLOUR[report.verdict] + verdict + RESET
     lines += ["", verdict]
     lines += [f"  - {reason}" for reason in report.reasons]
+    if report.backups:
+        lines.append(report.backups)
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +250,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "quorum": report.quorum,
         "leader": None if report.leader is None else f"{report.leader:x}",  # "0": no leader
         "cluster_ids": [f"{c:x}" for c in report.cluster_ids],
+        "backups": report.backups,
         "rows": [
             {
                 "instance_id": r.instance_id,

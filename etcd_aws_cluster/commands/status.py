@@ -13,8 +13,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 from etcd_aws_cluster import status, view
+from etcd_aws_cluster.backups import Backups, utc_age
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import AgentError
 from etcd_aws_cluster.model import EndpointStatus
@@ -44,6 +46,21 @@ def _outside_probes(ctx: Context, first: ClusterView, pool: concurrent.futures.E
     return view.build(first.asg, (*first.probes, *probes), first.endpoints)
 
 
+def backups_line(ctx: Context, group: str) -> str:
+    """What protects the data: the newest snapshot under backup_url, or that nothing does."""
+    backups = Backups.open(ctx, group)
+    if backups is None:
+        return "backups: off (backup_url is not set): nothing restores the data if every member is lost"
+    try:
+        newest = backups.newest()
+    except AgentError as exc:
+        return f"backups: cannot list {backups.store.where(backups.store.snapshot_prefix)}: {exc}"
+    if newest is None:
+        return f"backups: none yet under {backups.store.where(backups.store.snapshot_prefix)}"
+    age = utc_age(ctx.now(), newest.taken_at)
+    return f"backups: newest {backups.store.where(newest.key)}, {age} old, revision {newest.revision}"
+
+
 def collect(ctx: Context, group: str) -> status.Report:
     """Ask every instance's etcd for the member list, members outside the ASG too, then each member's status."""
     asg = ctx.find_asg(group)
@@ -67,7 +84,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     # a client of the cluster (proxy_asg) shows the cluster it uses
     group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.group
-    report = collect(ctx, str(group))
+    report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)))
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(status.to_json(report), indent=2) + "\n")
     else:

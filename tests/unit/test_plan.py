@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -18,6 +19,7 @@ from etcd_aws_cluster.model import (
     Probe,
 )
 from etcd_aws_cluster.plan import decide
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
 from etcd_aws_cluster.view import Facts, quorum, render_initial_cluster
 from tests.unit.builders import EP, IDS, IPS, member
 
@@ -387,3 +389,77 @@ def test_unstarted_member_of_a_gone_instance_is_named_by_id_not_waited_for() -> 
     assert plan.decision is Decision.MEMBER and plan.cluster_state == "existing"
     assert (f"member-{102:x}", EP.peer_url(IPS[2])) in plan.initial_cluster
     assert (IDS[3], EP.peer_url(IPS[3])) in plan.initial_cluster
+
+
+# --- with a cluster record (backup_url): never an empty cluster where one with data existed ----------------------
+def snap(revision: int, key: str = "") -> SnapshotInfo:
+    return SnapshotInfo(
+        key=key or f"p/etcd/snapshots/2026-r{revision}.db",
+        taken_at=datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(hours=revision),
+        revision=revision,
+        cluster_id=7,
+        etcd_version="3.5.1",
+        sha256="0" * 64,
+        size=100,
+        members=(),
+        source_instance=IDS[0],
+    )
+
+
+def record_of(*members: int) -> ClusterRecord:
+    return ClusterRecord(
+        "etcd",
+        7,
+        tuple((IDS[n], EP.peer_url(IPS[n])) for n in members),
+        None,
+        datetime(2026, 11, 1, tzinfo=timezone.utc),
+    )
+
+
+def with_record(f: Facts, record: ClusterRecord | None, snapshots: tuple[SnapshotInfo, ...]) -> Facts:
+    return replace(f, record=record, snapshots=tuple(sorted(snapshots, key=lambda s: -s.revision)))
+
+
+def test_every_instance_replaced_restores_the_newest_snapshot_on_every_node() -> None:
+    instances = [inst(3), inst(4), inst(5)]
+    snaps = (snap(5), snap(9))
+    plans = {
+        decide(with_record(facts(n, instances, [failed(3), failed(4), failed(5)]), record_of(0, 1, 2), snaps))
+        for n in (3, 4, 5)
+    }
+    assert len(plans) == 1  # all three agree without talking to each other
+    plan = plans.pop()
+    assert plan.decision is Decision.RESTORE and plan.cluster_state == "new"
+    assert [s.revision for s in plan.restore] == [9, 5]  # the newest first, the one before if it is corrupt
+    assert [name for name, _ in plan.initial_cluster] == [IDS[3], IDS[4], IDS[5]]
+
+
+def test_a_recorded_member_still_in_the_asg_is_waited_for_never_new() -> None:
+    instances = [inst(0), inst(1), inst(3)]  # 2 was replaced by 3; 0 and 1 replay their WAL
+    f = with_record(facts(3, instances, [failed(0), failed(1), failed(3)]), record_of(0, 1, 2), (snap(9),))
+    plan = decide(f)
+    assert plan.decision is Decision.WAIT
+    assert IDS[0] in plan.reason and IDS[1] in plan.reason
+    assert "etcd-aws-cluster restore --snapshot p/etcd/snapshots/2026-r9.db" in plan.reason
+
+
+def test_a_survivor_restarts_from_its_own_data() -> None:
+    f = with_record(facts(0, [inst(0), inst(1), inst(3)], [failed(1), failed(3)], local=True), record_of(0, 1, 2), ())
+    assert decide(f).decision is Decision.RESTART
+
+
+def test_a_record_without_a_snapshot_is_refused() -> None:
+    f = with_record(facts(3, [inst(3), inst(4), inst(5)], [failed(3), failed(4), failed(5)]), record_of(0, 1, 2), ())
+    with pytest.raises(UnsafeError, match="refusing to start an empty cluster"):
+        decide(f)
+
+
+def test_a_restore_waits_for_a_complete_asg_like_a_new_cluster() -> None:
+    f = with_record(facts(3, [inst(3), inst(4)], [failed(3), failed(4)], desired=3), record_of(0, 1, 2), (snap(9),))
+    plan = decide(f)
+    assert plan.decision is Decision.WAIT and "incomplete" in plan.reason
+
+
+def test_no_record_keeps_today_s_rules() -> None:
+    plan = decide(with_record(facts(0, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)]), None, ()))
+    assert plan.decision is Decision.NEW
