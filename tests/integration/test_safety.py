@@ -148,6 +148,30 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     assert new_ids is not None and new_ids.member_id != old_ids.member_id
 
 
+def test_a_lost_data_dir_is_replaced_by_a_fresh_member_that_gets_the_data_from_the_leader(
+    sim: SimFactory, etcd_binary: Path
+) -> None:
+    # An instance-store data dir comes back empty after a stop/start: same instance, same IP, a member that ran.
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    asg.put("/kept", "yes")
+    node = asg.nodes[2]
+    old_ids = read_ids(node.data_dir)
+    assert old_ids is not None
+    asg.stop_etcd(node)
+    shutil.rmtree(node.data_dir)
+    result = run_ok(asg, node)
+    assert decision(result.stderr) == "join", result.stderr
+    assert "data dir lost" in result.stderr
+    asg.start_etcd(node)  # with "existing" on the old entry etcd would panic on every start
+    members = asg.wait_healthy(3, timeout=60)
+    assert node.instance_id in {m["name"] for m in members}
+    assert asg.get("/kept", node=node) == "yes"  # the new member got the data from the leader
+    new_ids = read_ids(node.data_dir)
+    assert new_ids is not None and new_ids.member_id != old_ids.member_id
+
+
 @pytest.fixture
 def bind_mounted() -> Iterator[Callable[[Path], None]]:
     """Make a directory a mount point of its own (`mount --bind d d`), as an EBS volume or `docker -v` is; every
