@@ -1,6 +1,7 @@
 """Proxy / client mode (setting `proxy_asg`): a client configuration for the cluster of another ASG, no join.
 
-On an instance outside the etcd cluster's Auto Scaling group the agent writes, instead of a member's settings:
+On an instance outside the etcd cluster's Auto Scaling group the agent writes, instead of a member's settings,
+for etcd 3.4 and 3.5 (flavour v2-proxy: etcd itself runs as the proxy, through etcd.service):
 
   ETCD_NAME                this instance's id
   ETCD_PROXY=on            etcd 2's proxy mode (`etcd --proxy on`, still in etcd 3.4 and 3.5: a v2 HTTP proxy,
@@ -10,6 +11,15 @@ On an instance outside the etcd cluster's Auto Scaling group the agent writes, i
   ETCDCTL_ENDPOINTS        the members' client URLs, for etcdctl and `etcd gateway start --endpoints=...`
   ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY   only when ca_file / cert_file / key_file are set
 
+For etcd 3.6 and later (flavour gateway; v2 proxy mode is gone there, and etcd ignores ETCD_PROXY), settings for
+`etcd gateway start`, a TCP proxy run by etcd-aws-cluster-gateway.service (which stops etcd.service):
+
+  ETCD_NAME                 this instance's id
+  ETCD_GATEWAY_ENDPOINTS    the members' client host:port
+  ETCD_GATEWAY_LISTEN_ADDR  where the gateway listens: this instance's IP, or 0.0.0.0 with listen_loopback
+  ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY   as above (TLS passes through the gateway)
+
+The setting proxy_mode picks the flavour; `auto` asks the local `etcd --version`, else the cluster's version.
 The members come from the member list when a member answers, else from the ASG (InService/Pending instances with
 a private IP). Pure: the command (`commands/run.py`, `run_proxy`) gathers the facts and writes the file like the
 member mode does: every value validated, written atomically, the old file untouched on failure.
@@ -20,12 +30,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.model import AsgView, Endpoints, Identity
 from etcd_aws_cluster.view import ClusterView, render_initial_cluster
 
+V2_PROXY, GATEWAY = "v2-proxy", "gateway"
 KEYS = ("ETCD_NAME", "ETCD_PROXY", "ETCD_INITIAL_CLUSTER", "ETCD_LISTEN_CLIENT_URLS", "ETCDCTL_ENDPOINTS")
+GATEWAY_KEYS = ("ETCD_NAME", "ETCD_GATEWAY_ENDPOINTS", "ETCD_GATEWAY_LISTEN_ADDR", "ETCDCTL_ENDPOINTS")
 TLS_KEYS = ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY")
 HEADER = "# Written by etcd-aws-cluster at boot (proxy mode: a client of the cluster); changes are overwritten.\n"
 
@@ -73,18 +86,33 @@ def variables(
     *,
     listen_loopback: bool,
     tls_files: Mapping[str, Path | None] | None = None,
+    flavour: str = V2_PROXY,
 ) -> dict[str, str]:
-    """The client configuration. `tls_files` maps ETCDCTL_CACERT/CERT/KEY to paths; unset ones are left out."""
-    listen = [endpoints.client_url(me.private_ip)]
-    if listen_loopback:
-        listen.append(endpoints.client_url("127.0.0.1"))
-    values = {
-        "ETCD_NAME": me.instance_id,
-        "ETCD_PROXY": "on",
-        "ETCD_INITIAL_CLUSTER": render_initial_cluster(cluster.initial_cluster),
-        "ETCD_LISTEN_CLIENT_URLS": ",".join(listen),
-        "ETCDCTL_ENDPOINTS": ",".join(cluster.client_urls),
-    }
+    """The client configuration. `tls_files` maps ETCDCTL_CACERT/CERT/KEY to paths; unset ones are left out.
+
+    `flavour` v2-proxy: etcd's own proxy mode (`ETCD_PROXY=on`, etcd 3.4/3.5). gateway: settings for `etcd gateway
+    start` (etcd-aws-cluster-gateway.service), a TCP proxy that every etcd version has and the only one left in 3.6+,
+    where ETCD_PROXY is ignored and an etcd started from a v2-proxy file would run as a member.
+    """
+    if flavour == GATEWAY:
+        listen = "0.0.0.0" if listen_loopback else me.private_ip
+        values = {
+            "ETCD_NAME": me.instance_id,
+            "ETCD_GATEWAY_ENDPOINTS": ",".join(urlsplit(u).netloc for u in cluster.client_urls),
+            "ETCD_GATEWAY_LISTEN_ADDR": f"{listen}:{endpoints.client_port}",
+            "ETCDCTL_ENDPOINTS": ",".join(cluster.client_urls),
+        }
+    else:
+        listen_urls = [endpoints.client_url(me.private_ip)]
+        if listen_loopback:
+            listen_urls.append(endpoints.client_url("127.0.0.1"))
+        values = {
+            "ETCD_NAME": me.instance_id,
+            "ETCD_PROXY": "on",
+            "ETCD_INITIAL_CLUSTER": render_initial_cluster(cluster.initial_cluster),
+            "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_urls),
+            "ETCDCTL_ENDPOINTS": ",".join(cluster.client_urls),
+        }
     for key in TLS_KEYS:
         path = (tls_files or {}).get(key)
         if path is not None:
@@ -94,8 +122,14 @@ def variables(
 
 def render(values: Mapping[str, str]) -> str:
     """The file's text; raises UnsafeError naming the first value outside the allowed charset."""
-    unknown = set(values) - set(KEYS) - set(TLS_KEYS)
-    if unknown or not set(KEYS) <= set(values):
-        raise ValueError(f"proxy env file needs {', '.join(KEYS)} and optionally {', '.join(TLS_KEYS)}")
-    lines = [f"{key}={validate.env_value(key, values[key])}" for key in (*KEYS, *TLS_KEYS) if key in values]
+    keys = GATEWAY_KEYS if "ETCD_GATEWAY_ENDPOINTS" in values else KEYS
+    unknown = set(values) - set(keys) - set(TLS_KEYS)
+    if unknown or not set(keys) <= set(values):
+        raise ValueError(f"proxy env file needs {', '.join(keys)} and optionally {', '.join(TLS_KEYS)}")
+    lines = [f"{key}={validate.env_value(key, values[key])}" for key in (*keys, *TLS_KEYS) if key in values]
     return HEADER + "\n".join(lines) + "\n"
+
+
+def flavour_for(version: tuple[int, int, int] | None) -> str:
+    """gateway for etcd 3.6 and later (no v2 proxy there); the v2 proxy before, and when the version is unknown."""
+    return GATEWAY if version is not None and version >= (3, 6, 0) else V2_PROXY

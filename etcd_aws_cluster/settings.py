@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         description="proxy mode: name of the etcd cluster's ASG; this instance writes a client configuration "
         "(ETCD_PROXY=on, ETCDCTL_ENDPOINTS) for that cluster instead of joining one",
     )
+    proxy_mode: Literal["auto", "v2-proxy", "gateway"] = Field(
+        "auto",
+        description="proxy mode: v2-proxy (ETCD_PROXY=on, etcd 3.4/3.5), gateway (settings for `etcd gateway "
+        "start`, etcd 3.6+), or auto: by the local etcd's version, else the cluster's",
+    )
     imds_v1_fallback: bool = Field(True, description="fall back to IMDSv1 when the token endpoint is unsupported")
     timeout: float = Field(180.0, gt=0, le=3600, description="deadline in seconds for the whole run")
     probe_timeout: float = Field(2.0, gt=0, le=60, description="seconds to wait for one peer's member list")

@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile, proxy
+from etcd_aws_cluster import envfile, etcdbin, proxy
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import backoff
-from etcd_aws_cluster.errors import AwsError, ConfigError
+from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError
 from etcd_aws_cluster.runner import Outcome, Runner, host_lock
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,27 @@ def _find_cluster(ctx: Context, group: str) -> proxy.Cluster:
         attempt += 1
 
 
+def _proxy_flavour(ctx: Context, cluster: proxy.Cluster) -> str:
+    """v2-proxy or gateway, by the proxy_mode setting; auto: the local etcd's version, else the cluster's."""
+    if ctx.settings.proxy_mode != "auto":
+        return ctx.settings.proxy_mode
+    version = etcdbin.local_version()
+    source = "the local etcd"
+    if version is None:
+        source = "the cluster"
+        for url in cluster.client_urls[:2]:
+            try:
+                status = ctx.etcd.endpoint_status(url, ctx.call_timeout)
+            except AgentError:
+                continue
+            if status is not None and (version := etcdbin.parse_version(status.version)) is not None:
+                break
+    flavour = proxy.flavour_for(version)
+    shown = ".".join(map(str, version)) if version else "unknown"
+    log.info("proxy mode: etcd version %s (from %s): %s", shown, source if version else "nowhere", flavour)
+    return flavour
+
+
 def run_proxy(ctx: Context, group: str, *, dry_run: bool = False) -> int:
     """Find the cluster of ASG `group`, write the client configuration (or print it with dry_run)."""
     settings = ctx.settings
@@ -71,12 +92,14 @@ def run_proxy(ctx: Context, group: str, *, dry_run: bool = False) -> int:
         "ETCDCTL_CERT": settings.cert_file,
         "ETCDCTL_KEY": settings.key_file,
     }
+    flavour = _proxy_flavour(ctx, cluster)
     values = proxy.variables(
-        ctx.me, cluster, ctx.endpoints, listen_loopback=settings.listen_loopback, tls_files=tls_files
+        ctx.me, cluster, ctx.endpoints, listen_loopback=settings.listen_loopback, tls_files=tls_files, flavour=flavour
     )
     text = proxy.render(values)
     log.info(
-        "proxy mode: %d members of ASG %s (from the %s); client URLs %s",
+        "proxy mode (%s): %d members of ASG %s (from the %s); client URLs %s",
+        flavour,
         len(cluster.initial_cluster),
         group,
         cluster.source,

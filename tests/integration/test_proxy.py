@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg, initial_cluster
 from tests.integration.helpers import boot, env, run_ok
@@ -51,8 +52,8 @@ def test_proxy_instance_writes_a_client_configuration(sim: SimFactory, etcd_bina
     clients = sim(1, etcd_binary, name=f"{cluster.name}-clients")
     (client,) = clients.nodes
 
-    result = run_ok(clients, client, env=as_client_of(cluster))
-    assert "proxy mode: 3 members of ASG" in result.stderr and "(from the member list)" in result.stderr
+    result = run_ok(clients, client, env=as_client_of(cluster, ETCD_AWS_CLUSTER_PROXY_MODE="v2-proxy"))
+    assert "proxy mode (v2-proxy): 3 members of ASG" in result.stderr and "(from the member list)" in result.stderr
     listen = f"http://{client.ip}:{cluster.client_port}"
     assert env(client) == {
         "ETCD_NAME": client.instance_id,
@@ -95,6 +96,61 @@ def test_proxy_instance_writes_a_client_configuration(sim: SimFactory, etcd_bina
         assert http.get(f"{url}/health", timeout=2).json()["health"] == "true"
 
 
+def get_through(url: str, key_b64: str, timeout: float = 20.0) -> str:
+    """The base64 value of a key, read through `url` (retried while the proxy starts)."""
+    http = requests.Session()
+    http.trust_env = False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = http.post(f"{url}/v3/kv/range", json={"key": key_b64}, timeout=2)
+            if response.status_code == 200:
+                return str(response.json()["kvs"][0]["value"])
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"nothing answers on {url}"
+        time.sleep(0.2)
+
+
+def test_gateway_flavour_for_etcd_36_serves_the_cluster(sim: SimFactory, etcd_binary: Path, tmp_path: Path) -> None:
+    # etcd 3.6 has no v2 proxy: the agent writes settings for `etcd gateway start` (every etcd version has it).
+    cluster = sim(3, etcd_binary)
+    boot(cluster, cluster.nodes)
+    cluster.wait_healthy(3)
+    clients = sim(1, etcd_binary, name=f"{cluster.name}-clients")
+    (client,) = clients.nodes
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "etcd").symlink_to(etcd_binary)  # the local etcd whose version `auto` reads
+    extra = as_client_of(cluster, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    version = tuple(int(p) for p in (etcd_binaries.version_of(etcd_binary) or "0.0.0").split(".")[:2])
+    if version < (3, 6):
+        extra["ETCD_AWS_CLUSTER_PROXY_MODE"] = "gateway"  # auto picks the v2 proxy there
+    result = run_ok(clients, client, env=extra)
+    assert "proxy mode (gateway): 3 members of ASG" in result.stderr
+    listen = f"{client.ip}:{cluster.client_port}"
+    assert env(client) == {
+        "ETCD_NAME": client.instance_id,
+        "ETCD_GATEWAY_ENDPOINTS": ",".join(sorted(f"{n.ip}:{cluster.client_port}" for n in cluster.nodes)),
+        "ETCD_GATEWAY_LISTEN_ADDR": listen,
+        "ETCDCTL_ENDPOINTS": client_urls(cluster.nodes),
+    }
+    # the gateway, started as etcd-aws-cluster-gateway.service starts it, serves the cluster's keys
+    cluster.put("from-the-cluster", "yes")
+    values = env(client)
+    clients.registry.start(
+        [
+            etcd_binary,
+            "gateway",
+            "start",
+            f"--endpoints={values['ETCD_GATEWAY_ENDPOINTS']}",
+            f"--listen-addr={values['ETCD_GATEWAY_LISTEN_ADDR']}",
+        ],
+        log_path=tmp_path / "gateway.log",
+    )
+    assert get_through(f"http://{listen}", "ZnJvbS10aGUtY2x1c3Rlcg==") == "eWVz"  # base64 of the key and "yes"
+
+
 def test_proxy_falls_back_to_the_asg_and_dry_run_writes_nothing(sim: SimFactory) -> None:
     cluster = sim(3)  # no etcd runs: the members come from the ASG
     clients = sim(1, name=f"{cluster.name}-clients")
@@ -104,7 +160,8 @@ def test_proxy_falls_back_to_the_asg_and_dry_run_writes_nothing(sim: SimFactory)
     assert dry.stdout.startswith(f"# proxy mode: a client of ASG {cluster.name}, members from the ASG\n")
     assert not client.env_file.exists()
 
-    result = run_ok(clients, client, env=as_client_of(cluster, ETCD_AWS_CLUSTER_LISTEN_LOOPBACK="true"))
+    mode = {"ETCD_AWS_CLUSTER_LISTEN_LOOPBACK": "true", "ETCD_AWS_CLUSTER_PROXY_MODE": "v2-proxy"}
+    result = run_ok(clients, client, env=as_client_of(cluster, **mode))
     assert "(from the ASG)" in result.stderr
     values = env(client)
     assert values["ETCD_INITIAL_CLUSTER"] == initial_cluster(cluster.nodes)

@@ -132,3 +132,29 @@ def test_render_needs_the_client_keys() -> None:
     values = variables(ME, from_members([member(0)], ASG), EP, listen_loopback=False)
     with pytest.raises(ValueError):
         render({**values, "ETCD_INITIAL_CLUSTER_STATE": "new"})
+
+
+def test_gateway_flavour_for_etcd_36_and_later() -> None:
+    from etcd_aws_cluster.proxy import GATEWAY, V2_PROXY, flavour_for
+
+    assert [flavour_for(v) for v in [(3, 4, 23), (3, 5, 30), (3, 6, 0), (3, 7, 1), None]] == [
+        V2_PROXY,
+        V2_PROXY,
+        GATEWAY,
+        GATEWAY,
+        V2_PROXY,
+    ]
+    cluster = from_members([member(0), member(2)], ASG)
+    values = variables(ME, cluster, EP, listen_loopback=False, flavour=GATEWAY)
+    assert values == {
+        "ETCD_NAME": ME.instance_id,
+        "ETCD_GATEWAY_ENDPOINTS": "10.0.0.1:2379,10.0.0.3:2379",
+        "ETCD_GATEWAY_LISTEN_ADDR": "10.1.0.9:2379",
+        "ETCDCTL_ENDPOINTS": "http://10.0.0.1:2379,http://10.0.0.3:2379",
+    }
+    assert (
+        variables(ME, cluster, EP, listen_loopback=True, flavour=GATEWAY)["ETCD_GATEWAY_LISTEN_ADDR"] == "0.0.0.0:2379"
+    )
+    text = render(values)
+    assert "ETCD_PROXY" not in text and "ETCD_INITIAL_CLUSTER" not in text  # nothing that starts a member
+    assert text.endswith("ETCDCTL_ENDPOINTS=http://10.0.0.1:2379,http://10.0.0.3:2379\n")
