@@ -48,11 +48,12 @@ PKG_ENV := env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=$(HOME) LANG=C.UTF-8 S
 
 # Debian packages the builds and the packaging tests use; installed when missing (root only).
 PKG_APT := debhelper dh-python python3-pip python3-setuptools python3-wheel lintian rpm rpmlint help2man man-db unzip \
-	python3-boto3 python3-requests python3-systemd
+	python3-boto3 python3-requests python3-systemd systemd-container mmdebstrap
 
 PKG_WHEEL_PLATFORMS = $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(1))
 
-.PHONY: deb rpm packages packaging-deps packaging-app-wheel packaging-lock packaging-config packaging-clean boot-test
+.PHONY: deb rpm packages packaging-deps packaging-app-wheel packaging-lock packaging-config packaging-clean boot-test \
+	compat
 
 packages: deb rpm
 
@@ -172,16 +173,19 @@ $(PKG_RPM_FILE): $(PKG_SOURCES) $(PKG_APP)/.done $(PKG_BUILD)/wheels/rpm-$(PKG_R
 	echo "built $@ ($$(du -k $@ | cut -f1) KiB, installed $$(( $$(rpm -qp --qf '%{SIZE}' $@ 2>/dev/null) / 1024 )) KiB) in $$(( $$(date +%s) - start )) s"
 	$(PKG_ENV) rpmlint -c packaging/rpm/rpmlint.toml $@
 
-# --- boot test: the .deb under a real systemd (systemd-nspawn), against the harness's moto and fake IMDS -------------
-# Not part of `make test`. Needs the project's venv (`make setup`) for the harness.
+# --- boot test: each suite's .deb under a real systemd (systemd-nspawn) in a root of that suite, one node and a
+# 3-node group, against the harness's moto and fake IMDS. Roots are cached in /var/cache/etcd-aws-cluster-tests.
+# Needs root and the project's venv (`make setup`) for the harness; `make test` runs it as root.
 PKG_VENV_PY ?= .venv/bin/python
 
-boot-test: $(PKG_DEB_FILE) $(if $(STAMP),$(STAMP))
+boot-test: $(PKG_DEB_FILES) $(if $(STAMP),$(STAMP)) | packaging-deps
 	@test -x $(PKG_VENV_PY) || { echo "boot-test needs the project's venv: make setup" >&2; exit 1; }
-	@for p in systemd-container mmdebstrap; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' \
-		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			systemd-container mmdebstrap >/dev/null; break; }; done
-	$(PKG_VENV_PY) packaging/boot_test.py $(PKG_DEB_FILE)
+	$(PKG_VENV_PY) packaging/boot_test.py $(foreach s,$(SUITE),$(s)=$(call pkg_deb_file,$(s)))
+
+# --- compat: the unit tests under each Python and library version the packages pull in (packaging/compat.py) ------
+compat:
+	@test -x $(PKG_VENV_PY) || { echo "compat needs the project's venv: make setup" >&2; exit 1; }
+	$(PKG_VENV_PY) packaging/compat.py
 
 # --- packaging/config.toml, generated from the agent's settings model (commit the result) ---------------------------
 packaging-config:
