@@ -231,7 +231,7 @@ def base_root(suite: str) -> Path:
     stamp = ROOT_CACHE / f"{suite}.include"
     with (ROOT_CACHE / f"{suite}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if tarball.exists() and stamp.exists() and stamp.read_text() == root_includes(suite):
+        if tarball.is_file() and stamp.exists() and stamp.read_text() == root_includes(suite):
             return tarball
         partial = ROOT_CACHE / f"{suite}.partial.tar"  # mmdebstrap picks the format by the suffix
         argv = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={root_includes(suite)}", suite, partial]

@@ -503,13 +503,13 @@ def test_installed_agent_help_version_and_dry_run_without_metadata(installed_deb
     assert snapshot(root) == before, "a dry run must write nothing"
 
     launcher = (root / "usr/bin" / NAME).read_text().splitlines()
-    path_setup = "; ".join(line for line in launcher if line.startswith("sys.path"))
+    path_setup = "".join(f"{line}; " for line in launcher if line.startswith("sys.path"))
     probe = in_root(
         root,
         "/usr/bin/python3",
         "-I",
         "-c",
-        f"import sys; {path_setup}; import boto3, pydantic, pydantic_settings, etcd_aws_cluster.runner as agent; "
+        f"import sys; {path_setup}import boto3, pydantic, pydantic_settings, etcd_aws_cluster.runner as agent; "
         "print(boto3.__file__, pydantic.__file__, agent.__file__, pydantic.VERSION)",
     )
     assert probe.returncode == 0, probe.stderr
@@ -584,7 +584,6 @@ def test_deb_remove_then_purge_leaves_nothing_behind_but_etcds_file(installed_de
     root: Path = installed_deb["root"]
     etcd_file = root / "etc/sysconfig/etcd-cluster"
     etcd_file.write_text("ETCD_NAME=i-0123456789abcdef0\n")  # what the agent wrote at an earlier boot
-    (root / f"run/{NAME}.lock").touch()  # and the lock it left
     (root / "var/lib/etcd/default/member").mkdir(parents=True, exist_ok=True)
     etcd_data = snapshot(root, ["/var/lib/etcd"])
     (root / f"etc/{NAME}/config.d/50-local.toml").write_text("timeout = 60.0\n")
