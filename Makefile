@@ -42,8 +42,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix etcd_aws_cluster tests scripts
 	$(VENV)/bin/ruff format etcd_aws_cluster tests scripts
 
+# As root (CI), also the Debian packages the packaging tests need, the boot test of both .debs in Debian 12 and
+# 13 roots, and the unit tests under each Python/library combination the packages pull in (make compat).
 test: setup lint
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory packaging-deps; fi
 	$(PY) -m pytest
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory boot-test compat; \
+	else echo "not root: boot-test and compat need root (systemd-nspawn, /var/cache)" >&2; fi
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration"

@@ -1,4 +1,5 @@
-# Packaging: `make deb` (Debian bookworm) and `make rpm` (Amazon Linux 2023 / RHEL 9, Python 3.9).
+# Packaging: `make deb` (Debian 12 bookworm and 13 trixie; `make deb SUITE=trixie` builds one) and `make rpm`
+# (Amazon Linux 2023 / RHEL 9, Python 3.9).
 # Included by the main Makefile; paths are relative to the repository root.
 #
 # Both packages build offline from wheels that `pip download --require-hashes` fetched beforehand from the
@@ -20,7 +21,20 @@ PKG_DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 PKG_RPM_ARCH ?= $(shell uname -m)
 pkg_machine = $(if $(filter amd64,$(1)),x86_64,$(if $(filter arm64,$(1)),aarch64,$(1)))
 PKG_DEB_MACHINE := $(call pkg_machine,$(PKG_DEB_ARCH))
-PKG_DEB_FILE := $(PKG_DIST)/$(PKG)_$(PKG_VERSION)-$(PKG_DEB_REVISION)_$(PKG_DEB_ARCH).deb
+# One .deb per Debian suite, from the same packaging/debian: bookworm's bundles the pydantic-2 stack (cp311,
+# Architecture: any), trixie's uses Debian's packages only (Architecture: all). The version carries Debian's
+# usual ~debNN suffix, so a Debian 12 -> 13 upgrade replaces the bookworm build with the trixie one.
+PKG_DEB_SUITES := bookworm trixie
+SUITE ?= $(PKG_DEB_SUITES)
+pkg_deb_release = $(if $(filter bookworm,$(1)),12,$(if $(filter trixie,$(1)),13,$(error unknown Debian suite $(1))))
+pkg_deb_arch = $(if $(filter bookworm,$(1)),$(PKG_DEB_ARCH),all)
+pkg_deb_version = $(PKG_VERSION)-$(PKG_DEB_REVISION)~deb$(call pkg_deb_release,$(1))
+pkg_deb_file = $(PKG_DIST)/$(PKG)_$(call pkg_deb_version,$(1))_$(call pkg_deb_arch,$(1)).deb
+PKG_DEB_FILES := $(foreach s,$(SUITE),$(call pkg_deb_file,$(s)))
+# the build host's suite, for the tests and boot-test that need "the" .deb of this machine
+PKG_DEB_FILE := $(call pkg_deb_file,bookworm)
+PKG_DEB_FILE_BOOKWORM := $(call pkg_deb_file,bookworm)
+PKG_DEB_FILE_TRIXIE := $(call pkg_deb_file,trixie)
 PKG_RPM_FILE := $(PKG_DIST)/$(PKG)-$(PKG_VERSION)-$(PKG_RPM_RELEASE).$(PKG_RPM_ARCH).rpm
 
 # Python 3.9 for the .rpm's bundle (lock resolution, byte-compilation, the smoke test): pyenv's if present.
@@ -34,11 +48,12 @@ PKG_ENV := env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=$(HOME) LANG=C.UTF-8 S
 
 # Debian packages the builds and the packaging tests use; installed when missing (root only).
 PKG_APT := debhelper dh-python python3-pip python3-setuptools python3-wheel lintian rpm rpmlint help2man man-db unzip \
-	python3-boto3 python3-requests python3-systemd
+	python3-boto3 python3-requests python3-systemd systemd-container mmdebstrap
 
 PKG_WHEEL_PLATFORMS = $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(1))
 
-.PHONY: deb rpm packages packaging-deps packaging-app-wheel packaging-lock packaging-config packaging-clean boot-test
+.PHONY: deb rpm packages packaging-deps packaging-app-wheel packaging-lock packaging-config packaging-clean boot-test \
+	compat
 
 packages: deb rpm
 
@@ -93,31 +108,46 @@ $(PKG_BUILD)/man/$(PKG).8: $(wildcard docs/$(PKG).8) $(PKG_APP_SOURCES) | packag
 PKG_SOURCES = $(wildcard README.md LICENSE) $(filter-out %.mk,$(shell find packaging -type f 2>/dev/null))
 
 # --- .deb ---------------------------------------------------------------------------------------------------------
-PKG_DEB_TREE := $(PKG_BUILD)/deb/$(PKG)-$(PKG_VERSION)
+# packaging/debian/*.<suite> (control, copyright, lintian overrides) become debian/* for that suite; debian/rules
+# reads the suite from the changelog.
+PKG_DEB_TOP := $(PKG_BUILD)/deb
 
-deb: $(PKG_DEB_FILE)
+deb: $(PKG_DEB_FILES)
 
-$(PKG_DEB_FILE): $(PKG_SOURCES) $(PKG_APP)/.done $(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)/.done $(PKG_BUILD)/man/$(PKG).8 \
-		| packaging-deps
-	@start=$$(date +%s); \
-	rm -rf $(PKG_BUILD)/deb && mkdir -p $(PKG_DEB_TREE) $(PKG_DIST) && \
-	cp --parents $(filter-out packaging/debian/%,$(PKG_SOURCES)) $(PKG_DEB_TREE)/ && \
-	cp -r packaging/debian $(PKG_DEB_TREE)/debian && \
-	mkdir -p $(PKG_DEB_TREE)/build/app && cp -r $(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH) $(PKG_DEB_TREE)/build/wheels && \
-	cp $(PKG_APP)/*.whl $(PKG_DEB_TREE)/build/app/ && \
-	cp $(PKG_BUILD)/man/$(PKG).8 $(PKG_DEB_TREE)/build/ && \
-	{ printf '%s (%s-%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
-		$(PKG) $(PKG_VERSION) $(PKG_DEB_REVISION) $(PKG_VERSION) '$(PKG_MAINTAINER)' \
-		"$$(LC_ALL=C date -u -R -d @$(PKG_EPOCH))"; } >$(PKG_DEB_TREE)/debian/changelog && \
-	sed -i 's|@MAINTAINER@|$(PKG_MAINTAINER)|' $(PKG_DEB_TREE)/debian/control && \
-	cd $(PKG_DEB_TREE) && $(PKG_ENV) dpkg-buildpackage -us -uc -b >../build.log 2>&1 \
+# $(1): suite. The bundle's wheels are a prerequisite of the bookworm .deb only.
+define PKG_DEB_RULE
+$(call pkg_deb_file,$(1)): $(PKG_SOURCES) $(PKG_APP)/.done $(PKG_BUILD)/man/$(PKG).8 \
+		$(if $(filter bookworm,$(1)),$(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)/.done) | packaging-deps
+	@$$(call PKG_BUILD_DEB,$(1),$(if $(filter bookworm,$(1)),$(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)))
+endef
+$(foreach s,$(PKG_DEB_SUITES),$(eval $(call PKG_DEB_RULE,$(s))))
+
+# $(1): suite, $(2): the directory of wheels to bundle (empty: none). Builds in $(PKG_DEB_TOP)/$(1).
+define PKG_BUILD_DEB
+	start=$$(date +%s); top=$(PKG_DEB_TOP)/$(1); tree=$$top/$(PKG)-$(PKG_VERSION); \
+	rm -rf $$top && mkdir -p $$tree/build/app $(PKG_DIST) && \
+	cp --parents $(filter-out packaging/debian/%,$(PKG_SOURCES)) $$tree/ && \
+	cp -r packaging/debian $$tree/debian && \
+	for f in $$tree/debian/*.$(1); do mv $$f $${f%.$(1)}; done && \
+	rm -f $(foreach s,$(PKG_DEB_SUITES),$$tree/debian/*.$(s)) \
+		$(if $(2),,$$tree/debian/requirements.in $$tree/debian/requirements.lock) && \
+	$(if $(2),cp -r $(2) $$tree/build/wheels &&) \
+	cp $(PKG_APP)/*.whl $$tree/build/app/ && \
+	cp $(PKG_BUILD)/man/$(PKG).8 $$tree/build/ && \
+	{ printf '%s (%s) %s; urgency=medium\n\n  * Release %s for Debian %s (%s).\n\n -- %s  %s\n' \
+		$(PKG) $(call pkg_deb_version,$(1)) $(1) $(PKG_VERSION) $(call pkg_deb_release,$(1)) $(1) '$(PKG_MAINTAINER)' \
+		"$$(LC_ALL=C date -u -R -d @$(PKG_EPOCH))"; } >$$tree/debian/changelog && \
+	sed -i 's|@MAINTAINER@|$(PKG_MAINTAINER)|' $$tree/debian/control && \
+	cd $$tree && $(PKG_ENV) dpkg-buildpackage -us -uc -b >../build.log 2>&1 \
 		|| { tail -40 ../build.log >&2; exit 1; }; \
-	cd $(CURDIR) && ! grep -n '^E: ' $(PKG_BUILD)/deb/build.log >&2 && \
-	{ $(PKG_ENV) lintian --fail-on error,warning $(PKG_BUILD)/deb/$(notdir $@) >$(PKG_BUILD)/deb/lintian.log 2>&1; \
-		rc=$$?; grep -v 'root privileges' $(PKG_BUILD)/deb/lintian.log >&2; \
+	cd $(CURDIR) && ! grep -n '^E: ' $$top/build.log >&2 && \
+	deb=$$top/$(notdir $(call pkg_deb_file,$(1))) && \
+	{ $(PKG_ENV) lintian --fail-on error,warning $$deb >$$top/lintian.log 2>&1; \
+		rc=$$?; grep -v 'root privileges' $$top/lintian.log >&2; \
 		[ $$rc = 0 ] || { echo "lintian found errors or warnings (above)" >&2; exit 1; }; } && \
-	cp $(PKG_BUILD)/deb/$(notdir $@) $@ && \
-	echo "built $@ ($$(du -k $@ | cut -f1) KiB, installed $$(dpkg-deb -f $@ Installed-Size) KiB) in $$(( $$(date +%s) - start )) s, lintian clean"
+	cp $$deb $(call pkg_deb_file,$(1)) && \
+	echo "built $(call pkg_deb_file,$(1)) ($$(du -k $$deb | cut -f1) KiB, installed $$(dpkg-deb -f $$deb Installed-Size) KiB) in $$(( $$(date +%s) - start )) s, lintian clean"
+endef
 
 # --- .rpm ---------------------------------------------------------------------------------------------------------
 PKG_RPM_TOP := $(CURDIR)/$(PKG_BUILD)/rpm
@@ -143,16 +173,19 @@ $(PKG_RPM_FILE): $(PKG_SOURCES) $(PKG_APP)/.done $(PKG_BUILD)/wheels/rpm-$(PKG_R
 	echo "built $@ ($$(du -k $@ | cut -f1) KiB, installed $$(( $$(rpm -qp --qf '%{SIZE}' $@ 2>/dev/null) / 1024 )) KiB) in $$(( $$(date +%s) - start )) s"
 	$(PKG_ENV) rpmlint -c packaging/rpm/rpmlint.toml $@
 
-# --- boot test: the .deb under a real systemd (systemd-nspawn), against the harness's moto and fake IMDS -------------
-# Not part of `make test`. Needs the project's venv (`make setup`) for the harness.
+# --- boot test: each suite's .deb under a real systemd (systemd-nspawn) in a root of that suite, one node and a
+# 3-node group, against the harness's moto and fake IMDS. Roots are cached in /var/cache/etcd-aws-cluster-tests.
+# Needs root and the project's venv (`make setup`) for the harness; `make test` runs it as root.
 PKG_VENV_PY ?= .venv/bin/python
 
-boot-test: $(PKG_DEB_FILE) $(if $(STAMP),$(STAMP))
+boot-test: $(PKG_DEB_FILES) $(if $(STAMP),$(STAMP)) | packaging-deps
 	@test -x $(PKG_VENV_PY) || { echo "boot-test needs the project's venv: make setup" >&2; exit 1; }
-	@for p in systemd-container mmdebstrap; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' \
-		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			systemd-container mmdebstrap >/dev/null; break; }; done
-	$(PKG_VENV_PY) packaging/boot_test.py $(PKG_DEB_FILE)
+	$(PKG_VENV_PY) packaging/boot_test.py $(foreach s,$(SUITE),$(s)=$(call pkg_deb_file,$(s)))
+
+# --- compat: the unit tests under each Python and library version the packages pull in (packaging/compat.py) ------
+compat:
+	@test -x $(PKG_VENV_PY) || { echo "compat needs the project's venv: make setup" >&2; exit 1; }
+	$(PKG_VENV_PY) packaging/compat.py
 
 # --- packaging/config.toml, generated from the agent's settings model (commit the result) ---------------------------
 packaging-config:
@@ -177,4 +210,4 @@ packaging-lock:
 		--output-file packaging/rpm/requirements.lock packaging/rpm/requirements.in
 
 packaging-clean:
-	rm -rf $(PKG_BUILD) $(PKG_DEB_FILE) $(PKG_RPM_FILE)
+	rm -rf $(PKG_BUILD) $(foreach s,$(PKG_DEB_SUITES),$(call pkg_deb_file,$(s))) $(PKG_RPM_FILE)

@@ -161,9 +161,11 @@ def verify(unit: str, root: Path | None = None, *, man: bool = False) -> subproc
     return run([*argv, unit], cwd=Path("/"))
 
 
-def make(target: str, timeout: float = 900) -> str:
-    """Run a packaging make target from the repository root; returns its output (fails the test on error)."""
-    result = run(["make", "--no-print-directory", "-f", "packaging/packaging.mk", target], timeout=timeout, cwd=REPO)
+def make(target: str, *variables: str, timeout: float = 900) -> str:
+    """Run a packaging make target (with VAR=value `variables`) from the repository root; returns its output
+    (fails the test on error)."""
+    argv = ["make", "--no-print-directory", "-f", "packaging/packaging.mk", target, *variables]
+    result = run(argv, timeout=timeout, cwd=REPO)
     assert result.returncode == 0, f"make {target} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
@@ -188,20 +190,74 @@ def make_variable(name: str) -> str:
 SNAPSHOT_ROOTS = ("/etc", "/usr", "/run", "/var/lib/systemd", "/var/lib/dpkg/info", "/var/lib/etcd")
 
 
-def snapshot(roots: Iterable[str] = SNAPSHOT_ROOTS) -> set[str]:
-    """Every path below `roots`, not following symlinks. Skipped: /run/user, and byte-code caches other
-    processes may write outside the package's own directory."""
+def snapshot(root: Path, tops: Iterable[str] = SNAPSHOT_ROOTS) -> set[str]:
+    """Every path below `tops` inside `root` (a Debian root of ours: nothing else writes there), as seen inside
+    it, not following symlinks."""
     found: set[str] = set()
-    for top in roots:
-        if not os.path.lexists(top):
+    for top in tops:
+        base = f"{root}{top}"
+        if not os.path.lexists(base):
             continue
         found.add(top)
-        for directory, dirs, files in os.walk(top):
-            dirs[:] = [
-                d
-                for d in dirs
-                if os.path.join(directory, d) != "/run/user"
-                and (d != "__pycache__" or directory.startswith("/usr/lib/etcd-aws-cluster"))
-            ]
-            found.update(os.path.join(directory, name) for name in dirs + files)
+        for directory, dirs, files in os.walk(base):
+            inside = directory[len(str(root)) :]
+            found.update(f"{inside}/{name}" for name in dirs + files)
     return found
+
+
+# --- Debian roots: the .deb is installed, upgraded, purged and booted in these, never on this machine ---------
+
+ROOT_CACHE = Path(os.environ.get("ETCD_AWS_CLUSTER_ROOT_CACHE", "/var/cache/etcd-aws-cluster-tests/roots"))
+DEBIAN_RELEASES = {"bookworm": "12", "trixie": "13"}
+# What every root holds: a bootable systemd, Debian's etcd, man, and the Debian packages the suite's .deb
+# depends on, so that `dpkg -i` works offline. trixie's .deb takes pydantic 2 from Debian too.
+ROOT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-boto3", "python3-requests", "python3-systemd")
+ROOT_PACKAGES += ("etcd-server", "man-db")
+SUITE_ROOT_PACKAGES = {"bookworm": (), "trixie": ("python3-pydantic", "python3-pydantic-settings")}
+
+
+def root_includes(suite: str) -> str:
+    return ",".join((*ROOT_PACKAGES, *SUITE_ROOT_PACKAGES[suite]))
+
+
+def base_root(suite: str) -> Path:
+    """The cached tarball of a minimal Debian `suite` root (mmdebstrap), built when missing or when the package
+    list changed; a lock file keeps concurrent runs from building it twice. Lives outside the clone so that
+    every worktree and rerun shares it."""
+    import fcntl
+
+    ROOT_CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = ROOT_CACHE / f"{suite}.tar"
+    stamp = ROOT_CACHE / f"{suite}.include"
+    with (ROOT_CACHE / f"{suite}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.is_file() and stamp.exists() and stamp.read_text() == root_includes(suite):
+            return tarball
+        partial = ROOT_CACHE / f"{suite}.partial.tar"  # mmdebstrap picks the format by the suffix
+        argv = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={root_includes(suite)}", suite, partial]
+        run(argv, timeout=1200, env=clean_env(), check=True)
+        partial.replace(tarball)
+        stamp.write_text(root_includes(suite))
+    return tarball
+
+
+def fresh_root(suite: str, directory: Path) -> Path:
+    """A private, writable copy of the cached `suite` root in `directory` (copy on use: each caller starts clean)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run(["tar", "-C", directory, "-xf", base_root(suite)], timeout=300, check=True)
+    return directory
+
+
+def in_root(
+    root: Path, *argv: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command inside `root` (systemd-nspawn, no boot: its own /proc, /sys, /dev and PID 1; this machine's
+    network, so the harness's fakes on 127.0.0.0/8 answer)."""
+    setenv = [f"--setenv={k}={v}" for k, v in (env or {}).items()]
+    nspawn = ["systemd-nspawn", "-q", "-D", root, "--register=no", "--keep-unit", "--pipe", *setenv, "--", *argv]
+    result = run(nspawn, timeout=timeout, env=clean_env())
+    # nspawn's own complaint when it cleans up its mount propagation directory: not the command's output
+    result.stderr = "".join(
+        line for line in result.stderr.splitlines(keepends=True) if "/run/systemd/nspawn/propagate/" not in line
+    )
+    return result

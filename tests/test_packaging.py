@@ -1,8 +1,9 @@
 """Packaging: the systemd units and drop-ins, the .deb and the .rpm (packaging/, issue 3).
 
 Fast checks of the unit files run everywhere systemd's tools are; the package tests (marked integration) build
-both packages once per session with packaging/packaging.mk, install the .deb on this machine and purge it again,
-and install the .rpm into a scratch root.
+the packages once per session with packaging/packaging.mk, install, upgrade, remove and purge each suite's .deb
+inside a fresh Debian root of that suite (systemd-nspawn; the roots are cached outside the clone), and install
+the .rpm into a scratch root. Nothing is installed on the machine that runs the tests.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -24,6 +26,7 @@ from etcd_aws_cluster import __version__
 from etcd_aws_cluster.settings import DEFAULT_DATA_DIRS, Settings
 from tests.packaging_helpers import (
     ALL_UNITS,
+    DEBIAN_RELEASES,
     DROPINS,
     MAX_EXPOSURE,
     PACKAGING,
@@ -33,6 +36,8 @@ from tests.packaging_helpers import (
     UNIT,
     clean_env,
     exposure,
+    fresh_root,
+    in_root,
     make,
     make_variable,
     parse_unit,
@@ -55,7 +60,6 @@ needs_systemd_tools = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None or shutil.which("systemctl") is None,
     reason="systemd-analyze/systemctl missing: this machine has no systemd package",
 )
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="installing packages and apt-get need root")
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg") is None, reason="not a Debian machine: no dpkg")
 
 
@@ -321,64 +325,57 @@ def test_agent_wheel_holds_every_module_of_the_source_tree() -> None:
     )
 
 
-# --- the .deb ---------------------------------------------------------------------------------------------
+# --- the .debs: one per Debian suite, installed, upgraded and purged inside Debian roots of that suite ---------
+
+SUITES = tuple(DEBIAN_RELEASES)
+needs_nspawn = pytest.mark.skipif(
+    not IS_ROOT or shutil.which("systemd-nspawn") is None or shutil.which("mmdebstrap") is None,
+    reason="Debian roots need root, systemd-nspawn and mmdebstrap (`make packaging-deps` installs them)",
+)
 
 
-def built(target: str, variable: str) -> Path:
+def built(target: str, variable: str, *variables: str) -> Path:
     """`make <target>` (a no-op when its inputs did not change), and the package file it names in `variable`."""
     started = time.monotonic()
-    make(target)
+    make(target, *variables)
     path = REPO / make_variable(variable)
     assert path.is_file()
-    print(f"make {target}: {time.monotonic() - started:.1f} s, {path.stat().st_size // 1024} KiB")
+    print(f"make {target} {' '.join(variables)}: {time.monotonic() - started:.1f} s, {path.stat().st_size // 1024} KiB")
     return path
 
 
 @pytest.fixture(scope="session")
-def deb_file() -> Path:
-    """The .deb, built once per session by `make deb`."""
-    return built("deb", "PKG_DEB_FILE")
+def deb_files() -> dict[str, Path]:
+    """Each suite's .deb, built once per session by `make deb SUITE=...`."""
+    return {suite: built("deb", f"PKG_DEB_FILE_{suite.upper()}", f"SUITE={suite}") for suite in SUITES}
 
 
-def _dpkg_status(package: str = NAME) -> str:
-    return run(["dpkg-query", "-W", "-f=${Status}", package]).stdout
-
-
-@pytest.fixture(scope="module")
-def installed_deb(deb_file: Path) -> Iterator[dict[str, Any]]:
-    """The .deb installed with dpkg -i on this machine; purged again afterwards, whatever happens."""
-    if "installed" in _dpkg_status():
-        pytest.fail(f"{NAME} is already installed on this machine: purge it before running the packaging tests")
-    sysconfig_existed = os.path.isdir("/etc/sysconfig")
-    before = snapshot()
-    try:
-        result = run(["dpkg", "-i", deb_file], env=clean_env(DEBIAN_FRONTEND="noninteractive"))
-        assert result.returncode == 0, result.stdout + result.stderr
-        yield {"before": before, "sysconfig_existed": sysconfig_existed, "dpkg_output": result.stdout + result.stderr}
-    finally:
-        if _dpkg_status().strip():
-            run(["dpkg", "--purge", NAME], env=clean_env(DEBIAN_FRONTEND="noninteractive"))
+def _deb_field(deb: Path, name: str) -> str:
+    return run(["dpkg-deb", "-f", deb, name], check=True).stdout.strip()
 
 
 @pytest.mark.integration
 @needs_dpkg
-def test_deb_metadata_dependencies_and_scripts(deb_file: Path, tmp_path: Path) -> None:
-    def field(name: str) -> str:
-        return run(["dpkg-deb", "-f", deb_file, name], check=True).stdout.strip()
+def test_make_deb_names_each_file_after_its_suite(deb_files: dict[str, Path]) -> None:
+    version = make_variable("PKG_VERSION")
+    bookworm, trixie = deb_files["bookworm"], deb_files["trixie"]
+    assert bookworm.name == f"{NAME}_{version}-1~deb12_{make_variable('PKG_DEB_ARCH')}.deb"
+    assert trixie.name == f"{NAME}_{version}-1~deb13_all.deb"
+    assert make_variable("PKG_DEB_FILES").split() == [str(p.relative_to(REPO)) for p in (bookworm, trixie)]
+    # a Debian 12 -> 13 upgrade replaces the bookworm build with the trixie one
+    newer = run(["dpkg", "--compare-versions", _deb_field(trixie, "Version"), "gt", _deb_field(bookworm, "Version")])
+    assert newer.returncode == 0
 
-    assert field("Package") == NAME
-    assert field("Version").startswith(f"{make_variable('PKG_VERSION')}-")
-    depends = field("Depends")
-    for wanted in ("python3-boto3", "python3-requests", "python3 (<< 3.12)", "libc6"):
-        assert wanted in depends, depends
-    assert "pydantic" not in depends, "bookworm's python3-pydantic is 1.10: the 2.x stack is bundled"
-    assert "python3-systemd" in field("Recommends")
-    listing = run(["dpkg-deb", "-c", deb_file], check=True).stdout
+
+def _common_deb_checks(deb: Path, unit_dir: str, tmp_path: Path) -> str:
+    assert _deb_field(deb, "Package") == NAME
+    assert "python3-systemd" in _deb_field(deb, "Depends") + _deb_field(deb, "Recommends")
+    listing = run(["dpkg-deb", "-c", deb], check=True).stdout
     for path in (
         f"./usr/bin/{NAME}",
-        *(f"./lib/systemd/system/{unit}" for unit in ALL_UNITS),
-        "./lib/systemd/system/etcd.service.d/10-etcd-aws-cluster.conf",
-        "./lib/systemd/system/etcd2.service.d/10-etcd-aws-cluster.conf",
+        *(f".{unit_dir}/{unit}" for unit in ALL_UNITS),
+        f".{unit_dir}/etcd.service.d/10-etcd-aws-cluster.conf",
+        f".{unit_dir}/etcd2.service.d/10-etcd-aws-cluster.conf",
         f"./usr/lib/tmpfiles.d/{NAME}.conf",
         f"./etc/{NAME}/config.toml",
         f"./etc/{NAME}/config.d/",
@@ -386,139 +383,250 @@ def test_deb_metadata_dependencies_and_scripts(deb_file: Path, tmp_path: Path) -
         f"./usr/share/man/man8/{NAME}.8.gz",
         f"./usr/share/doc/{NAME}/examples/iam-policy.json",
         f"./usr/share/doc/{NAME}/copyright",
-        f"./usr/lib/{NAME}/{NAME.replace('-', '_')}/cli.py",
-        f"./usr/lib/{NAME}/pydantic_settings/__init__.py",
     ):
         assert re.search(rf" {re.escape(path)}( |$)", listing, re.M), path
-    assert not re.search(r"/usr/lib/etcd-aws-cluster/(boto3|botocore|requests|urllib3|bin)/", listing)
+    assert not re.search(r"/(boto3|botocore|requests|urllib3|bin)/", listing.replace("./usr/bin/", ""))
     control = tmp_path / "DEBIAN"
-    run(["dpkg-deb", "-e", deb_file, control], check=True)
+    run(["dpkg-deb", "-e", deb, control], check=True)
     conffiles = (control / "conffiles").read_text().split()
     assert sorted(conffiles) == [f"/etc/default/{NAME}", f"/etc/{NAME}/config.toml"]
     for script in ("preinst", "postinst", "prerm", "postrm"):
         if (control / script).exists():
             _scripts_never_start_or_stop((control / script).read_text())
+    return listing
 
 
 @pytest.mark.integration
 @needs_dpkg
-def test_deb_is_lintian_clean(deb_file: Path) -> None:
+def test_bookworm_deb_bundles_the_pydantic_2_stack_for_python_311(deb_files: dict[str, Path], tmp_path: Path) -> None:
+    deb = deb_files["bookworm"]
+    listing = _common_deb_checks(deb, "/lib/systemd/system", tmp_path)
+    assert _deb_field(deb, "Version").endswith("~deb12")
+    depends = _deb_field(deb, "Depends")
+    for wanted in ("python3-boto3", "python3-requests", "python3 (<< 3.12)", "libc6"):
+        assert wanted in depends, depends
+    assert "pydantic" not in depends, "bookworm's python3-pydantic is 1.10: the 2.x stack is bundled"
+    assert "python3-systemd" in _deb_field(deb, "Recommends")
+    for path in ("etcd_aws_cluster/cli.py", "pydantic_settings/__init__.py", "pydantic/__init__.py"):
+        assert f" ./usr/lib/{NAME}/{path}" in listing, path
+
+
+@pytest.mark.integration
+@needs_dpkg
+def test_trixie_deb_depends_on_debians_packages_and_bundles_nothing(deb_files: dict[str, Path], tmp_path: Path) -> None:
+    deb = deb_files["trixie"]
+    listing = _common_deb_checks(deb, "/usr/lib/systemd/system", tmp_path)
+    assert _deb_field(deb, "Version").endswith("~deb13")
+    assert _deb_field(deb, "Architecture") == "all"
+    depends = [d.strip() for d in _deb_field(deb, "Depends").split(",")]
+    for wanted in (
+        "python3-boto3 (>= 1.26)",
+        "python3-pydantic (>= 2.10)",
+        "python3-pydantic-settings (>= 2.8)",
+        "python3-requests (>= 2.28)",
+        "python3-systemd",
+        "python3:any",
+    ):
+        assert wanted in depends, depends
+    assert " ./usr/lib/python3/dist-packages/etcd_aws_cluster/cli.py" in listing
+    assert not re.search(r" \./(lib|usr/lib/etcd-aws-cluster)/", listing), "Debian 13: below /usr, no private dir"
+    assert not re.search(r"/(pydantic|pydantic_core|pydantic_settings)/", listing), "nothing bundled"
+    assert not re.search(r"\.(so|pyc)$", listing, re.M)
+    assert not re.search(r"dist-info/(RECORD|direct_url\.json)$", listing, re.M), "pip's records of the build tree"
+
+
+@pytest.mark.integration
+@needs_dpkg
+@pytest.mark.parametrize("suite", SUITES)
+def test_deb_is_lintian_clean(deb_files: dict[str, Path], suite: str) -> None:
     if shutil.which("lintian") is None:
         pytest.fail("lintian is missing although `make deb` installs it")
-    result = run(["lintian", "--fail-on", "error,warning", deb_file], env=clean_env())
+    result = run(["lintian", "--fail-on", "error,warning", deb_files[suite]], env=clean_env())
     problems = [line for line in result.stdout.splitlines() if re.match(r"[EW]: ", line)]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
+def _dpkg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return in_root(root, "dpkg", *args, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def _installed_version(root: Path) -> str:
+    return in_root(root, "dpkg-query", "-W", "-f=${Status} ${Version}", NAME).stdout
+
+
+@pytest.fixture(scope="module", params=SUITES)
+def installed_deb(
+    request: pytest.FixtureRequest, deb_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The suite's .deb installed with dpkg -i in a fresh root of that suite (never on this machine)."""
+    if not IS_ROOT or shutil.which("systemd-nspawn") is None:
+        pytest.skip("Debian roots need root and systemd-nspawn")
+    suite: str = request.param
+    root = fresh_root(suite, tmp_path_factory.mktemp(f"root-{suite}"))
+    try:
+        before = snapshot(root)
+        shutil.copy(deb_files[suite], root / "root")
+        result = _dpkg(root, "-i", f"/root/{deb_files[suite].name}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        (root / "root" / deb_files[suite].name).unlink()
+        yield {"suite": suite, "root": root, "before": before, "deb": deb_files[suite]}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.integration
-@needs_root
-@needs_dpkg
-@needs_systemd_tools
+@needs_nspawn
 def test_deb_installs_enables_the_agent_and_starts_nothing(installed_deb: dict[str, Any]) -> None:
-    link = Path(f"/etc/systemd/system/multi-user.target.wants/{NAME}.service")
-    assert os.readlink(link) == f"/lib/systemd/system/{NAME}.service"
-    new_links = sorted(p for p in snapshot(["/etc/systemd"]) - installed_deb["before"] if os.path.islink(p))
-    assert new_links == [str(link)], "only the boot agent is enabled; reconcile and leave are opt-in"
-    assert os.path.isdir("/etc/sysconfig"), "tmpfiles/dpkg should have made /etc/sysconfig"
-    assert os.path.isdir(f"/etc/{NAME}/config.d")
-    if "/etc/sysconfig/etcd-cluster" not in installed_deb["before"]:
-        assert not os.path.exists("/etc/sysconfig/etcd-cluster"), "installing must not run the agent"
-    if "/run/etcd-aws-cluster.lock" not in installed_deb["before"]:
-        assert not os.path.exists("/run/etcd-aws-cluster.lock"), "installing must not run the agent"
-    for unit in (*ALL_UNITS, "etcd.service", "etcd2.service"):
-        if unit not in ALL_UNITS and not os.path.exists(f"/lib/systemd/system/{unit}"):
-            continue  # no etcd package here: the drop-ins are verified in a scratch root above
-        result = verify(unit)
+    root: Path = installed_deb["root"]
+    link = root / f"etc/systemd/system/multi-user.target.wants/{NAME}.service"
+    unit_dir = "/lib/systemd/system" if installed_deb["suite"] == "bookworm" else "/usr/lib/systemd/system"
+    assert os.readlink(link) == f"{unit_dir}/{NAME}.service"
+    new_links = sorted(
+        p for p in snapshot(root, ["/etc/systemd"]) - installed_deb["before"] if (root / p[1:]).is_symlink()
+    )
+    assert new_links == [str(link)[len(str(root)) :]], "only the boot agent is enabled; reconcile and leave are opt-in"
+    assert (root / "etc/sysconfig").is_dir() and (root / f"etc/{NAME}/config.d").is_dir()
+    assert not (root / "etc/sysconfig/etcd-cluster").exists(), "installing must not run the agent"
+    assert not (root / f"run/{NAME}.lock").exists(), "installing must not run the agent"
+    for unit in (*ALL_UNITS, "etcd.service"):  # the root's own systemd, with Debian's etcd-server
+        result = in_root(root, "systemd-analyze", "--man=no", "verify", unit)
         assert (result.returncode, result.stderr) == (0, ""), f"{unit}:\n{result.stderr}"
-    assert run(["man", "-w", f"{NAME}"], env=clean_env()).stdout.strip().endswith(f"/man8/{NAME}.8.gz")
-    score, report = exposure(Path(f"/lib/systemd/system/{NAME}.service"))
-    assert score <= MAX_EXPOSURE, report
+    # verify above read it (its guards: test_verify_reads_the_dropins); it is where the root's systemd looks
+    assert (root / unit_dir.lstrip("/") / "etcd.service.d/10-etcd-aws-cluster.conf").is_file()
+    assert in_root(root, "man", "-w", NAME).stdout.strip().endswith(f"/man8/{NAME}.8.gz")
+    security = in_root(root, "systemd-analyze", "security", "--offline=yes", "--no-pager", f"{unit_dir}/{NAME}.service")
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
+    assert score and float(score.group(1)) <= MAX_EXPOSURE, security.stdout + security.stderr
+
+
+# Where the installed agent's libraries come from: bookworm's bundle for the pydantic-2 stack, Debian's for the rest.
+ORIGINS = {
+    "bookworm": {
+        "boto3": "/usr/lib/python3/dist-packages/",
+        "pydantic": f"/usr/lib/{NAME}/",
+        "agent": f"/usr/lib/{NAME}/",
+    },
+    "trixie": dict.fromkeys(("boto3", "pydantic", "agent"), "/usr/lib/python3/dist-packages/"),
+}
 
 
 @pytest.mark.integration
-@needs_root
-@needs_dpkg
+@needs_nspawn
 def test_installed_agent_help_version_and_dry_run_without_metadata(installed_deb: dict[str, Any]) -> None:
-    agent = f"/usr/bin/{NAME}"
-    shown = run([agent, "--help"], env=clean_env(), timeout=30)
+    root: Path = installed_deb["root"]
+    shown = in_root(root, NAME, "--help")
     assert shown.returncode == 0 and "usage: etcd-aws-cluster" in shown.stdout, shown.stderr
-    assert run([agent, "--version"], env=clean_env(), check=True).stdout.strip() == f"{NAME} {__version__}"
+    assert in_root(root, NAME, "--version").stdout.strip() == f"{NAME} {__version__}"
 
-    before = snapshot()
+    before = snapshot(root)
     started = time.monotonic()
-    result = run([agent, "--dry-run"], env=clean_env(AWS_EC2_METADATA_DISABLED="true"), timeout=60)
+    result = in_root(root, NAME, "--dry-run", env={"AWS_EC2_METADATA_DISABLED": "true"}, timeout=60)
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stdout + result.stderr
     assert "instance metadata" in result.stderr
-    assert elapsed < 10, f"took {elapsed:.1f} s"
-    assert snapshot() == before, "a dry run must write nothing"
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert snapshot(root) == before, "a dry run must write nothing"
 
-    # The bundle comes first on the path; boto3 and requests are Debian's.
-    probe = run(
-        [
-            "/usr/bin/python3",
-            "-I",
-            "-c",
-            "import sys; sys.path.insert(0, '/usr/lib/etcd-aws-cluster'); import boto3, requests, pydantic, "
-            "pydantic_settings, etcd_aws_cluster.runner, etcd_aws_cluster.aws; "
-            "print(boto3.__file__, requests.__file__, pydantic.__file__, pydantic.VERSION)",
-        ],
-        env=clean_env(),
-        check=True,
+    launcher = (root / "usr/bin" / NAME).read_text().splitlines()
+    path_setup = "".join(f"{line}; " for line in launcher if line.startswith("sys.path"))
+    probe = in_root(
+        root,
+        "/usr/bin/python3",
+        "-I",
+        "-c",
+        f"import sys; {path_setup}import boto3, pydantic, pydantic_settings, etcd_aws_cluster.runner as agent; "
+        "print(boto3.__file__, pydantic.__file__, agent.__file__, pydantic.VERSION)",
     )
-    boto3_file, requests_file, pydantic_file, pydantic_version = probe.stdout.split()
-    assert boto3_file.startswith("/usr/lib/python3/dist-packages/")
-    assert requests_file.startswith("/usr/lib/python3/dist-packages/")
-    assert pydantic_file.startswith("/usr/lib/etcd-aws-cluster/") and pydantic_version.startswith("2.")
+    assert probe.returncode == 0, probe.stderr
+    boto3_file, pydantic_file, agent_file, pydantic_version = probe.stdout.split()
+    where = ORIGINS[installed_deb["suite"]]
+    assert boto3_file.startswith(where["boto3"]) and pydantic_file.startswith(where["pydantic"])
+    assert agent_file.startswith(where["agent"]) and pydantic_version.startswith("2.")
 
 
 @pytest.mark.integration
-@needs_root
-@needs_dpkg
+@needs_nspawn
 def test_installed_agent_dry_run_against_the_local_fakes(installed_deb: dict[str, Any], sim: Any) -> None:
     """Debian's boto3 1.26 ignores AWS_ENDPOINT_URL by itself: the installed agent must still reach moto."""
     asg = sim(size=1)
     node = asg.nodes[0]
-    env = asg.agent_env(node)
-    result = run([f"/usr/bin/{NAME}", "--dry-run"], env=env, timeout=120)
+    env = {k: v for k, v in asg.agent_env(node).items() if k.startswith(("AWS_", "ETCD_AWS_CLUSTER_"))}
+    env.pop("ETCD_AWS_CLUSTER_OUTPUT", None)
+    result = in_root(installed_deb["root"], NAME, "--dry-run", env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# decision: new" in result.stdout, result.stdout
     assert f"ETCD_NAME={node.name}" in result.stdout
-    assert not node.env_file.exists(), "a dry run must not write the file"
+    assert not (installed_deb["root"] / "etc/sysconfig/etcd-cluster").exists(), "a dry run must not write the file"
+
+
+def _older_release(deb: Path, directory: Path) -> Path:
+    """The same package relabelled as an earlier release (0.0.1), to upgrade from."""
+    tree = directory / "older"
+    run(["dpkg-deb", "-R", deb, tree], check=True)
+    control = tree / "DEBIAN/control"
+    version = _deb_field(deb, "Version")
+    control.write_text(control.read_text().replace(f"Version: {version}", "Version: 0.0.1-1"))
+    older = directory / "older.deb"
+    run(["dpkg-deb", "--root-owner-group", "-b", tree, older], check=True)
+    return older
 
 
 @pytest.mark.integration
-@needs_root
-@needs_dpkg
-def test_deb_remove_then_purge_leaves_nothing_behind_but_etcds_file(installed_deb: dict[str, Any]) -> None:
-    env = clean_env(DEBIAN_FRONTEND="noninteractive")
-    etcd_file = Path("/etc/sysconfig/etcd-cluster")
-    made_etcd_file = not etcd_file.exists()
-    if made_etcd_file:
-        etcd_file.write_text("ETCD_NAME=i-0123456789abcdef0\n")
-    etcd_text = etcd_file.read_text()
-    etcd_data = snapshot(["/var/lib/etcd"])
-    Path(f"/etc/{NAME}/config.d/50-local.toml").write_text("timeout = 60.0\n")
-    Path(f"/etc/{NAME}/disabled").touch()
-    try:
-        removed = run(["dpkg", "--remove", NAME], env=env)
-        assert removed.returncode == 0, removed.stdout + removed.stderr
-        assert not os.path.exists(f"/usr/bin/{NAME}")
-        assert not os.path.exists("/lib/systemd/system/etcd.service.d/10-etcd-aws-cluster.conf")
-        assert os.path.exists(f"/etc/{NAME}/config.toml"), "remove keeps the conffiles"
+@needs_nspawn
+@pytest.mark.parametrize("suite", SUITES)
+def test_deb_upgrade_keeps_local_settings_and_the_enabled_unit_and_runs_nothing(
+    suite: str, deb_files: dict[str, Path], tmp_path: Path
+) -> None:
+    root = fresh_root(suite, tmp_path / "root")
+    shutil.copy(_older_release(deb_files[suite], tmp_path), root / "root/older.deb")
+    shutil.copy(deb_files[suite], root / "root/new.deb")
+    assert _dpkg(root, "-i", "/root/older.deb").returncode == 0
+    assert _installed_version(root) == "install ok installed 0.0.1-1"
+    config = root / f"etc/{NAME}/config.toml"
+    config.write_text(config.read_text() + "timeout = 60.0\n")  # a local edit of a conffile
+    (root / f"etc/{NAME}/config.d/50-local.toml").write_text("peer_port = 2390\n")
+    (root / f"etc/default/{NAME}").unlink()  # a conffile the administrator deleted stays deleted
+    link = root / f"etc/systemd/system/multi-user.target.wants/{NAME}.service"
+    assert link.is_symlink()
 
-        purged = run(["dpkg", "--purge", NAME], env=env)
-        assert purged.returncode == 0, purged.stdout + purged.stderr
-        assert _dpkg_status() == ""
-        assert etcd_file.read_text() == etcd_text, "purge must leave the agent's last output alone"
-        assert snapshot(["/var/lib/etcd"]) == etcd_data, "purge must leave etcd's data alone"
-    finally:
-        if made_etcd_file:
-            etcd_file.unlink()
-        if not installed_deb["sysconfig_existed"] and os.path.isdir("/etc/sysconfig"):
-            os.rmdir("/etc/sysconfig")  # empty again: dpkg kept it only for the file above
-    after = snapshot()
-    before = installed_deb["before"]
+    upgraded = _dpkg(root, "-i", "/root/new.deb")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert _installed_version(root) == f"install ok installed {_deb_field(deb_files[suite], 'Version')}"
+    assert config.read_text().endswith("timeout = 60.0\n"), "the local edit survives"
+    assert (root / f"etc/{NAME}/config.d/50-local.toml").read_text() == "peer_port = 2390\n"
+    assert not (root / f"etc/default/{NAME}").exists()
+    assert link.is_symlink(), "still enabled"
+    assert not (root / "etc/sysconfig/etcd-cluster").exists() and not (root / f"run/{NAME}.lock").exists(), (
+        "an upgrade must not run the agent"
+    )
+    assert in_root(root, NAME, "--version").stdout.strip() == f"{NAME} {__version__}"
+    shutil.rmtree(root)
+
+
+@pytest.mark.integration
+@needs_nspawn
+def test_deb_remove_then_purge_leaves_nothing_behind_but_etcds_file(installed_deb: dict[str, Any]) -> None:
+    root: Path = installed_deb["root"]
+    etcd_file = root / "etc/sysconfig/etcd-cluster"
+    etcd_file.write_text("ETCD_NAME=i-0123456789abcdef0\n")  # what the agent wrote at an earlier boot
+    (root / "var/lib/etcd/default/member").mkdir(parents=True, exist_ok=True)
+    etcd_data = snapshot(root, ["/var/lib/etcd"])
+    (root / f"etc/{NAME}/config.d/50-local.toml").write_text("timeout = 60.0\n")
+    (root / f"etc/{NAME}/disabled").touch()
+
+    removed = _dpkg(root, "--remove", NAME)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert not (root / f"usr/bin/{NAME}").exists()
+    assert not any(root.glob("*lib/systemd/system/etcd.service.d/10-etcd-aws-cluster.conf"))
+    assert (root / f"etc/{NAME}/config.toml").exists(), "remove keeps the conffiles"
+
+    purged = _dpkg(root, "--purge", NAME)
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert _installed_version(root) == ""
+    assert etcd_file.read_text() == "ETCD_NAME=i-0123456789abcdef0\n", "purge must leave the agent's last output alone"
+    assert snapshot(root, ["/var/lib/etcd"]) == etcd_data, "purge must leave etcd's data alone"
+    after = snapshot(root) - {"/etc/sysconfig", str(etcd_file)[len(str(root)) :]}
+    before = installed_deb["before"] | etcd_data
     assert sorted(after - before) == [], "left behind"
     assert sorted(before - after) == [], "removed although it was there before"
 

@@ -93,7 +93,11 @@ def test_endpoint_variables() -> None:
     assert endpoint_url("autoscaling", {}) is None
 
 
-def test_ec2_client_is_built_from_the_trimmed_model() -> None:
+def test_ec2_client_is_built_from_the_trimmed_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # botocore < 1.3x resolves credentials when it creates a client: without these it asks the real IMDS.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     client = Aws.connect("us-east-1", timeout=1, max_attempts=1, environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     ec2 = client._ec2.meta.service_model
     assert ec2.operation_names == ["DescribeInstances"]

@@ -1,0 +1,168 @@
+"""`make compat`: the unit tests under every Python and library version the project declares.
+
+Each combination is a plain venv of one of pyenv's CPythons with pinned versions from PyPI: the oldest that each
+package pulls in (Debian 12's python3-boto3, Debian 13's python3-pydantic, the .rpm's Python 3.9 and its lock),
+the oldest that pyproject.toml allows, and the newest. The venvs are cached outside the clone (ROOT below), keyed
+by their pins, so a rerun only runs the tests. The project itself is not installed: the tests import it from the
+tree. Exit status: non-zero if any combination fails or cannot be set up.
+
+Usage: python packaging/compat.py [NAME ...]   (default: every combination)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("ETCD_AWS_CLUSTER_COMPAT_CACHE", "/var/cache/etcd-aws-cluster-tests/compat"))
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+TEST_TOOLS = ("pytest>=7",)
+
+# name: (Python minor version, pins). A pin list starting with "-r" is a lock file of the repository.
+COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # Debian 12: python3 3.11, python3-boto3 1.26.27, python3-botocore 1.29.27, python3-requests 2.28.1,
+    # python3-systemd 235 (not on PyPI at that version; it is optional), plus the .deb's bundled pydantic stack.
+    "debian12": (
+        "3.11",
+        (
+            "boto3==1.26.27",
+            "botocore==1.29.27",
+            "requests==2.28.1",
+            "urllib3==1.26.12",
+            "-r packaging/debian/requirements.lock",
+        ),
+    ),
+    # Debian 13: python3 3.13, python3-boto3 1.37.9, pydantic 2.10.6, pydantic-settings 2.8.1, requests 2.32.3.
+    "debian13": (
+        "3.13",
+        ("boto3==1.37.9", "botocore==1.37.9", "pydantic==2.10.6", "pydantic-settings==2.8.1", "requests==2.32.3"),
+    ),
+    # The .rpm (Amazon Linux 2023, RHEL 9): Python 3.9 and exactly what the package bundles.
+    "rpm-py39": ("3.9", ("-r packaging/rpm/requirements.lock",)),
+    # The floor of pyproject.toml's ranges, on the oldest Python it allows.
+    "oldest-py39": (
+        "3.9",
+        (
+            "boto3==1.26.0",
+            "botocore==1.29.0",
+            "requests==2.28.0",
+            "pydantic==2.10.0",
+            "pydantic-settings==2.8.0",
+            "urllib3<1.27",
+            "tomli==1.1.0",
+        ),
+    ),
+    # The newest of everything, on the newest Python here.
+    "newest-py313": ("3.13", ("--upgrade", "boto3", "requests", "pydantic", "pydantic-settings")),
+}
+
+
+def log(message: str) -> None:
+    print(f"compat: {message}", flush=True)
+
+
+def interpreter(minor: str) -> Path:
+    found = sorted(PYENV.glob(f"{minor}.*/bin/python{minor}"))
+    if not found:
+        raise SystemExit(f"compat: no CPython {minor} in {PYENV} (pyenv install {minor})")
+    return found[-1]
+
+
+def pip_steps(pins: tuple[str, ...]) -> list[list[str]]:
+    """pip install arguments, one list per step: the plain pins, then each lock file (pinned by hash, complete)."""
+    plain = [pin for pin in pins if not pin.startswith("-r ")]
+    locks = [["--no-deps", "--require-hashes", "-r", str(REPO / pin[3:])] for pin in pins if pin.startswith("-r ")]
+    return ([plain] if plain else []) + locks + [list(TEST_TOOLS)]
+
+
+def venv_for(name: str, minor: str, pins: tuple[str, ...]) -> Path:
+    """The cached venv of a combination, made when missing or when its pins (or a lock file) changed."""
+    python = interpreter(minor)
+    key = "\n".join([str(python), *TEST_TOOLS, *pins])
+    key += "".join((REPO / p[3:]).read_text() for p in pins if p.startswith("-r "))
+    venv = ROOT / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (venv / ".ready").exists():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "PIP_CONFIG_FILE": "/dev/null",
+    }
+    for var in ("PIP_CERT", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True, env=env)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    for step in pip_steps(pins):
+        subprocess.run([*pip, *step], check=True, env=env)
+    (venv / ".ready").write_text(key)
+    return venv
+
+
+def versions(venv: Path) -> str:
+    code = (
+        "import sys, boto3, botocore, pydantic, pydantic_settings, requests;"
+        "print(f'python {sys.version.split()[0]}, boto3 {boto3.__version__}, botocore {botocore.__version__}, '"
+        "f'pydantic {pydantic.VERSION}, pydantic-settings {pydantic_settings.__version__}, '"
+        "f'requests {requests.__version__}')"
+    )
+    return subprocess.run(
+        [str(venv / "bin/python"), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def run_unit_tests(name: str) -> bool:
+    minor, pins = COMBINATIONS[name]
+    started = time.monotonic()
+    try:
+        venv = venv_for(name, minor, pins)
+    except subprocess.CalledProcessError as error:
+        log(f"{name}: FAILED to set up: {error}")
+        return False
+    env = {
+        "PATH": f"{venv}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+    }
+    env["PYTHONPATH"] = str(REPO)
+    argv = [
+        str(venv / "bin/python"),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not integration",
+        "tests/unit",
+    ]
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]
+    outcome = "ok" if result.returncode == 0 else "FAILED"
+    log(f"{name} ({versions(venv)}): {outcome}: {summary} [{time.monotonic() - started:.0f} s]")
+    if result.returncode != 0:
+        print(result.stdout[-6000:], result.stderr[-2000:], sep="\n", file=sys.stderr)
+    return result.returncode == 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", choices=[[], *COMBINATIONS], help="combinations (default: all)")
+    names = parser.parse_args().names or list(COMBINATIONS)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    failed = [name for name in names if not run_unit_tests(name)]
+    if failed:
+        log(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
