@@ -20,7 +20,7 @@ def api_states() -> list[str]:
 def test_every_state_of_the_installed_botocore_is_classified_exactly_once() -> None:
     classes = (MEMBER_STATES, GONE_STATES, OTHER_STATES)
     states = api_states()
-    assert "Warmed:Terminating:Retained" in states  # the model is today's, with warm pools
+    assert "InService" in states  # the model was found (older botocore lists fewer states: all must be classified)
     unclassified = [s for s in states if sum(s in c for c in classes) != 1]
     assert unclassified == []
 
