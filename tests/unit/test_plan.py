@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
 
@@ -18,6 +19,7 @@ from etcd_aws_cluster.model import (
     Probe,
 )
 from etcd_aws_cluster.plan import decide
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
 from etcd_aws_cluster.view import Facts, quorum, render_initial_cluster
 from tests.unit.builders import EP, IDS, IPS, member
 
@@ -387,3 +389,42 @@ def test_unstarted_member_of_a_gone_instance_is_named_by_id_not_waited_for() -> 
     assert plan.decision is Decision.MEMBER and plan.cluster_state == "existing"
     assert (f"member-{102:x}", EP.peer_url(IPS[2])) in plan.initial_cluster
     assert (IDS[3], EP.peer_url(IPS[3])) in plan.initial_cluster
+
+
+# -- with a cluster record (backup_url set) ---------------------------------------------------------------------
+
+
+def _snapshot(revision: int) -> SnapshotInfo:
+    taken = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return SnapshotInfo(f"p/asg/snapshots/s{revision}.db", taken, revision, 7, "3.5.1", "0" * 64, 10, (), IDS[0])
+
+
+def _record(members: tuple[int, ...], newest: str | None, cluster_id: int | None = None) -> ClusterRecord:
+    pairs = tuple((IDS[n], f"http://{IPS[n]}:2380") for n in members)
+    return ClusterRecord("etcd", cluster_id, pairs, newest, datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+
+def test_a_restore_recorded_by_a_faster_peer_is_joined_with_the_same_snapshot() -> None:
+    """Three replacements boot together; the first restores and records it before the others decide: they restore
+    the snapshot it recorded (not a corrupt newer one it skipped), rather than wait for it as a survivor."""
+    snapshots = (_snapshot(9), _snapshot(5), _snapshot(3))  # 9 was found corrupt by the first restorer
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=_record((2, 0, 1), snapshots[1].key), snapshots=snapshots))
+    assert plan.decision is Decision.RESTORE and plan.cluster_state == "new"
+    assert plan.restore == snapshots[1:]
+    assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (_record((0, 1, 2), "p/asg/snapshots/s5.db", cluster_id=7), "still in the ASG"),  # a running cluster's
+        (_record((0, 2), "p/asg/snapshots/s5.db"), "still in the ASG"),  # not this instance set
+        (_record((0, 1, 2), "p/asg/snapshots/gone.db"), "still in the ASG"),  # not a listed snapshot
+    ],
+)
+def test_a_record_of_survivors_is_waited_for(record: ClusterRecord, why: str) -> None:
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=record, snapshots=(_snapshot(5),)))
+    assert plan.decision is Decision.WAIT
+    assert why in plan.reason
