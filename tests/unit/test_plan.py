@@ -428,3 +428,12 @@ def test_a_record_of_survivors_is_waited_for(record: ClusterRecord, why: str) ->
     plan = decide(replace(base, record=record, snapshots=(_snapshot(5),)))
     assert plan.decision is Decision.WAIT
     assert why in plan.reason
+
+
+def test_a_new_cluster_recorded_by_a_faster_peer_is_joined() -> None:
+    """The first of three booting instances decided `new` and wrote the record before the others looked: they
+    take part in that cluster (waiting for it as a survivor would deadlock: it needs them for a quorum)."""
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=_record((0, 1, 2), None), snapshots=()))
+    assert plan.decision is Decision.NEW and plan.cluster_state == "new"
+    assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
