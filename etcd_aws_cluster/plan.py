@@ -35,6 +35,9 @@ def _bootstrap(facts: Facts) -> Plan:
         names = ", ".join(f"{p.instance_id} ({p.error})" for p in silent)
         return Plan(Decision.WAIT, f"no member list yet, but etcd may be running on {names}")
     if facts.record is not None:
+        joining = recovery.joining_restore(facts, facts.record, facts.snapshots, tuple(sorted(expected)))
+        if joining is not None:
+            return joining
         waiting = recovery.wait_for_survivors(facts, facts.record, facts.snapshots)
         if waiting is not None:
             return waiting

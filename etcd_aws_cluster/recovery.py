@@ -43,6 +43,42 @@ def recovery_command(facts: Facts, snapshots: tuple[SnapshotInfo, ...]) -> str:
     )
 
 
+def joining_restore(
+    facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]
+) -> Plan | None:
+    """Another instance of this same ASG restored (or created) the cluster first and recorded it: take part.
+
+    The instance that restores first writes the record at once (members: the current ASG instances, the snapshot
+    it restored, no cluster id yet, as only a restore writes it). The others, booting at the same time, read that
+    record; its members are their own silent peers, so without this rule they would wait for survivors that hold
+    no data yet (and, if etcd starts only after every agent, wait forever). Same instances, same snapshot: restore
+    it too, so all of them start the one restored cluster."""
+    if record.cluster_id is not None:
+        return None
+    if tuple(sorted(record.members)) != initial or facts.me.instance_id not in {name for name, _ in initial}:
+        return None
+    if record.newest_snapshot is None:
+        # Only a `new` decision writes such a record: a peer created this cluster of these very instances.
+        return Plan(
+            Decision.NEW,
+            f"the cluster record says the current {len(initial)} ASG instances, this one included, are creating "
+            "a new cluster (no snapshot, no cluster id yet): taking part",
+            "new",
+            initial,
+        )
+    start = next((n for n, info in enumerate(snapshots) if info.key == record.newest_snapshot), None)
+    if start is None:
+        return None
+    return Plan(
+        Decision.RESTORE,
+        f"the cluster record says the current {len(initial)} ASG instances, this one included, are restoring "
+        f"snapshot {describe(snapshots[start])} as a new cluster: restoring the same one",
+        "new",
+        initial,
+        restore=snapshots[start:],
+    )
+
+
 def wait_for_survivors(facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...]) -> Plan | None:
     alive = survivors(facts, record)
     if not alive:

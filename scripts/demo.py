@@ -6,7 +6,8 @@ to AWS or to 169.254.169.254.
 
 Steps: bootstrap three instances with the agent (concurrently), start etcd from the files it wrote, write a key,
 terminate one instance through the ASG (moto launches a replacement), run the agent on the replacement (it
-removes the dead member and joins), and read the key back from the new member.
+removes the dead member and joins), and read the key back from the new member. Act 2 (backups, to a moto S3
+bucket): write a key, back it up, terminate every instance; the replacements restore the snapshot and serve it.
 
 Run with ``make demo`` (sets up .venv and etcd first) or ``.venv/bin/python scripts/demo.py [--etcd 3.4|3.5]``.
 Every process it starts is stopped by PID at the end, also on failure or Ctrl-C.
@@ -36,6 +37,9 @@ from tests.harness.sim import Node, SimulatedAsg  # noqa: E402
 AGENT_TIMEOUT = 60.0
 HEALTHY_TIMEOUT = 30.0
 KEY = "demo/greeting"
+BACKUP_KEY = "demo/precious"
+BACKUP_BUCKET = "demo-backups"
+BACKUP_URL = f"s3://{BACKUP_BUCKET}/etcd"
 
 
 class DemoFailed(Exception):
@@ -131,9 +135,11 @@ def tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
-def run_agents(asg: SimulatedAsg, nodes: Sequence[Node]) -> list[subprocess.CompletedProcess[str]]:
+def run_agents(
+    asg: SimulatedAsg, nodes: Sequence[Node], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
     """Run the agent for every node at once (as instances booting together would); all must succeed."""
-    procs = [(node, asg.start_agent(node)) for node in nodes]
+    procs = [(node, asg.start_agent(node, env=env)) for node in nodes]
     results: list[subprocess.CompletedProcess[str]] = []
     problems: list[str] = []
     deadline = time.monotonic() + AGENT_TIMEOUT
@@ -196,6 +202,7 @@ def demo(out: Out, etcd: Path) -> None:
         out.step("Create a simulated ASG of 3 instances")
         asg = SimulatedAsg(moto.url, 3, etcd)
         _story(out, asg, etcd, version)
+        _disaster(out, asg, etcd, moto.url)
         out.step("Clean up")
         count = sum(1 for n in [*asg.all_nodes, *asg.retired] if n.etcd_pid is not None)
         asg.close()
@@ -281,6 +288,65 @@ def _story(out: Out, asg: SimulatedAsg, etcd: Path, version: str | None) -> None
     out.ok(f"{KEY} = {got!r}")
 
 
+def _disaster(out: Out, asg: SimulatedAsg, etcd: Path, moto_url: str) -> None:
+    """Act 2: every instance is lost; the replacements restore the last snapshot from S3 by themselves."""
+    tool = etcd_binaries.snapshot_tool(etcd)
+    if tool is None:
+        raise DemoFailed(f"no etcdutl/etcdctl beside {etcd}", "run `make setup`")
+    out.step(f"Act 2: backups. Create the S3 bucket {BACKUP_BUCKET} in moto")
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    s3.create_bucket(Bucket=BACKUP_BUCKET)
+    backup_env = {"ETCD_AWS_CLUSTER_BACKUP_URL": BACKUP_URL, "ETCD_AWS_CLUSTER_ETCDUTL": str(tool)}
+    out.ok(f"backup_url = {BACKUP_URL}, restore tool {tool}")
+
+    node = asg.nodes[0]
+    value = f"written at {time.strftime('%H:%M:%S')}, before the backup"
+    out.step(f"Write {BACKUP_KEY} and back it up: etcd-aws-cluster backup (on {node.instance_id})")
+    asg.put(BACKUP_KEY, value, node=node)
+    result = asg.run_agent(node, "backup", timeout=AGENT_TIMEOUT, env=backup_env)
+    if result.returncode != 0:
+        raise DemoFailed("the backup failed", tail(result.stderr))
+    out.block(result.stdout)
+    out.ok(f"{BACKUP_KEY} = {value!r}; snapshot and cluster record in s3://{BACKUP_BUCKET}")
+
+    out.step("Terminate every instance through the ASG (an AZ outage, a bad roll-out): all data is gone")
+    old = list(asg.nodes)
+    for gone in old:
+        asg.stop_etcd(gone, kill=True)
+    for gone in old:
+        asg.terminate(gone, replace=True)
+    new = asg.nodes
+    out.ok(f"moto launched {len(new)} replacements: {', '.join(f'{n.instance_id} ({n.ip})' for n in new)}")
+
+    out.step("Run the agent on the three replacements at once: they find the record and restore, untold")
+    started = time.monotonic()
+    results = run_agents(asg, new, env=backup_env)
+    took = time.monotonic() - started
+    for replacement, result in zip(new, results):
+        out.say(f"{replacement.instance_id}: {decision_line(result.stderr)}")
+        restored = [line.split("INFO: ", 1)[-1] for line in result.stderr.splitlines() if "restore: restored" in line]
+        out.say(f"  {restored[0] if restored else '(no restore line)'}")
+    out.ok(f"3 data dirs restored and env files written in {took:.2f}s")
+
+    out.step("Start etcd on the replacements and read the key back")
+    members = start_cluster(asg, new, expected=3)
+    out.block(members_table(members))
+    got = asg.get(BACKUP_KEY, node=new[-1])
+    if got != value:
+        raise DemoFailed(f"{BACKUP_KEY} reads {got!r} after the restore, expected {value!r}")
+    out.ok(f"{BACKUP_KEY} = {got!r}: no instance of the old cluster is left, the data is")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -311,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.fail(f"interrupted after {out.elapsed():.1f}s; every process the demo started has been stopped")
         return 130
-    print(f"\nDone in {out.elapsed():.1f}s: bootstrap, replacement of a terminated instance, data kept.")
+    print(f"\nDone in {out.elapsed():.1f}s: bootstrap, replacement of an instance, restore after losing them all.")
     return 0
 
 

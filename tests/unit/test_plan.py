@@ -463,3 +463,51 @@ def test_a_restore_waits_for_a_complete_asg_like_a_new_cluster() -> None:
 def test_no_record_keeps_today_s_rules() -> None:
     plan = decide(with_record(facts(0, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)]), None, ()))
     assert plan.decision is Decision.NEW
+
+
+# -- with a cluster record (backup_url set) ---------------------------------------------------------------------
+
+
+def _snapshot(revision: int) -> SnapshotInfo:
+    taken = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return SnapshotInfo(f"p/asg/snapshots/s{revision}.db", taken, revision, 7, "3.5.1", "0" * 64, 10, (), IDS[0])
+
+
+def _record(members: tuple[int, ...], newest: str | None, cluster_id: int | None = None) -> ClusterRecord:
+    pairs = tuple((IDS[n], f"http://{IPS[n]}:2380") for n in members)
+    return ClusterRecord("etcd", cluster_id, pairs, newest, datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+
+def test_a_restore_recorded_by_a_faster_peer_is_joined_with_the_same_snapshot() -> None:
+    """Three replacements boot together; the first restores and records it before the others decide: they restore
+    the snapshot it recorded (not a corrupt newer one it skipped), rather than wait for it as a survivor."""
+    snapshots = (_snapshot(9), _snapshot(5), _snapshot(3))  # 9 was found corrupt by the first restorer
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=_record((2, 0, 1), snapshots[1].key), snapshots=snapshots))
+    assert plan.decision is Decision.RESTORE and plan.cluster_state == "new"
+    assert plan.restore == snapshots[1:]
+    assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (_record((0, 1, 2), "p/asg/snapshots/s5.db", cluster_id=7), "still in the ASG"),  # a running cluster's
+        (_record((0, 2), "p/asg/snapshots/s5.db"), "still in the ASG"),  # not this instance set
+        (_record((0, 1, 2), "p/asg/snapshots/gone.db"), "still in the ASG"),  # not a listed snapshot
+    ],
+)
+def test_a_record_of_survivors_is_waited_for(record: ClusterRecord, why: str) -> None:
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=record, snapshots=(_snapshot(5),)))
+    assert plan.decision is Decision.WAIT
+    assert why in plan.reason
+
+
+def test_a_new_cluster_recorded_by_a_faster_peer_is_joined() -> None:
+    """The first of three booting instances decided `new` and wrote the record before the others looked: they
+    take part in that cluster (waiting for it as a survivor would deadlock: it needs them for a quorum)."""
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=_record((0, 1, 2), None), snapshots=()))
+    assert plan.decision is Decision.NEW and plan.cluster_state == "new"
+    assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
