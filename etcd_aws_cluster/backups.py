@@ -142,6 +142,18 @@ class Backups:
         log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(members))
         return record
 
+    def complete_record(self, cluster: ClusterView) -> None:
+        """On a member's boot: write the record when there is none (backups were just turned on), or give it the
+        cluster id that a record written by `new` or a restore could not know yet."""
+        if cluster.cluster_id is None or not cluster.count().ok:
+            return
+        try:
+            record = self.store.read_record()
+            if record is None or record.cluster_id is None:
+                self.write_record(cluster, newest=record.newest_snapshot if record is not None else None)
+        except AgentError as exc:
+            log.warning("could not bring the cluster record up to date: %s", exc)
+
     # --- restore ---------------------------------------------------------------------------------------
     def restore(self, candidates: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]) -> SnapshotInfo:
         """Restore the first of `candidates` whose checksum holds into the data dir, as this instance's member of

@@ -184,6 +184,10 @@ def _existing_cluster(facts: Facts, stale_data: str, as_learner: bool) -> Plan:
     if waiting is not None:
         return waiting
 
+    if facts.record is not None:
+        waiting = recovery.wait_for_quorum(facts)
+        if waiting is not None:
+            return waiting
     ordered = tuple(sorted(remove, key=_removal_order))
     view.check_change(ordered, add_voter=not as_learner)
     move_aside = facts.has_local_data and bool(stale)

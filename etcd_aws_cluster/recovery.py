@@ -92,6 +92,28 @@ def wait_for_survivors(facts: Facts, record: ClusterRecord, snapshots: tuple[Sna
     )
 
 
+def wait_for_quorum(facts: Facts) -> Plan | None:
+    """A cluster answers without a quorum while silent voters' instances are still in the ASG (a whole-cluster
+    outage, its members coming back one by one): wait for them rather than refuse at once."""
+    cluster = facts.view
+    count = cluster.count()
+    if count.ok:
+        return None
+    silent = sorted(
+        owner.instance_id
+        for m in cluster.voters
+        if not cluster.is_healthy(m) and (owner := cluster.owner(m)) is not None and owner.counts_as_member
+    )
+    if not silent:
+        return None
+    return Plan(
+        Decision.WAIT,
+        f"the cluster answers without a quorum ({count}); {', '.join(silent)} still in the ASG: waiting for "
+        "them to come back with their data",
+        members=cluster.members,
+    )
+
+
 def require_snapshot(facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...]) -> None:
     if snapshots:
         return

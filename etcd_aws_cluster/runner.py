@@ -152,8 +152,9 @@ class Runner:
         cluster = self.ctx.observe(asg)
         record: ClusterRecord | None = None
         snapshots: tuple[SnapshotInfo, ...] = ()
-        if self.backups is not None and not cluster.answered and data_dir is None:
-            # Only a node without data that sees no cluster needs to know whether one existed.
+        if self.backups is not None and data_dir is None and not cluster.count().ok:
+            # Only a node without data that sees no cluster (or one without a quorum) needs to know whether one
+            # existed, and what became of it.
             record = self.backups.store.read_record()
             snapshots = self.backups.store.list_snapshots() if record is not None else ()
         return Facts(
@@ -202,6 +203,8 @@ class Runner:
             return replace(plan, reason=f"{plan.reason}; restored {info.key}"), True
         if plan.decision is Decision.NEW and backups is not None:
             backups.write_record(facts.view, members=plan.initial_cluster)
+        if plan.decision is Decision.MEMBER and backups is not None:
+            backups.complete_record(facts.view)
         if not plan.remove and not plan.add_self:
             return plan, True
         if backups is not None:

@@ -511,3 +511,15 @@ def test_a_new_cluster_recorded_by_a_faster_peer_is_joined() -> None:
     plan = decide(replace(base, record=_record((0, 1, 2), None), snapshots=()))
     assert plan.decision is Decision.NEW and plan.cluster_state == "new"
     assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
+
+
+def test_a_cluster_without_quorum_whose_silent_members_are_in_the_asg_is_waited_for_with_a_record() -> None:
+    # a whole-cluster outage, one survivor back (etcd 3.5 lists members without a quorum), the others replaying
+    members = (member(0), member(1), member(2))
+    instances = [inst(0), inst(1), inst(3)]
+    probes = [answered(0, members), failed(1), failed(3)]
+    with pytest.raises(UnsafeError, match="no quorum: 1 of 3"):  # without a record: refused at once, as before
+        decide(facts(3, instances, probes))
+    plan = decide(with_record(facts(3, instances, probes), record_of(0, 1, 2), (snap(9),)))
+    assert plan.decision is Decision.WAIT
+    assert IDS[1] in plan.reason and IDS[2] not in plan.reason  # 2 is gone: nothing to wait for there
