@@ -217,10 +217,11 @@ def test_outage_with_one_instance_replaced_joins_the_original_cluster(
     for node in survivors:  # the survivors come back (slower: they replay their WAL)
         result = run_ok(asg, node, env=backed.env)
         assert decision(result.stderr) == "restart"
-    # Their etcds start together: the agent refuses ("no quorum: 1 of 3"), not waits, if it looks while only one
-    # of them answers (etcd 3.5 answers the member list without a quorum); see the report of branch drtests.
-    for node in survivors:
-        asg.start_etcd(node)
+    # One at a time: while only one answers (etcd 3.5 lists members without a quorum) the replacement keeps waiting
+    asg.start_etcd(survivors[0])
+    time.sleep(4)
+    assert proc.poll() is None, "the replacement's agent stopped waiting while the cluster had no quorum"
+    asg.start_etcd(survivors[1])
     _, err = proc.communicate(timeout=AGENT_TIMEOUT)
     asg.registry.forget(proc.pid)
     assert proc.returncode == 0, err
