@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import Decision, Plan
+from etcd_aws_cluster.model import AsgView, Decision, Plan
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, format_time
 from etcd_aws_cluster.view import Facts, quorum
 
@@ -77,7 +77,7 @@ def require_snapshot(facts: Facts, record: ClusterRecord, snapshots: tuple[Snaps
 def restore_plan(facts: Facts, snapshots: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]) -> Plan:
     why = "none of its members' instances is left"
     if survivors_lack_quorum(facts) and facts.record is not None:
-        alive = alive_recorded(facts, facts.record)
+        alive = alive_recorded(facts.asg, facts.record)
         why = f"{_few(alive, facts.record)} and every one has handed off its data"
     return Plan(
         Decision.RESTORE,
@@ -94,9 +94,9 @@ def restore_plan(facts: Facts, snapshots: tuple[SnapshotInfo, ...], initial: tup
 # -- survivors that cannot form a quorum ----------------------------------------------------------------------
 
 
-def alive_recorded(facts: Facts, record: ClusterRecord) -> tuple[str, ...]:
+def alive_recorded(asg: AsgView, record: ClusterRecord) -> tuple[str, ...]:
     """Recorded members' instances still InService/Pending in the ASG, this one included."""
-    alive = (i for i, _ in record.members if (found := facts.asg.find(i)) is not None and found.counts_as_member)
+    alive = (i for i, _ in record.members if (found := asg.find(i)) is not None and found.counts_as_member)
     return tuple(sorted(set(alive)))
 
 
@@ -107,7 +107,7 @@ def lacks_quorum(alive: tuple[str, ...], record: ClusterRecord) -> bool:
 
 def survivors_lack_quorum(facts: Facts) -> bool:
     record = facts.record
-    return record is not None and lacks_quorum(alive_recorded(facts, record), record)
+    return record is not None and lacks_quorum(alive_recorded(facts.asg, record), record)
 
 
 def _few(alive: tuple[str, ...], record: ClusterRecord) -> str:
@@ -147,7 +147,7 @@ def _shown(handoff: Handoff | None, instance_id: str) -> str:
 def wait_for_handoffs(facts: Facts, record: ClusterRecord) -> Plan | None:
     """In the survivors' case: WAIT for missing hand-offs; refuse where the newest data cannot be chosen safely;
     None when every instance may restore the newest snapshot."""
-    alive = alive_recorded(facts, record)
+    alive = alive_recorded(facts.asg, record)
     if facts.has_local_data and facts.me.instance_id in alive and foreign_data(record, facts.local_ids):
         raise UnsafeError(f"{foreign_data(record, facts.local_ids)}; refusing to hand it off or restore over it")
     missing = missing_handoffs(alive, record, facts.handoffs)
