@@ -14,11 +14,13 @@ from etcd_aws_cluster.view import ClusterView, Facts
 
 def _bootstrap(facts: Facts) -> Plan:
     """No peer answers: restart from local data, start a new cluster (or, when the cluster record says one
-    existed, wait for its survivors or restore it), or wait for a complete view."""
+    existed, wait for its survivors or restore it; when they are fewer than a quorum, restore the newest data
+    once each has handed off, see recovery.py), or wait for a complete view."""
     asg, endpoints = facts.asg, facts.endpoints
     candidates = asg.members()
     expected = tuple((i.instance_id, endpoints.peer_url(i.private_ip)) for i in candidates if i.private_ip)
-    if facts.has_local_data:
+    survivors_lack_quorum = recovery.survivors_lack_quorum(facts)
+    if facts.has_local_data and not survivors_lack_quorum:
         return Plan(
             Decision.RESTART,
             "no peer answers and this node has member data: etcd restarts from its data dir",
@@ -38,7 +40,11 @@ def _bootstrap(facts: Facts) -> Plan:
         joining = recovery.joining_restore(facts, facts.record, facts.snapshots, tuple(sorted(expected)))
         if joining is not None:
             return joining
-        waiting = recovery.wait_for_survivors(facts, facts.record, facts.snapshots)
+        waiting = (
+            recovery.wait_for_handoffs(facts, facts.record)
+            if survivors_lack_quorum
+            else recovery.wait_for_survivors(facts, facts.record, facts.snapshots)
+        )
         if waiting is not None:
             return waiting
         recovery.require_snapshot(facts, facts.record, facts.snapshots)

@@ -18,6 +18,7 @@ from etcd_aws_cluster.errors import UnsafeError
 
 SNAPSHOT_FORMAT = "etcd-aws-cluster/snapshot"
 RECORD_FORMAT = "etcd-aws-cluster/cluster-record"
+HANDOFF_FORMAT = "etcd-aws-cluster/handoff"
 FORMAT_VERSION = 1
 # Largest manifest or record we read back: a few hundred members would still fit; anything bigger is not ours.
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -51,6 +52,8 @@ class SnapshotMeta:
     etcd_version: str
     members: tuple[tuple[str, str], ...]  # (member name, peer URL)
     source_instance: str
+    # False for a member's raw `member/snap/db`: it has no sha256 trailer, so a restore must skip the hash check
+    hash_trailer: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -69,6 +72,7 @@ class SnapshotInfo:
     size: int
     members: tuple[tuple[str, str], ...]  # (member name, peer URL)
     source_instance: str
+    hash_trailer: bool = True  # etcd's sha256 trailer is appended (a Maintenance snapshot); see SnapshotMeta
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -85,6 +89,7 @@ class SnapshotInfo:
             size=size,
             members=meta.members,
             source_instance=meta.source_instance,
+            hash_trailer=meta.hash_trailer,
         )
 
 
@@ -100,6 +105,31 @@ class ClusterRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "updated_at", _utc(self.updated_at, "updated_at"))
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What a surviving recorded member's instance says about its data when the survivors cannot form a quorum.
+
+    Keyed to one cluster record by the record's `updated_at`: a hand-off of an earlier incident is not one of this.
+    Without local data, `revision`, `cluster_id` and `uploaded` are None."""
+
+    instance_id: str
+    record_updated_at: datetime
+    revision: int | None  # of its `member/snap/db`
+    cluster_id: int | None  # from its WAL
+    uploaded: str | None  # the key of the snapshot of its db it uploaded before this, when that was the newest
+    written_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "record_updated_at", _utc(self.record_updated_at, "record_updated_at"))
+        object.__setattr__(self, "written_at", _utc(self.written_at, "written_at"))
+        if (self.revision is None) != (self.cluster_id is None) or (self.revision is None and self.uploaded):
+            raise ValueError("a hand-off has a revision and a cluster id together, and uploads only with data")
+
+    @property
+    def has_data(self) -> bool:
+        return self.revision is not None
 
 
 # -- JSON -----------------------------------------------------------------------------------------------------
@@ -126,8 +156,8 @@ def _document(text: str | bytes, expected_format: str, source: str) -> dict[str,
     return data
 
 
-def _fields(data: Mapping[str, Any], names: tuple[str, ...], source: str) -> None:
-    unknown = sorted(set(data) - {"format", "version", *names})
+def _fields(data: Mapping[str, Any], names: tuple[str, ...], source: str, optional: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(data) - {"format", "version", *names, *optional})
     missing = sorted(set(names) - set(data))
     if unknown or missing:
         raise UnsafeError(f"refusing {source}: unknown fields {unknown} / missing fields {missing}")
@@ -193,10 +223,14 @@ SNAPSHOT_FIELDS = (
     "members",
     "source_instance",
 )
+# Written only when false, so that a manifest of a Maintenance snapshot stays what agents before it read.
+SNAPSHOT_OPTIONAL = ("hash_trailer",)
 RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
+HANDOFF_FIELDS = ("instance_id", "record_updated_at", "has_data", "revision", "cluster_id", "uploaded", "written_at")
 
 
 def snapshot_to_json(info: SnapshotInfo) -> str:
+    optional = {} if info.hash_trailer else {"hash_trailer": False}
     return json.dumps(
         {
             "format": SNAPSHOT_FORMAT,
@@ -210,6 +244,7 @@ def snapshot_to_json(info: SnapshotInfo) -> str:
             "size": info.size,
             "members": [list(pair) for pair in info.members],
             "source_instance": info.source_instance,
+            **optional,
         },
         indent=1,
     )
@@ -217,7 +252,10 @@ def snapshot_to_json(info: SnapshotInfo) -> str:
 
 def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
     data = _document(text, SNAPSHOT_FORMAT, source)
-    _fields(data, SNAPSHOT_FIELDS, source)
+    _fields(data, SNAPSHOT_FIELDS, source, SNAPSHOT_OPTIONAL)
+    hash_trailer = data.get("hash_trailer", True)
+    if not isinstance(hash_trailer, bool):
+        raise _refuse("hash_trailer flag", source, hash_trailer)
     return SnapshotInfo(
         key=object_key(data["key"], source),
         taken_at=_time(data["taken_at"], "time", source),
@@ -228,6 +266,7 @@ def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
         size=_count(data["size"], "size", source, upper=2**44),
         members=_pairs(data["members"], _member_name, source),
         source_instance=validate.instance_id(data["source_instance"], source),
+        hash_trailer=hash_trailer,
     )
 
 
@@ -256,6 +295,43 @@ def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
         members=_pairs(data["members"], validate.instance_id, source),
         newest_snapshot=None if newest is None else object_key(newest, source),
         updated_at=_time(data["updated_at"], "time", source),
+    )
+
+
+def handoff_to_json(handoff: Handoff) -> str:
+    return json.dumps(
+        {
+            "format": HANDOFF_FORMAT,
+            "version": FORMAT_VERSION,
+            "instance_id": handoff.instance_id,
+            "record_updated_at": format_time(handoff.record_updated_at),
+            "has_data": handoff.has_data,
+            "revision": handoff.revision,
+            "cluster_id": None if handoff.cluster_id is None else f"{handoff.cluster_id:x}",
+            "uploaded": handoff.uploaded,
+            "written_at": format_time(handoff.written_at),
+        },
+        indent=1,
+    )
+
+
+def handoff_from_json(text: str | bytes, source: str) -> Handoff:
+    data = _document(text, HANDOFF_FORMAT, source)
+    _fields(data, HANDOFF_FIELDS, source)
+    has_data = data["has_data"]
+    if not isinstance(has_data, bool):
+        raise _refuse("has_data flag", source, has_data)
+    known = (data["revision"], data["cluster_id"], data["uploaded"])
+    if not has_data and known != (None, None, None):
+        raise UnsafeError(f"refusing {source}: a hand-off without data names a revision, cluster id or upload")
+    uploaded = data["uploaded"]
+    return Handoff(
+        instance_id=validate.instance_id(data["instance_id"], source),
+        record_updated_at=_time(data["record_updated_at"], "time", source),
+        revision=_count(data["revision"], "revision", source) if has_data else None,
+        cluster_id=_cluster_id(data["cluster_id"], source) if has_data else None,
+        uploaded=None if uploaded is None else object_key(uploaded, source),
+        written_at=_time(data["written_at"], "time", source),
     )
 
 

@@ -8,15 +8,21 @@ every instance comes to the same decision without talking to the others:
 - none is: restore the newest snapshot (by revision, then time, then key) whose checksum holds, with the current
   ASG instances as the initial cluster;
 - no snapshot at all: refuse, and say what to do.
+
+When some are left but fewer than a quorum of the recorded members (their etcd could never elect a leader), the
+newest data wins, and every instance must pick the same: each survivor publishes a hand-off (its db revision and
+cluster id), uploading its own db as a snapshot *first* when that revision is newer than the newest snapshot.
+Every instance waits until every survivor has handed off; from then on nothing uploads, so every instance reads
+the same listing and restores the same newest snapshot (a survivor moves its own data aside first).
 """
 
 from __future__ import annotations
 
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import Decision, Plan
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
-from etcd_aws_cluster.view import Facts
+from etcd_aws_cluster.model import AsgView, Decision, Plan
+from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, format_time
+from etcd_aws_cluster.view import Facts, quorum
 
 
 def survivors(facts: Facts, record: ClusterRecord) -> tuple[str, ...]:
@@ -76,6 +82,7 @@ def joining_restore(
         "new",
         initial,
         restore=snapshots[start:],
+        move_data_aside=facts.has_local_data,  # a survivor that handed its data off and looked late
     )
 
 
@@ -127,11 +134,116 @@ def require_snapshot(facts: Facts, record: ClusterRecord, snapshots: tuple[Snaps
 
 
 def restore_plan(facts: Facts, snapshots: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]) -> Plan:
+    why = "none of its members' instances is left"
+    if survivors_lack_quorum(facts) and facts.record is not None:
+        alive = alive_recorded(facts.asg, facts.record)
+        why = f"{_few(alive, facts.record)} and every one has handed off its data"
     return Plan(
         Decision.RESTORE,
-        f"the cluster record says a cluster existed and none of its members' instances is left: restoring "
-        f"the newest valid snapshot {describe(snapshots[0])} on all {len(initial)} ASG instances",
+        f"the cluster record says a cluster existed and {why}: restoring the newest valid snapshot "
+        f"{describe(snapshots[0])} on all {len(initial)} ASG instances"
+        f"{'; this node moves its own data aside first' if facts.has_local_data else ''}",
         "new",
         initial,
+        move_data_aside=facts.has_local_data,
         restore=snapshots,
     )
+
+
+# -- survivors that cannot form a quorum ----------------------------------------------------------------------
+
+
+def alive_recorded(asg: AsgView, record: ClusterRecord) -> tuple[str, ...]:
+    """Recorded members' instances still InService/Pending in the ASG, this one included."""
+    alive = (i for i, _ in record.members if (found := asg.find(i)) is not None and found.counts_as_member)
+    return tuple(sorted(set(alive)))
+
+
+def lacks_quorum(alive: tuple[str, ...], record: ClusterRecord) -> bool:
+    """Some recorded members' instances are left, but fewer than a quorum of the recorded members."""
+    return 0 < len(alive) < quorum(len(record.members))
+
+
+def survivors_lack_quorum(facts: Facts) -> bool:
+    record = facts.record
+    return record is not None and lacks_quorum(alive_recorded(facts.asg, record), record)
+
+
+def _few(alive: tuple[str, ...], record: ClusterRecord) -> str:
+    return (
+        f"only {', '.join(alive)} of its {len(record.members)} members' instances "
+        f"{'is' if len(alive) == 1 else 'are'} left, fewer than a quorum ({quorum(len(record.members))})"
+    )
+
+
+def current_handoffs(record: ClusterRecord, handoffs: tuple[Handoff, ...]) -> dict[str, Handoff]:
+    """The hand-offs of this record (an earlier incident's, keyed to an older record, do not count)."""
+    return {h.instance_id: h for h in handoffs if h.record_updated_at == record.updated_at}
+
+
+def missing_handoffs(alive: tuple[str, ...], record: ClusterRecord, handoffs: tuple[Handoff, ...]) -> tuple[str, ...]:
+    current = current_handoffs(record, handoffs)
+    return tuple(i for i in alive if i not in current)
+
+
+def foreign_data(record: ClusterRecord, local_ids: tuple[int, int] | None) -> str:
+    """Why this node's data is not the recorded cluster's, or "" when it is (or the record names no id yet)."""
+    if local_ids is None or record.cluster_id is None or local_ids[1] == record.cluster_id:
+        return ""
+    return (
+        f"this node's etcd data belongs to cluster {local_ids[1]:x}, not to the recorded cluster {record.cluster_id:x}"
+    )
+
+
+def _shown(handoff: Handoff | None, instance_id: str) -> str:
+    if handoff is None:
+        return f"{instance_id} (no hand-off)"
+    if not handoff.has_data:
+        return f"{instance_id} (no data)"
+    return f"{instance_id} (revision {handoff.revision}{', uploaded' if handoff.uploaded else ''})"
+
+
+def wait_for_handoffs(facts: Facts, record: ClusterRecord) -> Plan | None:
+    """In the survivors' case: WAIT for missing hand-offs; refuse where the newest data cannot be chosen safely;
+    None when every instance may restore the newest snapshot."""
+    alive = alive_recorded(facts.asg, record)
+    if facts.has_local_data and facts.me.instance_id in alive and foreign_data(record, facts.local_ids):
+        raise UnsafeError(f"{foreign_data(record, facts.local_ids)}; refusing to hand it off or restore over it")
+    missing = missing_handoffs(alive, record, facts.handoffs)
+    current = current_handoffs(record, facts.handoffs)
+    if missing:
+        have = ", ".join(_shown(current.get(i), i) for i in alive if i in current) or "none yet"
+        return Plan(
+            Decision.WAIT,
+            f"the cluster record says a cluster existed and {_few(alive, record)}: waiting for the hand-off of "
+            f"{', '.join(missing)} (its db revision, and its db uploaded when newer than the newest snapshot) "
+            f"before restoring the newest data; handed off: {have}",
+        )
+    problem = _unsafe_choice(record, [current[i] for i in alive], facts.snapshots)
+    if problem:
+        survivors = ", ".join(_shown(current[i], i) for i in alive)
+        newest = describe(facts.snapshots[0]) if facts.snapshots else "none"
+        raise UnsafeError(
+            f"the cluster record says a cluster existed and {_few(alive, record)}, but {problem}: refusing to "
+            f"choose. Survivors: {survivors}; newest snapshot: {newest}. To recover: "
+            + recovery_command(facts, facts.snapshots)
+        )
+    return None
+
+
+def _unsafe_choice(record: ClusterRecord, handoffs: list[Handoff], snapshots: tuple[SnapshotInfo, ...]) -> str:
+    """Why the newest snapshot is not safely the newest data, or ""."""
+    keys = {info.key for info in snapshots}
+    for handoff in handoffs:
+        if record.cluster_id is not None and handoff.cluster_id not in (None, record.cluster_id):
+            return f"{handoff.instance_id} holds data of cluster {handoff.cluster_id:x}, not {record.cluster_id:x}"
+        if handoff.uploaded is not None and handoff.uploaded not in keys:
+            return (
+                f"the snapshot {handoff.instance_id} uploaded ({handoff.uploaded}) is not listed (deleted, or invalid)"
+            )
+    revisions = [h.revision for h in handoffs if h.revision is not None]
+    if not snapshots and not revisions:
+        return "no survivor has data and no snapshot is stored (never an empty cluster)"
+    if revisions and (not snapshots or max(revisions) > snapshots[0].revision):
+        return f"a survivor's data (revision {max(revisions)}) is newer than the newest snapshot and was not uploaded"
+    return ""

@@ -13,20 +13,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster import envfile, notify
+from etcd_aws_cluster import envfile, handoff, notify, restore_tool
 from etcd_aws_cluster import plan as planner
-from etcd_aws_cluster.backups import Backups
+from etcd_aws_cluster.backups import Backups, restore_data_dir
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import EtcdError, LockError, UnsafeError
 from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
 from etcd_aws_cluster.waldata import read_ids
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5.0
+# After restoring the survivors' newest data, the new record waits this long since the decision: every other
+# instance looks again within one pause of `decide` (at most 3 s) and must still find the record its hand-offs
+# are keyed to. One that misses it waits for the restored cluster and joins it as a member that never ran.
+HANDOFF_SETTLE = 8.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Runner:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
+        self.publish = True  # hand this node's data off to S3 when survivors lack quorum (not on a dry run)
 
     @functools.cached_property
     def backups(self) -> Backups | None:
@@ -150,20 +154,22 @@ class Runner:
         data_dir = local_data_dir(self.settings.data_dirs())
         ids = read_ids(data_dir) if data_dir is not None else None
         cluster = self.ctx.observe(asg)
-        record: ClusterRecord | None = None
-        snapshots: tuple[SnapshotInfo, ...] = ()
-        if self.backups is not None and data_dir is None and not cluster.count().ok:
-            # Only a node without data that sees no cluster (or one without a quorum) needs to know whether one
-            # existed, and what became of it.
-            record = self.backups.store.read_record()
-            snapshots = self.backups.store.list_snapshots() if record is not None else ()
+        local_ids = (ids.member_id, ids.cluster_id) if ids else None
+        found = handoff.RecoveryFacts()
+        if self.backups is not None and not cluster.answered:
+            # Only a node that sees no cluster needs to know whether one existed, and who survives of it.
+            found = handoff.gather(self.backups, asg, data_dir, local_ids, publish=self.publish)
+        elif self.backups is not None and data_dir is None and not cluster.count().ok:
+            # A cluster without a quorum: with a record, a new node waits for the silent members to come back.
+            found = handoff.RecoveryFacts(self.backups.store.read_record())
         return Facts(
             me=self.ctx.me,
             view=cluster,
             has_local_data=data_dir is not None,
-            local_ids=(ids.member_id, ids.cluster_id) if ids else None,
-            record=record,
-            snapshots=snapshots,
+            local_ids=local_ids,
+            record=found.record,
+            snapshots=found.snapshots,
+            handoffs=found.handoffs,
         )
 
     # --- decide ----------------------------------------------------------------------------------------
@@ -198,9 +204,7 @@ class Runner:
         False when a concurrent joiner was detected and this instance backed off (the caller decides again)."""
         backups = self.backups
         if plan.decision is Decision.RESTORE and backups is not None:
-            info = backups.restore(plan.restore, plan.initial_cluster)
-            backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster)
-            return replace(plan, reason=f"{plan.reason}; restored {info.key}"), True
+            return self._restore(plan, facts, backups), True
         if plan.decision is Decision.NEW and backups is not None:
             backups.write_record(facts.view, members=plan.initial_cluster)
         if plan.decision is Decision.MEMBER and backups is not None:
@@ -214,6 +218,22 @@ class Runner:
             after = replace(facts.view, members=plan.members)
             backups.write_record(after)
         return plan, settled
+
+    def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
+        """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record."""
+        decided = self.ctx.deadline.elapsed()
+        if plan.move_data_aside:
+            restore_tool.find_tool(self.settings.etcdutl)  # what can be checked is checked before data moves
+            restore_data_dir(self.ctx)
+            directory = local_data_dir(self.settings.data_dirs())
+            if directory is not None:
+                moved = move_aside(directory, self.ctx.now())
+                log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
+        info = backups.restore(plan.restore, plan.initial_cluster)
+        if facts.handoffs:
+            self.ctx.deadline.pause(HANDOFF_SETTLE - (self.ctx.deadline.elapsed() - decided))
+        backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster)
+        return replace(plan, reason=f"{plan.reason}; restored {info.key}")
 
     def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
         ctx, me = self.ctx, self.ctx.me
@@ -263,6 +283,7 @@ class Runner:
             log.info("decision=skip reason=%s", skip)
             return None
         if dry_run:
+            self.publish = False
             plan, facts = self.decide(asg)
             self._log_plan(plan)
             return self.outcome(plan)

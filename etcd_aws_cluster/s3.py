@@ -5,6 +5,7 @@ Layout under `s3://bucket/prefix`, with the ASG name percent-encoded into one pa
     <prefix>/<asg>/cluster.json                                    the cluster record
     <prefix>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db    a snapshot, as etcd streamed it
     <prefix>/<asg>/snapshots/<same name>.json                     its manifest, written last
+    <prefix>/<asg>/handoff/<instance id>.json                     a survivor's hand-off (recovery.py)
 
 A snapshot is listed only with its manifest, and the manifest is written only after the snapshot object is
 complete (a multipart upload is invisible until completed), so a crash at any point of an upload leaves nothing
@@ -27,7 +28,7 @@ from urllib.parse import quote
 from etcd_aws_cluster import records, validate
 from etcd_aws_cluster.aws import aws_errors
 from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, UnsafeError
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -192,6 +193,7 @@ class BackupStore:
         self.base = f"{base}{quote(self.asg_name, safe='-_.')}"
         self.snapshot_prefix = f"{self.base}/snapshots/"
         self.record_key = f"{self.base}/cluster.json"
+        self.handoff_prefix = f"{self.base}/handoff/"
         self._encryption: dict[str, str] = {"ServerSideEncryption": sse}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
@@ -328,6 +330,33 @@ class BackupStore:
         if record.asg_name != self.asg_name:
             raise UnsafeError(f"refusing to write the record of ASG {record.asg_name} for ASG {self.asg_name}")
         self._put(self.record_key, records.record_to_json(record))
+
+    # -- hand-offs of survivors ----------------------------------------------------------------------------
+
+    def handoff_key(self, instance_id: str) -> str:
+        return f"{self.handoff_prefix}{validate.instance_id(instance_id, 'a hand-off')}.json"
+
+    def write_handoff(self, handoff: Handoff) -> None:
+        self._put(self.handoff_key(handoff.instance_id), records.handoff_to_json(handoff))
+
+    def read_handoffs(self, instance_ids: Iterable[str]) -> tuple[Handoff, ...]:
+        """The hand-offs of these instances that exist and are valid (an invalid one is skipped, loudly)."""
+        found = []
+        for instance_id in sorted(set(instance_ids)):
+            key = self.handoff_key(instance_id)
+            text = self._get(key)
+            if text is None:
+                continue
+            try:
+                handoff = records.handoff_from_json(text, self.where(key))
+            except UnsafeError as exc:
+                log.warning("skipping hand-off %s: %s", self.where(key), exc)
+                continue
+            if handoff.instance_id != instance_id:
+                log.warning("skipping hand-off %s: it is of instance %s", self.where(key), handoff.instance_id)
+                continue
+            found.append(handoff)
+        return tuple(found)
 
     # -- small objects --------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Identity, Member, Probe
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
+from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo
 
 
 def quorum(voters: int) -> int:
@@ -243,6 +243,8 @@ class Facts:
     # With backup_url, when no etcd answers: the cluster record, and the snapshots newest first
     record: ClusterRecord | None = None
     snapshots: tuple[SnapshotInfo, ...] = ()
+    # Only when the recorded members' instances left are fewer than a quorum: their hand-offs (recovery.py)
+    handoffs: tuple[Handoff, ...] = ()
 
     @property
     def asg(self) -> AsgView:

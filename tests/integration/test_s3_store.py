@@ -16,7 +16,7 @@ import pytest
 from mypy_boto3_s3 import S3Client
 
 from etcd_aws_cluster.errors import AwsError, UnsafeError
-from etcd_aws_cluster.records import ClusterRecord, SnapshotMeta
+from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.procs import ProcessRegistry
@@ -181,6 +181,19 @@ def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) 
     s3.put_object(Bucket=BUCKET, Key=store.record_key, Body=b'{"format": "etcd-aws-cluster/cluster-record"}')
     with pytest.raises(UnsafeError, match="version"):
         store.read_record()
+
+
+def test_handoffs_are_read_per_instance_and_a_bad_one_reads_as_missing(s3: S3Client, store: BackupStore) -> None:
+    other = "i-0fedcba9876543210"
+    mine = Handoff(INSTANCE, NOW, 42, 0xABC, None, NOW)
+    store.write_handoff(mine)
+    assert store.handoff_key(INSTANCE) == f"backups/etcd%20prod%2Feu/handoff/{INSTANCE}.json"
+    assert store.read_handoffs([INSTANCE, other]) == (mine,)
+    s3.put_object(Bucket=BUCKET, Key=store.handoff_key(other), Body=b"{not json")  # skipped, loudly
+    store.write_handoff(Handoff(INSTANCE, NOW, None, None, None, NOW))  # a rewrite replaces it
+    assert store.read_handoffs([other, INSTANCE]) == (Handoff(INSTANCE, NOW, None, None, None, NOW),)
+    s3.put_object(Bucket=BUCKET, Key=store.handoff_key(other), Body=handoff_to_json(mine).encode())  # someone else's
+    assert [h.instance_id for h in store.read_handoffs([other])] == []
 
 
 def test_missing_bucket_is_one_clear_aws_error(s3: S3Client) -> None:

@@ -11,8 +11,11 @@ import pytest
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.records import (
     ClusterRecord,
+    Handoff,
     SnapshotInfo,
     SnapshotMeta,
+    handoff_from_json,
+    handoff_to_json,
     newest_first,
     newest_valid,
     record_from_json,
@@ -195,3 +198,67 @@ def test_retention_daily_keeps_the_newest_of_a_day_by_the_shared_order() -> None
 
 def test_retention_of_nothing_is_nothing() -> None:
     assert retention([], NOW, 3, 3) == ()
+
+
+# --- a member's raw db as a snapshot: no sha256 trailer, said in the manifest -------------------------------------
+def test_a_manifest_without_the_flag_has_a_trailer_and_stays_as_before() -> None:
+    info = snap("p/a.db", 42)
+    assert info.hash_trailer
+    assert "hash_trailer" not in json.loads(snapshot_to_json(info))  # what agents before the flag read
+
+
+def test_a_raw_db_manifest_says_so_and_round_trips() -> None:
+    info = SnapshotInfo.of("p/raw.db", SnapshotMeta(NOW, 7, 5, "3.5.17", (), "i-0123456789abcdef0", False), SHA, 9)
+    assert json.loads(snapshot_to_json(info))["hash_trailer"] is False
+    assert snapshot_from_json(snapshot_to_json(info), "test") == info
+    assert not snapshot_from_json(snapshot_to_json(info), "test").hash_trailer
+
+
+@pytest.mark.parametrize("value", ["false", 0, None, 1])
+def test_a_hash_trailer_flag_that_is_not_a_boolean_is_refused(value: object) -> None:
+    with pytest.raises(UnsafeError, match="hash_trailer"):
+        snapshot_from_json(_tampered({"hash_trailer": value}), "test")
+
+
+# --- hand-offs ---------------------------------------------------------------------------------------------------
+def handoff(revision: int | None = 42, uploaded: str | None = None) -> Handoff:
+    return Handoff(
+        instance_id="i-0123456789abcdef0",
+        record_updated_at=NOW,
+        revision=revision,
+        cluster_id=None if revision is None else 0xCDF818194E3A8C32,
+        uploaded=uploaded,
+        written_at=NOW + timedelta(seconds=1),
+    )
+
+
+@pytest.mark.parametrize("value", [handoff(), handoff(uploaded="p/g/snapshots/x.db"), handoff(None)])
+def test_handoffs_round_trip(value: Handoff) -> None:
+    assert handoff_from_json(handoff_to_json(value), "test") == value
+    assert json.loads(handoff_to_json(value))["has_data"] is value.has_data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "etcd-aws-cluster/snapshot"}, "not an etcd-aws-cluster/handoff"),
+        ({"has_data": "yes"}, "has_data"),
+        ({"has_data": False}, "without data names"),
+        ({"revision": -3}, "revision"),
+        ({"cluster_id": "0"}, "cluster id"),
+        ({"uploaded": "../x.db"}, "object key"),
+        ({"instance_id": "i-1; reboot"}, "instance id"),
+        ({"record_updated_at": "yesterday"}, "time"),
+        ({"extra": 1}, "unknown fields"),
+    ],
+)
+def test_a_handoff_refuses_anything_off(change: dict[str, Any], message: str) -> None:
+    data = json.loads(handoff_to_json(handoff()))
+    data.update(change)
+    with pytest.raises(UnsafeError, match=message):
+        handoff_from_json(json.dumps(data), "test")
+
+
+def test_a_handoff_without_data_names_nothing_else() -> None:
+    with pytest.raises(ValueError, match="only with data"):
+        Handoff("i-0123456789abcdef0", NOW, None, None, "p/x.db", NOW)
