@@ -280,10 +280,14 @@ def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
 
     logs, chosen = full_replacement_restores(backed)
 
-    assert chosen == before.key
-    for err in logs.values():
-        assert f"snapshot s3://{BUCKET}/{newest.key} is corrupt" in err, err
-        assert "trying the snapshot before it" in err
+    assert chosen == before.key  # every agent restored the one before
+    # An agent that looked first found the newest corrupt and said so; one that looked after an earlier agent
+    # had restored and recorded the older snapshot takes that one directly (it says which, and why).
+    said_corrupt = [err for err in logs.values() if f"snapshot s3://{BUCKET}/{newest.key} is corrupt" in err]
+    assert said_corrupt, logs
+    assert all("trying the snapshot before it" in err for err in said_corrupt)
+    others = [err for err in logs.values() if err not in said_corrupt]
+    assert all("restoring the same one" in err for err in others), others
     for key, value in older.items():
         assert asg.get(key) == value, key
     assert all(asg.get(key) is None for key in newer)
