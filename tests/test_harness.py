@@ -307,12 +307,26 @@ def test_env_file_round_trip(tmp_path: Path) -> None:
 
 
 # -- real etcd ---------------------------------------------------------------------------------------------
-def test_etcd_binaries_found() -> None:
-    found = etcd_binaries.available()
-    assert found, "no etcd binary; the integration tests need at least one"
-    for minor, path in found.items():
-        version = etcd_binaries.version_of(path)
-        assert version is not None and version.startswith(minor + ".")
+def test_every_etcd_of_the_matrix_is_there_with_its_tools() -> None:
+    assert etcd_binaries.missing() == [], "run `make setup`"
+    for label, release in etcd_binaries.releases().items():
+        assert release.version == label or release.version.startswith(label + "."), release
+        assert release.etcdctl is not None, release
+        ctl = subprocess.run([release.etcdctl, "version"], capture_output=True, text=True, timeout=20, check=False)
+        assert f"etcdctl version: {release.version}" in ctl.stdout, ctl.stdout + ctl.stderr
+        if label == "3.4":  # etcdutl came with 3.5; 3.4 restores with `etcdctl snapshot restore`
+            assert release.etcdutl is None
+            continue
+        assert release.etcdutl is not None, release
+        utl = subprocess.run([release.etcdutl, "version"], capture_output=True, text=True, timeout=20, check=False)
+        assert f"etcdutl version: {release.version}" in utl.stdout, utl.stdout + utl.stderr
+
+
+def test_newest_etcd_is_the_newest_release() -> None:
+    newest = etcd_binaries.newest()
+    assert newest is not None and newest == etcd_binaries.release("3.7").etcd
+    assert etcd_binaries.has_v2_api(etcd_binaries.release("3.5.30").etcd)
+    assert not etcd_binaries.has_v2_api(newest)
 
 
 def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
