@@ -60,8 +60,9 @@ unit: $(STAMP)
 integration: setup
 	$(PY) -m pytest -m integration
 
+# make demo ETCD_VERSION=3.4|3.5|3.5.30|3.6|3.7 (default: the newest)
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(ETCD_VERSION),--etcd $(ETCD_VERSION))
 
 bench: setup
 	$(PY) scripts/bench.py

@@ -329,6 +329,7 @@ def test_newest_etcd_is_the_newest_release() -> None:
     assert not etcd_binaries.has_v2_api(newest)
 
 
+@pytest.mark.etcd_matrix
 def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     nodes = asg.nodes

@@ -32,6 +32,7 @@ def wait_add(client: EtcdClient, url: str, peer: str, deadline: float = 20) -> i
             time.sleep(0.5)
 
 
+@pytest.mark.etcd_matrix
 @pytest.mark.parametrize("api", ["auto", "v3"])
 def test_list_add_remove(sim: SimFactory, etcd_binary: Path, api: str) -> None:
     check_list_add_remove(sim(3, etcd_binary), api)

@@ -19,6 +19,7 @@ from tests.integration.helpers import boot, decision, env, member_change, run_ok
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.etcd_matrix
 def test_whole_cluster_reboot_restarts_from_local_data_without_waiting(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
@@ -182,6 +183,7 @@ def test_kill_9_at_any_moment_leaves_old_or_new_file(sim: SimFactory) -> None:
     assert "old" in outcomes
 
 
+@pytest.mark.etcd_matrix
 def test_learner_join_then_promote(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
