@@ -16,7 +16,7 @@ import pytest
 import requests
 from botocore.utils import InstanceMetadataRegionFetcher
 
-from tests.harness import etcd_binaries
+from tests.harness import etcd_binaries, etcd_provision
 from tests.harness.fake_imds import DOCUMENT_PATH, LIFECYCLE_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory, SimFactory
 from tests.harness.moto_server import MotoServer
@@ -372,3 +372,17 @@ def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg.close()
     assert nodes[0].etcd_log.stat().st_size > 0
     assert not nodes[0].data_dir.exists() and not stale.exists() and not nodes[2].data_dir.exists()
+
+
+def test_sid_sources_come_from_the_system_sources_with_only_the_suite_changed() -> None:
+    system = (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n"
+    )
+    assert etcd_provision._sid_sources(system) == (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: sid\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    with pytest.raises(etcd_provision.ProvisionError):
+        etcd_provision._sid_sources("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n")
