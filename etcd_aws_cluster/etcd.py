@@ -36,6 +36,7 @@ TRANSIENT_MESSAGES = (
     "peer urls already exists",  # right after a remove of the same URL, briefly
     "in sync with leader",  # a learner is promoted only once it has caught up
     "learner is not ready",
+    "too many learner members",  # 3.6+ allows one learner at a time (--max-learners): wait for its promotion
 )
 
 

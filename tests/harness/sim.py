@@ -136,6 +136,8 @@ class Node:
     etcd_pid: int | None = None
     etcd_paused: bool = False
     terminated: bool = False
+    # This instance's etcd, if not the sim's (e.g. a replacement instance running a newer release)
+    etcd_binary: Path | None = None
 
     @property
     def name(self) -> str:
@@ -463,16 +465,17 @@ class SimulatedAsg:
         return env
 
     def start_etcd(self, node: Node, *, enable_v2: bool = False, extra_env: Mapping[str, str] | None = None) -> int:
-        """Start etcd for ``node`` from its env file (see ``etcd_environment``); returns the PID. Does not
-        wait for it to be healthy (use ``wait_healthy``)."""
+        """Start etcd for ``node`` from its env file (see ``etcd_environment``) with the node's etcd binary, or
+        the sim's; returns the PID. Does not wait for it to be healthy (use ``wait_healthy``)."""
         if node.terminated:
             raise RuntimeError(f"{node} is terminated")
         if node.etcd_pid is not None and self.registry.is_running(node.etcd_pid):
             raise RuntimeError(f"etcd already running for {node}")
         env = self.etcd_environment(node, enable_v2=enable_v2, extra_env=extra_env)
+        binary = node.etcd_binary or self.etcd_binary
         with node.etcd_log.open("a", encoding="utf-8") as log:
-            log.write(f"--- harness: starting {self.etcd_binary} ({self.etcd_version}) at {time.ctime()}\n")
-        proc = self.registry.start([self.etcd_binary], log_path=node.etcd_log, env=env, cwd=node.workdir)
+            log.write(f"--- harness: starting {binary} ({etcd_binaries.version_of(binary)}) at {time.ctime()}\n")
+        proc = self.registry.start([binary], log_path=node.etcd_log, env=env, cwd=node.workdir)
         node.etcd_pid = proc.pid
         node.etcd_paused = False
         return proc.pid

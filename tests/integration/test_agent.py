@@ -13,6 +13,7 @@ from tests.integration.helpers import boot, decision, env, member_change, run_ok
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.etcd_matrix
 def test_three_nodes_bootstrap_concurrently(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     logs = boot(asg, asg.nodes)
@@ -48,6 +49,7 @@ def test_rerun_on_a_running_member_changes_nothing(sim: SimFactory, etcd_binary:
     }
 
 
+@pytest.mark.etcd_matrix
 def test_replaced_instance_removes_the_dead_member_and_joins(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)

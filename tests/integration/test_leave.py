@@ -40,6 +40,7 @@ def wait_exit(asg: SimulatedAsg, node: Node, timeout: float = 20) -> bool:
     return False
 
 
+@pytest.mark.etcd_matrix
 def test_leave_removes_this_member_and_is_idempotent(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)

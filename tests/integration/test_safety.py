@@ -22,6 +22,7 @@ from tests.integration.helpers import boot, decision, env, member_change, run_ok
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.etcd_matrix
 def test_whole_cluster_reboot_restarts_from_local_data_without_waiting(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
@@ -277,6 +278,7 @@ def test_kill_9_at_the_write_leaves_the_old_file_or_the_whole_new_one(sim: SimFa
     assert not [p for p in node.env_file.parent.iterdir() if p.name.endswith(".tmp")], leftovers
 
 
+@pytest.mark.etcd_matrix
 def test_learner_join_then_promote(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)

@@ -29,6 +29,7 @@ def report(asg: SimulatedAsg, node: Node, expected_code: int) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.etcd_matrix
 def test_healthy_degraded_no_quorum(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)

@@ -93,6 +93,7 @@ def wait_tls_up(asg: SimulatedAsg, node: Node, files: dict[str, Path]) -> subpro
     raise AssertionError(result.stderr)
 
 
+@pytest.mark.etcd_matrix
 def test_right_ca_and_client_certificate(tls_node: tuple[SimulatedAsg, Node, dict[str, Path]]) -> None:
     asg, node, files = tls_node
     result = wait_tls_up(asg, node, files)  # fails unless the member list came back over TLS
