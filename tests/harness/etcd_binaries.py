@@ -187,7 +187,7 @@ REQUIRED = MATRIX
 
 
 def missing_required() -> list[str]:
-    return missing()
+    return [label for label in REQUIRED if label not in available()]
 
 
 def newest() -> Path | None:

@@ -22,7 +22,7 @@ def only_etcd_34(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("only_etcd_34")
 def test_a_missing_required_version_fails_a_run_that_needs_etcd() -> None:
-    with pytest.raises(pytest.UsageError, match=r"etcd 3\.5 not found"):
+    with pytest.raises(pytest.UsageError, match=r"etcd 3\.5, 3\.5\.30, 3\.6, 3\.7 not found"):
         fixtures.pytest_collection_finish(session_of(("sim",), ("sim", "etcd_binary")))
 
 
@@ -31,5 +31,5 @@ def test_a_run_without_etcd_tests_does_not_need_it() -> None:
     fixtures.pytest_collection_finish(session_of(("tmp_path",), ("sim",)))
 
 
-def test_3_4_and_3_5_are_required() -> None:
-    assert {"3.4", "3.5"} <= set(etcd_binaries.REQUIRED)
+def test_the_whole_matrix_is_required() -> None:
+    assert set(etcd_binaries.REQUIRED) == set(etcd_binaries.MATRIX) >= {"3.4", "3.5", "3.6", "3.7"}
