@@ -1,8 +1,10 @@
 """Boot decisions when the cluster record says a cluster existed: never an empty cluster where one with data existed.
 
 Pure, like the plan it is part of. Every instance that sees no etcd answer reads the same record and the same
-listing of snapshots, and nothing can write either while no etcd answers (backups go through a live member), so
-every instance comes to the same decision without talking to the others:
+listing of snapshots. No backup can write either while no etcd answers (backups go through a live member); the
+only writer is an instance that decided first (`new` or a restore), and it records exactly what it decided (the
+current instances, the snapshot, no cluster id yet), which the others recognise and follow (`joining_restore`).
+So every instance comes to the same decision without talking to the others:
 - some recorded member's instance is still in the ASG: wait for it to come back with its data, and join the
   cluster it forms (a new instance never starts a cluster of its own);
 - none is: restore the newest snapshot (by revision, then time, then key) whose checksum holds, with the current
