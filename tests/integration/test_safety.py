@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from etcd_aws_cluster.envfile import KEYS, TEST_PAUSE_VARIABLE
-from etcd_aws_cluster.waldata import read_ids
+from etcd_aws_cluster.waldata import WalIds, read_ids
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
+from tests.harness.sim import Node, SimulatedAsg
 from tests.integration.helpers import boot, decision, env, member_change, run_ok
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,8 @@ def test_replacement_join_with_a_hung_peer(sim: SimFactory, etcd_binary: Path) -
     assert victim.instance_id not in {m["name"] for m in members}
 
 
-def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, etcd_binary: Path) -> None:
+def removed_while_stopped(sim: SimFactory, etcd_binary: Path) -> tuple[SimulatedAsg, Node, WalIds]:
+    """A 3-node cluster whose third node's etcd was stopped and its member removed: stale data on that node."""
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
     asg.wait_healthy(3)
@@ -137,8 +139,12 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     old_ids = read_ids(node.data_dir)
     assert old_ids is not None
     asg.stop_etcd(node)
-    other = asg.nodes[0]
-    member_change(asg, other, "remove", {"ID": str(old_ids.member_id)})
+    member_change(asg, asg.nodes[0], "remove", {"ID": str(old_ids.member_id)})
+    return asg, node, old_ids
+
+
+def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, etcd_binary: Path) -> None:
+    asg, node, old_ids = removed_while_stopped(sim, etcd_binary)
     result = run_ok(asg, node)
     assert decision(result.stderr) == "join"
     moved = [p for p in node.data_dir.parent.iterdir() if p.name.startswith(node.data_dir.name + ".stale-")]
@@ -197,14 +203,7 @@ def bind_mounted() -> Iterator[Callable[[Path], None]]:
 def test_stale_data_on_a_mount_point_is_kept_inside_it_and_etcd_starts(
     sim: SimFactory, etcd_binary: Path, bind_mounted: Callable[[Path], None]
 ) -> None:
-    asg = sim(3, etcd_binary)
-    boot(asg, asg.nodes)
-    asg.wait_healthy(3)
-    node = asg.nodes[2]
-    old_ids = read_ids(node.data_dir)
-    assert old_ids is not None
-    asg.stop_etcd(node)
-    member_change(asg, asg.nodes[0], "remove", {"ID": str(old_ids.member_id)})
+    asg, node, old_ids = removed_while_stopped(sim, etcd_binary)
     bind_mounted(node.data_dir)  # renaming it now fails with EBUSY
     result = run_ok(asg, node)
     assert decision(result.stderr) == "join"
