@@ -175,6 +175,7 @@ def full_replacement_restores(backed: Backed) -> tuple[dict[str, str], str]:
 # -- the guarantees -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.etcd_matrix
 def test_full_replacement_after_a_backup_restores_every_key(sim: SimFactory, etcd_binary: Path, moto_url: str) -> None:
     backed = booted(sim, etcd_binary, moto_url)
     asg = backed.asg

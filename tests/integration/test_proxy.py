@@ -113,6 +113,7 @@ def get_through(url: str, key_b64: str, timeout: float = 20.0) -> str:
         time.sleep(0.2)
 
 
+@pytest.mark.etcd_matrix
 def test_gateway_flavour_for_etcd_36_serves_the_cluster(sim: SimFactory, etcd_binary: Path, tmp_path: Path) -> None:
     # etcd 3.6 has no v2 proxy: the agent writes settings for `etcd gateway start` (every etcd version has it).
     cluster = sim(3, etcd_binary)

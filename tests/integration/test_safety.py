@@ -43,6 +43,7 @@ def test_whole_cluster_reboot_restarts_from_local_data_without_waiting(sim: SimF
     assert asg.get("before-reboot") == "kept"
 
 
+@pytest.mark.etcd_matrix
 def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(3, etcd_binary)
     first, *rest = asg.nodes
@@ -90,6 +91,7 @@ def test_five_nodes_bootstrap_concurrently(sim: SimFactory, etcd_binary: Path) -
     assert len({env(n)["ETCD_INITIAL_CLUSTER"] for n in asg.nodes}) == 1
 
 
+@pytest.mark.etcd_matrix
 def test_hung_peer_costs_one_probe_timeout(sim: SimFactory, etcd_binary: Path) -> None:
     asg = sim(5, etcd_binary)
     asg.bootstrap_static(timeout=60)  # the cluster is the setting here, not the subject
@@ -156,6 +158,7 @@ def test_removed_member_moves_its_stale_data_aside_and_rejoins(sim: SimFactory, 
     assert new_ids is not None and new_ids.member_id != old_ids.member_id
 
 
+@pytest.mark.etcd_matrix
 def test_a_lost_data_dir_is_replaced_by_a_fresh_member_that_gets_the_data_from_the_leader(
     sim: SimFactory, etcd_binary: Path
 ) -> None:
