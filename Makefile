@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 # Debian unstable's etcd 3.5.30 and etcd 3.6/3.7 built with Go from tests/etcd_build. It runs on every setup (instant
 # once cached, so a cache emptied since is refilled); a release that cannot be fetched or built fails it.
 ETCD_CACHE ?= /var/cache/etcd-aws-cluster-tests
-export ETCD_AWS_CLUSTER_TEST_CACHE := $(ETCD_CACHE)
+# Not ETCD_AWS_CLUSTER_*: that prefix is the agent's settings, and the agent warns about a name it does not know.
+export EAC_TEST_CACHE := $(ETCD_CACHE)
 $(ETCD_STAMP): $(STAMP) FORCE
 	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] || ! command -v openssl >/dev/null; }; then \
 		echo "installing Debian etcd-server/etcd-client (3.4) and openssl (apt)"; \

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROOT = Path(os.environ.get("ETCD_AWS_CLUSTER_COMPAT_CACHE", "/var/cache/etcd-aws-cluster-tests/compat"))
+ROOT = Path(os.environ.get("EAC_COMPAT_CACHE", "/var/cache/etcd-aws-cluster-tests/compat"))
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
 TEST_TOOLS = ("pytest>=7",)
 

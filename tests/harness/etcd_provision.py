@@ -6,7 +6,7 @@
 * etcd 3.6.x and 3.7.x: built with Go from the wrapper modules in ``tests/etcd_build/v3.6`` and ``v3.7``, which pin
   ``go.etcd.io/etcd/server/v3`` (``etcd``) and list ``etcdutl``/``etcdctl`` as tools of the same version.
 
-Each release lands in ``<cache>/<version>/`` (``<cache>`` is ``$ETCD_AWS_CLUSTER_TEST_CACHE/etcd``, by default
+Each release lands in ``<cache>/<version>/`` (``<cache>`` is ``$EAC_TEST_CACHE/etcd``, by default
 ``/var/cache/etcd-aws-cluster-tests/etcd``), built in a scratch directory and renamed into place when complete, so a
 rerun finds it at once and an interrupted run leaves nothing half-made. ``python -m tests.harness.etcd_provision``
 provisions every release, says what it does and how long it took, and exits 1 if any release could not be made.
@@ -52,7 +52,7 @@ class GoBuild:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("ETCD_AWS_CLUSTER_TEST_CACHE", "/var/cache/etcd-aws-cluster-tests")
+    base = os.environ.get("EAC_TEST_CACHE", "/var/cache/etcd-aws-cluster-tests")
     return Path(base) / "etcd"
 
 

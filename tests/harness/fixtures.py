@@ -52,8 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def etcd_labels(definition: pytest.Function | Any) -> list[str]:
     """The matrix labels a test taking ``etcd_binary`` runs on, from its markers, or from
-    ``$ETCD_AWS_CLUSTER_TEST_ETCD`` (``all``, or labels such as ``3.6,3.7``) to run other combinations by hand."""
-    chosen = os.environ.get("ETCD_AWS_CLUSTER_TEST_ETCD", "")
+    ``$EAC_TEST_ETCD`` (``all``, or labels such as ``3.6,3.7``) to run other combinations by hand."""
+    chosen = os.environ.get("EAC_TEST_ETCD", "")
     if chosen:
         labels = list(etcd_binaries.MATRIX) if chosen == "all" else [label.strip() for label in chosen.split(",")]
     elif definition.get_closest_marker("etcd_matrix"):
