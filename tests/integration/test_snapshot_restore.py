@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_revision_of_a_live_members_db_copy(sim: SimFactory, etcd_binary: Path, 
     asg.bootstrap_static()
     node = asg.nodes[0]
     revision = max(put(node.client_url, f"/k/{i}", "x") for i in range(20))
+    # etcd commits its backend in batches (every 100 ms): copy once no write is in flight, or the copy of the live
+    # bolt file may be torn (as a survivor's copy never is: the agent copies before etcd starts)
+    time.sleep(1.0)
     copy = tmp_path / "db"
     shutil.copyfile(node.data_dir / "member" / "snap" / "db", copy)
     # The live copy may lag the last puts until etcd commits its batch; it is never ahead.
