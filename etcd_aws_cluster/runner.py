@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from etcd_aws_cluster import envfile, handoff, notify, restore_tool
+from etcd_aws_cluster import envfile, notify
 from etcd_aws_cluster import plan as planner
-from etcd_aws_cluster.backups import Backups, restore_data_dir
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
 from etcd_aws_cluster.errors import EtcdError, LockError, UnsafeError
@@ -23,6 +23,10 @@ from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
 from etcd_aws_cluster.waldata import read_ids
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.backups import Backups
+    from etcd_aws_cluster.handoff import RecoveryFacts
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5.0
@@ -148,6 +152,12 @@ class Runner:
 
     @functools.cached_property
     def backups(self) -> Backups | None:
+        if not self.settings.backup_url:
+            return None
+        # The backup machinery (S3, etcd's restore tool, hand-offs) is imported only when backups are on: a boot
+        # without backup_url does not pay for it.
+        from etcd_aws_cluster.backups import Backups
+
         return Backups.open(self.ctx, self.ctx.group)
 
     def facts(self, asg: AsgView) -> Facts:
@@ -155,22 +165,28 @@ class Runner:
         ids = read_ids(data_dir) if data_dir is not None else None
         cluster = self.ctx.observe(asg)
         local_ids = (ids.member_id, ids.cluster_id) if ids else None
-        found = handoff.RecoveryFacts()
-        if self.backups is not None and not cluster.answered:
+        facts = Facts(me=self.ctx.me, view=cluster, has_local_data=data_dir is not None, local_ids=local_ids)
+        found = self._recovery_facts(cluster, asg, data_dir, local_ids)
+        if found is None:
+            return facts
+        return replace(facts, record=found.record, snapshots=found.snapshots, handoffs=found.handoffs)
+
+    def _recovery_facts(
+        self, cluster: ClusterView, asg: AsgView, data_dir: Path | None, local_ids: tuple[int, int] | None
+    ) -> RecoveryFacts | None:
+        """What the backups say, when this run needs it: the record, the snapshots, the survivors' hand-offs."""
+        backups = self.backups
+        if backups is None:
+            return None
+        from etcd_aws_cluster import handoff
+
+        if not cluster.answered:
             # Only a node that sees no cluster needs to know whether one existed, and who survives of it.
-            found = handoff.gather(self.backups, asg, data_dir, local_ids, publish=self.publish)
-        elif self.backups is not None and data_dir is None and not cluster.count().ok:
+            return handoff.gather(backups, asg, data_dir, local_ids, publish=self.publish)
+        if data_dir is None and not cluster.count().ok:
             # A cluster without a quorum: with a record, a new node waits for the silent members to come back.
-            found = handoff.RecoveryFacts(self.backups.store.read_record())
-        return Facts(
-            me=self.ctx.me,
-            view=cluster,
-            has_local_data=data_dir is not None,
-            local_ids=local_ids,
-            record=found.record,
-            snapshots=found.snapshots,
-            handoffs=found.handoffs,
-        )
+            return handoff.RecoveryFacts(backups.store.read_record())
+        return None
 
     # --- decide ----------------------------------------------------------------------------------------
     def decide(self, asg: AsgView | None = None) -> tuple[Plan, Facts]:
@@ -221,6 +237,9 @@ class Runner:
 
     def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
         """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record."""
+        from etcd_aws_cluster import restore_tool
+        from etcd_aws_cluster.backups import restore_data_dir
+
         decided = self.ctx.deadline.elapsed()
         if plan.move_data_aside:
             restore_tool.find_tool(self.settings.etcdutl)  # what can be checked is checked before data moves
