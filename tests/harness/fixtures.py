@@ -42,6 +42,7 @@ MATRIX_ONLY = ("3.5", "3.6", "3.7")
 MARKERS = (
     "etcd_matrix: also runs on every other etcd of the matrix (old 3.5.x, 3.6, 3.7), not only on 3.4 and 3.5.30",
     "etcd_v2: needs etcd's v2 API or v2 proxy (removed in 3.6): runs only on the releases before 3.6",
+    "etcd_also(*labels): also runs on these releases of the matrix (e.g. '3.6', '3.7'), beside 3.4 and 3.5.30",
 )
 
 
@@ -60,6 +61,9 @@ def etcd_labels(definition: pytest.Function | Any) -> list[str]:
         labels = [*EVERY_TEST, *MATRIX_ONLY]
     else:
         labels = list(EVERY_TEST)
+        also = definition.get_closest_marker("etcd_also")
+        if also is not None:
+            labels += [str(label) for label in also.args if str(label) not in labels]
     if definition.get_closest_marker("etcd_v2"):
         labels = [label for label in labels if etcd_binaries.version_key(label) < (3, 6)]
     return sorted(labels, key=etcd_binaries.version_key)
