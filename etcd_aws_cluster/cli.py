@@ -12,6 +12,7 @@ import gc
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -202,9 +203,21 @@ def entry() -> None:
     os._exit(code)
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemd stopping the unit, an instance shutting down): unwinds the run like an error, so every
+    `finally` removes its partial files (a download, a restore's staging dir, a spool) before the agent exits.
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # one unwind: a second SIGTERM must not cut the cleanup short
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
+    signal.signal(signal.SIGTERM, _terminate)
     from etcd_aws_cluster import logs
 
     errors_on_stderr = logs.setup(getattr(args, "verbose", False))
@@ -224,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("etcd-aws-cluster: terminated (SIGTERM); its partial files are removed", file=sys.stderr)
+        return 143
     except Exception as exc:  # the last line of defence: one line and exit 1, never a traceback (but with -v)
         log.debug("traceback of the unexpected error:", exc_info=True)
         return _report(f"error ({_unexpected_kind(exc)}): {_describe_unexpected(exc)}", 1, errors_on_stderr)
