@@ -96,13 +96,15 @@ def identify(path: Path) -> RestoreTool:
 
 
 def _candidates(environ: Mapping[str, str]) -> list[Path]:
-    """Where to look, best first: beside the local etcd (symlink or not), then etcdutl and etcdctl on PATH."""
+    """Where to look, best first: beside the local etcd (symlink or not), then every etcdutl on PATH, then every
+    etcdctl (a too-old first one must not hide a fit one later)."""
     places: list[Path] = []
     etcd = etcdbin.on_path("etcd", environ)
     if etcd is not None:
         for directory in (etcd.parent, etcd.resolve().parent):
             places += [directory / "etcdutl", directory / "etcdctl"]
-    places += [p for p in (etcdbin.on_path("etcdutl", environ), etcdbin.on_path("etcdctl", environ)) if p]
+    path_dirs = [Path(d) for d in environ.get("PATH", os.defpath).split(os.pathsep) if d]
+    places += [d / name for name in ("etcdutl", "etcdctl") for d in path_dirs]
     unique = dict.fromkeys(p for p in places if p.is_file() and os.access(p, os.X_OK))
     return list(unique)
 

@@ -82,7 +82,7 @@ def _sweep_dir(directory: Path, legacy_of: str | None) -> list[Path]:
     gone = []
     for name in names:
         match = SCRATCH_NAME.fullmatch(name)
-        if match is None or (legacy_of is not None and not name.startswith(f".{legacy_of}.")):
+        if match is None or (legacy_of is not None and not name.startswith((f".{legacy_of}.", f"..{legacy_of}."))):
             continue
         if legacy_of is None and not name.startswith(PREFIXES) and not name.startswith(".."):
             continue
