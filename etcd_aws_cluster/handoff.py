@@ -105,7 +105,9 @@ def _with_data(backups: Backups, record: ClusterRecord, data_dir: Path, cluster_
             )
             with copy.open("rb") as handle:
                 uploaded = store.upload(handle, meta).key
-            log.info("survivors: this node's db (revision %d) is newer than every snapshot: uploaded", status.revision)
+            log.info(
+                "survivors: this node's db (revision %d) is newer than every snapshot: uploaded it", status.revision
+            )
         return Handoff(ctx.me.instance_id, record.updated_at, status.revision, cluster_id, uploaded, ctx.now())
     finally:
         copy.unlink(missing_ok=True)
