@@ -158,7 +158,7 @@ def test_a_restore_tool_older_than_the_local_etcd_refuses_before_the_data_dir_is
         expected, reason = f"Install etcdutl {minor} or newer (Debian: etcd-server {minor}", "is older than"
     local_etcd = tool_dir(tmp_path, "etcd-bin", {"etcd": etcd_binary})
     agent_env = {k: v for k, v in backed.env.items() if k != "ETCD_AWS_CLUSTER_ETCDUTL"}
-    agent_env["PATH"] = os.pathsep.join([str(wrong), str(local_etcd), "/usr/local/bin", "/bin"])
+    agent_env["PATH"] = os.pathsep.join([str(wrong), str(local_etcd)])  # /bin is /usr/bin: Debian's etcdctl
 
     new = replace_everyone(asg)
     results = run_concurrently(asg, new, agent_env)
