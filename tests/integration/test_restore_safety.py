@@ -208,6 +208,7 @@ def test_a_restore_into_a_mount_point_and_under_a_read_only_parent_succeeds_and_
     # a volume of its own: the data dir is a mount point (renaming it fails with EBUSY), with lost+found
     volume = tmp_path / "volume"
     (volume / "lost+found").mkdir(parents=True)
+    (volume / ".stale-20261201T000000Z" / "member" / "wal").mkdir(parents=True)  # an earlier move-aside
     on_mount.data_dir.mkdir()
     mounts("--bind", str(volume), str(on_mount.data_dir))
     # the unit's sandbox: the parent read-only (ProtectSystem=strict), the data dir a writable mount inside it
@@ -229,7 +230,7 @@ def test_a_restore_into_a_mount_point_and_under_a_read_only_parent_succeeds_and_
         assert proc.returncode == 0, f"agent on {node} exited {proc.returncode}:\n{err}"
         assert decision(err) == "restore", err
         assert "restore: restored " in err
-    assert sorted(p.name for p in on_mount.data_dir.iterdir()) == ["lost+found", "member"]
+    assert sorted(p.name for p in on_mount.data_dir.iterdir()) == [".stale-20261201T000000Z", "lost+found", "member"]
     assert sorted(p.name for p in data_dir.iterdir()) == ["member"]
     assert not scratch_left(on_mount.data_dir, on_mount.workdir, data_dir, plain.data_dir, plain.workdir)
 
