@@ -110,6 +110,7 @@ class Backups:
             data_dir = local_data_dir(ctx.settings.data_dirs())
             if data_dir is None:
                 return None
+            scratch.sweep_spools(data_dir)
             tool = restore_tool.find_tool(ctx.settings.etcdutl, snapshot_versions=(meta.etcd_version,))
             estimate = (data_dir / "member" / "snap" / "db").stat().st_size
             scratch.ensure_free(data_dir, estimate + estimate // 4 + SPOOL_HEADROOM, "spooling the snapshot")

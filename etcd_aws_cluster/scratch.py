@@ -69,12 +69,17 @@ def sweep(data_dirs: Iterable[Path]) -> list[Path]:
     data dir, and the ones earlier agents left beside it. Call it under the host lock. Returns what went."""
     gone: list[Path] = []
     for data_dir in data_dirs:
-        for directory, own_only in ((data_dir, False), (data_dir.parent, True)):
-            gone += _sweep_dir(directory, data_dir.name if own_only else None)
+        gone += _sweep_dir(data_dir, None) + _sweep_dir(data_dir.parent, data_dir.name)
     return gone
 
 
-def _sweep_dir(directory: Path, legacy_of: str | None) -> list[Path]:
+def sweep_spools(data_dir: Path) -> list[Path]:
+    """A killed backup's spool (a whole db) in `data_dir`: a backup, which runs without the host lock, removes
+    only these, and only of pids that no longer run, so the next boot need not wait to get the space back."""
+    return _sweep_dir(data_dir, None, (SPOOL_PREFIX,))
+
+
+def _sweep_dir(directory: Path, legacy_of: str | None, prefixes: tuple[str, ...] = PREFIXES) -> list[Path]:
     try:
         names = os.listdir(directory)
     except OSError:
@@ -82,9 +87,11 @@ def _sweep_dir(directory: Path, legacy_of: str | None) -> list[Path]:
     gone = []
     for name in names:
         match = SCRATCH_NAME.fullmatch(name)
-        if match is None or (legacy_of is not None and not name.startswith((f".{legacy_of}.", f"..{legacy_of}."))):
-            continue
-        if legacy_of is None and not name.startswith(PREFIXES) and not name.startswith(".."):
+        if legacy_of is None:  # ours, or the .part of one of ours (s3.download names it `.<name>.<random>.part`)
+            wanted = name.startswith(prefixes) or name[1:].startswith(prefixes)
+        else:
+            wanted = name.startswith((f".{legacy_of}.", f"..{legacy_of}."))
+        if match is None or not wanted:
             continue
         if pid_running(int(match["pid"])):
             continue

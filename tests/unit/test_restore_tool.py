@@ -236,3 +236,13 @@ def test_the_sweep_removes_what_dead_runs_left_and_keeps_the_rest(tmp_path: Path
     assert sorted(gone) == sorted(leftovers)
     assert all(p.exists() for p in kept)
     assert not any(p.exists() for p in leftovers)
+
+
+def test_a_backup_sweeps_only_dead_spools(tmp_path: Path) -> None:
+    dead = dead_pid()
+    for name in (f".spool-{dead}.db", f".spool-{os.getpid()}.db", f".restoring-{dead}", f"..snapshot-{dead}.db.a.part"):
+        (tmp_path / name).touch()
+    assert scratch.sweep_spools(tmp_path) == [tmp_path / f".spool-{dead}.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".spool-{os.getpid()}.db", f".restoring-{dead}", f"..snapshot-{dead}.db.a.part"]
+    )
