@@ -193,7 +193,11 @@ def entry() -> None:
     0.15 s with botocore's models loaded; the collector is off for the same reason (the run is short and bounded).
     """
     gc.disable()
-    code = main()
+    signal.signal(signal.SIGTERM, _terminate)  # here, not in main(): that runs inside the tests' process too
+    try:
+        code = main()
+    except Terminated:  # before main's own handler (parsing the command line): nothing written yet
+        code = 143
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -217,7 +221,6 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
-    signal.signal(signal.SIGTERM, _terminate)
     from etcd_aws_cluster import logs
 
     errors_on_stderr = logs.setup(getattr(args, "verbose", False))
