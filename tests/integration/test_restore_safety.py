@@ -366,3 +366,18 @@ def test_sigterm_during_a_restore_leaves_no_partial_files_and_a_kill_is_swept_by
     asg.start_etcd(node)
     asg.wait_healthy(1, timeout=60)
     assert asg.get("/app/3", node=node) == "/app-value-3"
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_restore_without_room_for_the_download_refuses_with_nothing_written(
+    sim: SimFactory, etcd_binary: Path, moto_url: str, mounts: Callable[..., None]
+) -> None:
+    backed, node = one_node_backed(sim, etcd_binary, moto_url)
+    node.data_dir.mkdir()
+    mounts("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(node.data_dir))  # a volume too small for a restore
+
+    result = backed.asg.run_agent(node, env=backed.env, timeout=120)
+
+    assert result.returncode == 6, result.stderr
+    assert f"{node.data_dir} has 8 MiB free, " in result.stderr and " MiB needed" in result.stderr, result.stderr
+    assert list(node.data_dir.iterdir()) == [] and not node.env_file.exists()
