@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
+from dataclasses import replace
 from pathlib import Path
 
-from etcd_aws_cluster import records, restore_tool
+from etcd_aws_cluster import records, restore_tool, scratch
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import AgentError, ConfigError, EtcdError, UnsafeError
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.runner import local_data_dir
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
 from etcd_aws_cluster.view import ClusterView, render_initial_cluster
 
 log = logging.getLogger(__name__)
+# Room a restore needs beyond twice the snapshot (the download and the restored db): etcd preallocates its first
+# WAL file (64 MiB), and the filesystem must not be left full for etcd's first writes.
+RESTORE_HEADROOM = 128 * 1024 * 1024
+# Room a spooled backup leaves free beyond its estimate: etcd's own writes go on in the same filesystem.
+SPOOL_HEADROOM = 256 * 1024 * 1024
 
 
 def restore_token(info: SnapshotInfo) -> str:
@@ -64,7 +70,7 @@ class Backups:
             source_instance=ctx.me.instance_id,
         )
         started = ctx.deadline.elapsed()
-        info = self.store.upload(ctx.etcd.snapshot(url, ctx.call_timeout), meta)
+        info = self._upload(url, meta)
         log.info(
             "backup: snapshot of cluster %x at revision %d, %d bytes, uploaded to %s in %.1fs",
             cluster_id,
@@ -75,6 +81,43 @@ class Backups:
         )
         self.write_record(cluster, newest=info.key)
         return info
+
+    def _upload(self, url: str, meta: SnapshotMeta) -> SnapshotInfo:
+        """Spool the snapshot to a file in the data dir when there is room and a tool to read it, so the manifest
+        gets the db's exact revision and hash; otherwise stream it straight to S3 (the revision a lower bound).
+        Memory stays bounded either way."""
+        ctx = self.ctx
+        spooled = self._spool_place(meta)
+        if spooled is not None:
+            spool, tool = spooled
+            try:
+                with spool.open("xb") as out:
+                    for chunk in ctx.etcd.snapshot(url, ctx.call_timeout):
+                        out.write(chunk)
+                status = restore_tool.db_status(tool, spool)
+                with spool.open("rb") as handle:
+                    return self.store.upload(handle, replace(meta, revision=status.revision, db_hash=status.hash))
+            except OSError as exc:
+                log.warning("backup: cannot spool the snapshot to %s (%s); streaming it", spool, exc.strerror or exc)
+            finally:
+                spool.unlink(missing_ok=True)
+        return self.store.upload(ctx.etcd.snapshot(url, ctx.call_timeout), meta)
+
+    def _spool_place(self, meta: SnapshotMeta) -> tuple[Path, restore_tool.RestoreTool] | None:
+        """Where to spool this snapshot, and the tool to read it with; None to stream it."""
+        ctx = self.ctx
+        try:
+            data_dir = local_data_dir(ctx.settings.data_dirs())
+            if data_dir is None:
+                return None
+            scratch.sweep_spools(data_dir)
+            tool = restore_tool.find_tool(ctx.settings.etcdutl, snapshot_versions=(meta.etcd_version,))
+            estimate = (data_dir / "member" / "snap" / "db").stat().st_size
+            scratch.ensure_free(data_dir, estimate + estimate // 4 + SPOOL_HEADROOM, "spooling the snapshot")
+        except (AgentError, OSError) as exc:
+            log.info("backup: streaming the snapshot to S3 (%s)", exc)
+            return None
+        return scratch.scratch_path(data_dir, scratch.SPOOL_PREFIX, ".db"), tool
 
     def newest(self) -> SnapshotInfo | None:
         found = self.store.list_snapshots()
@@ -154,20 +197,29 @@ class Backups:
         except AgentError as exc:
             log.warning("could not bring the cluster record up to date: %s", exc)
 
-    # --- restore ---------------------------------------------------------------------------------------
+    # --- restore ----------------------------------------------------------------------------------------
+    def tool_for(self, candidates: tuple[SnapshotInfo, ...]) -> restore_tool.RestoreTool:
+        """The tool that may restore every one of `candidates` on this host (ConfigError, naming what to install,
+        when there is none): checked before any data is moved."""
+        return restore_tool.find_tool(self.ctx.settings.etcdutl, snapshot_versions=[i.etcd_version for i in candidates])
+
     def restore(self, candidates: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]) -> SnapshotInfo:
-        """Restore the first of `candidates` whose checksum holds into the data dir, as this instance's member of
-        a new cluster of `initial`. Everything that can be checked is checked before the data dir is touched."""
+        """Restore the first of `candidates` whose checksum and db hold into the data dir, as this instance's
+        member of a new cluster of `initial`. Everything that can be checked is checked before the data dir is
+        touched; everything written on the way stays inside it (scratch.py)."""
         ctx = self.ctx
         data_dir = restore_data_dir(ctx)
-        tool = restore_tool.find_tool(ctx.settings.etcdutl)
+        tool = self.tool_for(candidates)
         log.info("restore: using %s into %s", tool, data_dir)
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        download = data_dir.with_name(f".{data_dir.name}.snapshot-{os.getpid()}.db")
+        restore_tool.prepare_data_dir(data_dir)
+        download = scratch.scratch_path(data_dir, scratch.DOWNLOAD_PREFIX, ".db")
         for info in candidates:
+            scratch.ensure_free(data_dir, 2 * info.size + RESTORE_HEADROOM, f"restoring {self.store.where(info.key)}")
             try:
                 self.store.download(info, download)
+                check_db(tool, download, info, self.store.where(info.key))
             except CorruptSnapshotError as exc:
+                download.unlink(missing_ok=True)
                 log.error("restore: %s; trying the snapshot before it", exc)
                 continue
             try:
@@ -185,8 +237,28 @@ class Backups:
             log.info("restore: restored %s (revision %d) into %s", info.key, info.revision, data_dir)
             return info
         raise UnsafeError(
-            f"none of the {len(candidates)} snapshots under backup_url passes its checksum; refusing to start "
-            "an empty cluster. Check the bucket (`etcd-aws-cluster restore --list`)"
+            f"none of the {len(candidates)} snapshots under backup_url passes its checksum and db check; refusing "
+            "to start an empty cluster. Check the bucket (`etcd-aws-cluster restore --list`)"
+        )
+
+
+def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, where: str) -> None:
+    """The downloaded db must be the one its manifest names: its exact revision and hash when the manifest has
+    them, else a revision at least the manifest's (read before a streamed snapshot). CorruptSnapshotError if not."""
+    try:
+        status = restore_tool.db_status(tool, path)
+    except EtcdError as exc:
+        raise CorruptSnapshotError(f"snapshot {where} is corrupt: {tool.kind} cannot read its db ({exc})") from None
+    if info.db_hash is not None:
+        if (status.revision, status.hash) != (info.revision, info.db_hash):
+            raise CorruptSnapshotError(
+                f"snapshot {where} is corrupt: its db is at revision {status.revision} with hash {status.hash}, "
+                f"its manifest says revision {info.revision} with hash {info.db_hash}"
+            )
+    elif status.revision < info.revision:
+        raise CorruptSnapshotError(
+            f"snapshot {where} is corrupt: its db is at revision {status.revision}, older than the revision "
+            f"{info.revision} its manifest says it was taken after"
         )
 
 

@@ -12,6 +12,7 @@ import gc
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -192,7 +193,11 @@ def entry() -> None:
     0.15 s with botocore's models loaded; the collector is off for the same reason (the run is short and bounded).
     """
     gc.disable()
-    code = main()
+    signal.signal(signal.SIGTERM, _terminate)  # here, not in main(): that runs inside the tests' process too
+    try:
+        code = main()
+    except Terminated:  # before main's own handler (parsing the command line): nothing written yet
+        code = 143
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -200,6 +205,17 @@ def entry() -> None:
         except (OSError, ValueError):
             code = code or 1
     os._exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM (systemd stopping the unit, an instance shutting down): unwinds the run like an error, so every
+    `finally` removes its partial files (a download, a restore's staging dir, a spool) before the agent exits.
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # one unwind: a second SIGTERM must not cut the cleanup short
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("etcd-aws-cluster: terminated (SIGTERM); its partial files are removed", file=sys.stderr)
+        return 143
     except Exception as exc:  # the last line of defence: one line and exit 1, never a traceback (but with -v)
         log.debug("traceback of the unexpected error:", exc_info=True)
         return _report(f"error ({_unexpected_kind(exc)}): {_describe_unexpected(exc)}", 1, errors_on_stderr)

@@ -11,19 +11,19 @@ are listed, so whoever sees every hand-off also sees every upload they name.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from etcd_aws_cluster import recovery, restore_tool
+from etcd_aws_cluster import etcdbin, recovery, restore_tool, scratch
 from etcd_aws_cluster.backups import Backups
 from etcd_aws_cluster.errors import AgentError
 from etcd_aws_cluster.model import AsgView
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 log = logging.getLogger(__name__)
+# Left free beyond the copy of the db: etcd, started after the agent, writes to the same filesystem.
+COPY_HEADROOM = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,23 +86,28 @@ def hand_off(backups: Backups, record: ClusterRecord, data_dir: Path | None, loc
 
 
 def _with_data(backups: Backups, record: ClusterRecord, data_dir: Path, cluster_id: int) -> Handoff:
-    """This node's db revision (read on a copy, with etcd's own tool), its db uploaded when that is the newest."""
+    """This node's db revision (read on a copy, with etcd's own tool), its db uploaded when that is the newest.
+    The copy goes inside the data dir (the one place the unit lets the agent write), after a free-space check."""
     store, ctx = backups.store, backups.ctx
     tool = restore_tool.find_tool(ctx.settings.etcdutl)
-    fd, name = tempfile.mkstemp(prefix=f".{data_dir.name}.handoff-", suffix=".db", dir=data_dir.parent)
-    os.close(fd)
-    copy = Path(name)
+    db = data_dir / "member" / "snap" / "db"
+    copy = scratch.scratch_path(data_dir, scratch.HANDOFF_PREFIX, ".db")
+    scratch.ensure_free(data_dir, db.stat().st_size + COPY_HEADROOM, f"copying {db} for the survivors' hand-off")
     try:
-        shutil.copyfile(data_dir / "member" / "snap" / "db", copy)
-        revision = restore_tool.db_revision(tool, copy)
+        shutil.copyfile(db, copy)
+        status = restore_tool.db_status(tool, copy)
         snapshots = store.list_snapshots()
         uploaded = None
-        if not snapshots or revision > snapshots[0].revision:
-            version = ".".join(map(str, tool.version))
-            meta = SnapshotMeta(ctx.now(), revision, cluster_id, version, record.members, ctx.me.instance_id, False)
+        if not snapshots or status.revision > snapshots[0].revision:
+            version = etcdbin.shown(tool.version)
+            meta = SnapshotMeta(
+                ctx.now(), status.revision, cluster_id, version, record.members, ctx.me.instance_id, False, status.hash
+            )
             with copy.open("rb") as handle:
                 uploaded = store.upload(handle, meta).key
-            log.info("survivors: this node's db (revision %d) is newer than every snapshot: uploaded it", revision)
-        return Handoff(ctx.me.instance_id, record.updated_at, revision, cluster_id, uploaded, ctx.now())
+            log.info(
+                "survivors: this node's db (revision %d) is newer than every snapshot: uploaded it", status.revision
+            )
+        return Handoff(ctx.me.instance_id, record.updated_at, status.revision, cluster_id, uploaded, ctx.now())
     finally:
         copy.unlink(missing_ok=True)

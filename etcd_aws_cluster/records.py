@@ -54,6 +54,9 @@ class SnapshotMeta:
     source_instance: str
     # False for a member's raw `member/snap/db`: it has no sha256 trailer, so a restore must skip the hash check
     hash_trailer: bool = True
+    # `snapshot status`'s hash of the db, read from the file uploaded: with it `revision` is the db's exact
+    # revision; without it (a snapshot streamed straight to S3) `revision` is a lower bound
+    db_hash: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -73,6 +76,7 @@ class SnapshotInfo:
     members: tuple[tuple[str, str], ...]  # (member name, peer URL)
     source_instance: str
     hash_trailer: bool = True  # etcd's sha256 trailer is appended (a Maintenance snapshot); see SnapshotMeta
+    db_hash: int | None = None  # see SnapshotMeta
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -90,6 +94,7 @@ class SnapshotInfo:
             members=meta.members,
             source_instance=meta.source_instance,
             hash_trailer=meta.hash_trailer,
+            db_hash=meta.db_hash,
         )
 
 
@@ -223,14 +228,16 @@ SNAPSHOT_FIELDS = (
     "members",
     "source_instance",
 )
-# Written only when false, so that a manifest of a Maintenance snapshot stays what agents before it read.
-SNAPSHOT_OPTIONAL = ("hash_trailer",)
+# Written only when false (hash_trailer) or known (db_hash), so that a manifest stays what earlier agents read.
+SNAPSHOT_OPTIONAL = ("hash_trailer", "db_hash")
 RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
 HANDOFF_FIELDS = ("instance_id", "record_updated_at", "has_data", "revision", "cluster_id", "uploaded", "written_at")
 
 
 def snapshot_to_json(info: SnapshotInfo) -> str:
-    optional = {} if info.hash_trailer else {"hash_trailer": False}
+    optional: dict[str, object] = {} if info.hash_trailer else {"hash_trailer": False}
+    if info.db_hash is not None:
+        optional["db_hash"] = info.db_hash
     return json.dumps(
         {
             "format": SNAPSHOT_FORMAT,
@@ -267,6 +274,7 @@ def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
         members=_pairs(data["members"], _member_name, source),
         source_instance=validate.instance_id(data["source_instance"], source),
         hash_trailer=hash_trailer,
+        db_hash=_count(data["db_hash"], "db hash", source, upper=2**32) if "db_hash" in data else None,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etcd_aws_cluster import envfile, notify
+from etcd_aws_cluster import envfile, notify, scratch
 from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
@@ -237,12 +237,11 @@ class Runner:
 
     def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
         """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record."""
-        from etcd_aws_cluster import restore_tool
         from etcd_aws_cluster.backups import restore_data_dir
 
         decided = self.ctx.deadline.elapsed()
         if plan.move_data_aside:
-            restore_tool.find_tool(self.settings.etcdutl)  # what can be checked is checked before data moves
+            backups.tool_for(plan.restore)  # the right tool or none: checked before data moves
             restore_data_dir(self.ctx)
             directory = local_data_dir(self.settings.data_dirs())
             if directory is not None:
@@ -307,6 +306,7 @@ class Runner:
             self._log_plan(plan)
             return self.outcome(plan)
         with host_lock(self.settings.lock_file, self.ctx.deadline):
+            scratch.sweep(self.settings.data_dirs())
             attempt = 0
             while True:
                 plan, facts = self.decide(asg)

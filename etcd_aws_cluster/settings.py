@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     backup_interval: float = Field(3600.0, ge=60, le=604800, description="backups: seconds between scheduled snapshots")
     etcdutl: Optional[Path] = Field(  # noqa: UP045
         None,
-        description="restore tool: path to etcdutl (or etcdctl on etcd 3.4); empty: etcdutl, then etcdctl, on PATH",
+        description="restore tool: path to etcdutl (or etcdctl on etcd 3.4), never one older than etcd; empty: the "
+        "one beside etcd, then etcdutl, then etcdctl, on PATH",
     )
 
     @field_validator("backup_url", "backup_kms_key_id", "etcdutl", mode="before")

@@ -50,6 +50,7 @@ class Report:
     leader: int | None  # the leader's member id; 0: members answer but know no leader; None: unknown
     cluster_ids: tuple[int, ...]
     backups: str = ""  # what protects the data (backup_url, the newest snapshot), one line
+    restores: str = ""  # what a restore on this host cannot do (bump revisions) or why it would refuse, one line
 
     @property
     def exit_code(self) -> int:
@@ -232,8 +233,7 @@ def render_text(report: Report, *, colour: bool = False) -> str:
         verdict = VERDICT_COLOUR[report.verdict] + verdict + RESET
     lines += ["", verdict]
     lines += [f"  - {reason}" for reason in report.reasons]
-    if report.backups:
-        lines.append(report.backups)
+    lines += [line for line in (report.backups, report.restores) if line]
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +251,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "leader": None if report.leader is None else f"{report.leader:x}",  # "0": no leader
         "cluster_ids": [f"{c:x}" for c in report.cluster_ids],
         "backups": report.backups,
+        "restores": report.restores,
         "rows": [
             {
                 "instance_id": r.instance_id,

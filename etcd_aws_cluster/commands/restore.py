@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile
+from etcd_aws_cluster import envfile, scratch
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
@@ -76,8 +76,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         answering = ", ".join(sorted(cluster.answered_ips))
         raise UnsafeError(f"etcd answers on {answering}: stop etcd on every instance of ASG {asg.name} first")
     initial = _initial_cluster(ctx, asg)
-    restore_data_dir(ctx)  # the setting is checked before anything moves
+    restore_data_dir(ctx)  # the setting and the tool are checked before anything moves
+    backups.tool_for(candidates)
     with host_lock(ctx.settings.lock_file, ctx.deadline):
+        scratch.sweep(ctx.settings.data_dirs())
         existing = local_data_dir(ctx.settings.data_dirs())
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))

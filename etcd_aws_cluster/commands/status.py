@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
-from etcd_aws_cluster import status, view
+from etcd_aws_cluster import restore_tool, status, view
 from etcd_aws_cluster.backups import Backups, utc_age
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.errors import AgentError
@@ -61,6 +61,17 @@ def backups_line(ctx: Context, group: str) -> str:
     return f"backups: newest {backups.store.where(newest.key)}, {age} old, revision {newest.revision}"
 
 
+def restores_line(ctx: Context) -> str:
+    """What a restore on this host could not do (bump revisions), or why it would refuse; "" when all is well."""
+    if not ctx.settings.backup_url:
+        return ""
+    try:
+        tool = restore_tool.find_tool(ctx.settings.etcdutl)
+    except AgentError as exc:
+        return f"restores on this host would refuse: {exc}"
+    return restore_tool.bump_warning(tool) or ""
+
+
 def collect(ctx: Context, group: str) -> status.Report:
     """Ask every instance's etcd for the member list, members outside the ASG too, then each member's status."""
     asg = ctx.find_asg(group)
@@ -84,7 +95,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     # a client of the cluster (proxy_asg) shows the cluster it uses
     group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.group
-    report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)))
+    report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)), restores=restores_line(ctx))
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(status.to_json(report), indent=2) + "\n")
     else:

@@ -220,6 +220,22 @@ def test_a_hash_trailer_flag_that_is_not_a_boolean_is_refused(value: object) -> 
         snapshot_from_json(_tampered({"hash_trailer": value}), "test")
 
 
+# --- the db's hash: with it the manifest's revision is exact -----------------------------------------------------
+def test_a_db_hash_round_trips_and_is_written_only_when_known() -> None:
+    meta = SnapshotMeta(NOW, 7, 5, "3.6.1", (), "i-0123456789abcdef0", db_hash=2241994221)
+    info = SnapshotInfo.of("p/a.db", meta, SHA, 9)
+    assert json.loads(snapshot_to_json(info))["db_hash"] == 2241994221
+    assert snapshot_from_json(snapshot_to_json(info), "test") == info
+    assert "db_hash" not in json.loads(snapshot_to_json(snap("p/b.db", 3)))
+    assert snapshot_from_json(snapshot_to_json(snap("p/b.db", 3)), "test").db_hash is None
+
+
+@pytest.mark.parametrize("value", ["2241994221", -1, 2**32, None, True, 1.5])
+def test_a_db_hash_that_is_not_a_crc32_is_refused(value: object) -> None:
+    with pytest.raises(UnsafeError, match="db hash"):
+        snapshot_from_json(_tampered({"db_hash": value}), "test")
+
+
 # --- hand-offs ---------------------------------------------------------------------------------------------------
 def handoff(revision: int | None = 42, uploaded: str | None = None) -> Handoff:
     return Handoff(
