@@ -26,7 +26,7 @@ from etcd_aws_cluster.s3 import BackupStore
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
-from tests.harness.sim import Node, SimulatedAsg
+from tests.harness.sim import REGION, Node, SimulatedAsg
 from tests.integration.helpers import boot, decision, env, run_ok
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def backed_sim(sim: SimFactory, etcd_binary: Path, moto_url: str, size: int = 3)
         "ETCD_AWS_CLUSTER_ETCDUTL": str(tool),
         "ETCD_AWS_CLUSTER_TIMEOUT": str(AGENT_TIMEOUT - 30),
     }
-    return Backed(asg, s3, BackupStore(s3, BACKUP_URL, asg.name), agent_env)
+    return Backed(asg, s3, BackupStore(s3, BACKUP_URL, asg.name, region=REGION), agent_env)
 
 
 def booted(sim: SimFactory, etcd_binary: Path, moto_url: str) -> Backed:

@@ -15,7 +15,7 @@ from etcd_aws_cluster.s3 import BackupStore, connect_s3
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
-from tests.harness.sim import Node, SimulatedAsg
+from tests.harness.sim import REGION, Node, SimulatedAsg
 from tests.integration.helpers import boot, decision, run_ok
 
 pytestmark = pytest.mark.integration
@@ -41,9 +41,9 @@ def backed_up(sim: SimFactory, etcd_binary: Path, moto_url: str) -> tuple[Simula
     s3.create_bucket(Bucket="backups")
     asg = sim(3, etcd_binary)
     asg.bootstrap_static()
-    store = BackupStore(s3, "s3://backups/etcd", asg.name)
+    store = BackupStore(s3, "s3://backups/etcd", asg.name, region=REGION)
     members = tuple(sorted((n.instance_id, n.peer_url) for n in asg.nodes))
-    store.write_record(ClusterRecord(asg.name, None, members, None, datetime.now(timezone.utc)))
+    store.write_record(ClusterRecord(asg.name, None, members, None, datetime.now(timezone.utc)), None)
     extra = {
         "ETCD_AWS_CLUSTER_BACKUP_URL": "s3://backups/etcd",
         "ETCD_AWS_CLUSTER_ETCDUTL": str(tool),
