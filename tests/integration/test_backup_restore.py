@@ -368,3 +368,112 @@ def test_restore_list_shows_the_snapshots_newest_first_with_the_marker(
     assert "c0ffee" in rows[0] and "5m" in rows[0]
     assert lines[-1].startswith("* the one a boot would restore")
     assert not node.env_file.exists()  # --list changes nothing
+
+
+# -- lineages and the layout before the region (issue 15) ----------------------------------------------------------
+
+
+def age_snapshot(backed: Backed, info: SnapshotInfo, hours: float) -> None:
+    """Rewrite a manifest as if the snapshot were `hours` old (the manifest carries the time)."""
+    aged = dataclasses.replace(info, taken_at=datetime.now(timezone.utc) - timedelta(hours=hours))
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=BackupStore.manifest_key(info.key), Body=records.snapshot_to_json(aged).encode()
+    )
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_start_over_followed_by_a_second_loss_restores_the_new_clusters_data(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    abandoned = put_keys(asg, "/abandoned", 40)  # many writes: the abandoned cluster's revisions are the higher
+    backed.backup(asg.nodes[0])
+    (old_snapshot,) = backed.store.list_snapshots()
+    old_record = backed.store.read_record()
+    assert old_record is not None and old_record.lineage is not None
+    assert old_snapshot.lineage == old_record.lineage
+
+    # Every instance is lost; the operator starts empty on purpose, as the agent's refusal of a record without
+    # a snapshot says: delete cluster.json (the abandoned cluster's snapshot stays in the bucket).
+    new = replace_everyone(asg)
+    backed.s3.delete_object(Bucket=BUCKET, Key=backed.store.record_key)
+    logs = boot(asg, new, env=backed.env)
+    assert {decision(err) for err in logs.values()} == {"new"}, logs
+    asg.wait_healthy(3, timeout=60)
+    assert all(asg.get(key) is None for key in abandoned)
+    started = backed.store.read_record()
+    assert started is not None and started.lineage not in (None, old_record.lineage)
+    asg.put("/started-over", "the new cluster's data")
+    backed.backup(asg.nodes[1])
+    new_snapshot = backed.store.list_snapshots()[1]  # newest first by revision: the abandoned one is higher
+    assert new_snapshot.lineage == started.lineage and new_snapshot.revision < old_snapshot.revision
+
+    logs_after, chosen = full_replacement_restores(backed)  # every instance is lost again
+
+    assert chosen == new_snapshot.key, logs_after
+    assert asg.get("/started-over") == "the new cluster's data"
+    assert all(asg.get(key) is None for key in abandoned)
+    record = backed.store.read_record()
+    assert record is not None and record.lineage == started.lineage  # the restore continued the new lineage
+
+    listing = run_ok(asg, asg.nodes[0], "restore", "--list", env=backed.env).stdout
+    assert f"lineage {started.lineage} (current: the cluster record)" in listing
+    assert f"lineage {old_record.lineage}\n" in listing and old_snapshot.key in listing
+    marked = [line for line in listing.splitlines() if line.startswith("* ") and "/snapshots/" in line]
+    assert len(marked) == 1 and new_snapshot.key in marked[0]
+
+    # Retention: keep 2. The abandoned snapshot's higher revision does not push the new cluster's out.
+    age_snapshot(backed, new_snapshot, hours=1)  # so that the scheduled backup is due
+    schedule = {
+        "ETCD_AWS_CLUSTER_BACKUP_INTERVAL": "60",
+        "ETCD_AWS_CLUSTER_BACKUP_KEEP_LAST": "2",
+        "ETCD_AWS_CLUSTER_BACKUP_KEEP_DAILY_DAYS": "0",
+    }
+    for node in asg.nodes:
+        backed.backup(node, "--scheduled", extra=schedule)
+    left = backed.store.list_snapshots()
+    assert len(left) == 3, [i.key for i in left]
+    assert {new_snapshot.key, old_snapshot.key} <= {i.key for i in left}
+    assert {i.lineage for i in left} == {started.lineage, old_record.lineage}
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_record_and_a_snapshot_of_the_layout_before_the_region_are_found_and_restored(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    written = put_keys(asg, "/app", 20)
+    backed.backup(asg.nodes[0])
+    (info,) = backed.store.list_snapshots()
+    record = backed.store.read_record()
+    assert record is not None
+    # Rewrite both as an agent before the region and lineages wrote them, under <prefix>/<asg>/, and remove the
+    # new layout's objects: what a bucket looks like right after the upgrade.
+    old_key = backed.store.legacy_snapshot_prefix + info.key.rsplit("/", 1)[1]
+    old_info = dataclasses.replace(info, key=old_key, lineage=None)
+    old_record = dataclasses.replace(record, newest_snapshot=old_key, lineage=None)
+    body = backed.s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read()
+    backed.s3.put_object(Bucket=BUCKET, Key=old_key, Body=body)
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=BackupStore.manifest_key(old_key), Body=records.snapshot_to_json(old_info).encode()
+    )
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=backed.store.legacy_record_key, Body=records.record_to_json(old_record).encode()
+    )
+    assert "lineage" not in records.record_to_json(old_record)  # today's shape
+    stale = [k for k in backed.object_keys() if k.startswith(backed.store.base + "/")]
+    backed.s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in stale]})
+    assert backed.store.list_snapshots() == (old_info,)
+
+    logs, chosen = full_replacement_restores(backed)
+
+    assert chosen == old_key, logs
+    for key, value in written.items():
+        assert asg.get(key) == value, key
+    new_record = backed.s3.get_object(Bucket=BUCKET, Key=backed.store.record_key)["Body"].read()
+    restored = records.record_from_json(new_record, "new key")
+    assert restored.newest_snapshot == old_key and restored.lineage is None  # continues the legacy lineage
+    left = backed.s3.get_object(Bucket=BUCKET, Key=backed.store.legacy_record_key)["Body"].read()
+    assert records.record_from_json(left, "old key") == old_record  # the old record is left as it was
