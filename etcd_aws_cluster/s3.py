@@ -54,6 +54,10 @@ ETAG = re.compile(r'"?[A-Za-z0-9_.:-]{1,128}"?')
 # S3's answers to a conditional write that lost: 412, or 409 when another conditional write is in flight.
 LOST_RACE_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 CONDITIONS_PARAM = "EtcdAwsClusterConditions"  # ours, taken out of PutObject's parameters before validation
+LAYOUT_MARKER = (
+    '{{"format": "etcd-aws-cluster/layout", "version": 1, "note": "this group uses the region layout; {old} '
+    'is not read any more"}}\n'
+)
 KMS_KEY_ID = re.compile(r"[A-Za-z0-9:/_-]{1,2048}")
 SSE_MODES = ("AES256", "aws:kms")
 # Parts of 5 MiB (S3's smallest), at most 2 read ahead and 2 in flight: a bounded ~25 MiB of buffers whatever the
@@ -238,6 +242,9 @@ class BackupStore:
         # The layout before the region: read, never written
         self.legacy_snapshot_prefix = f"{top}{group}/snapshots/"
         self.legacy_record_key = f"{top}{group}/cluster.json"
+        # Written once the new layout's record exists: from then on the old record is never read again, so deleting
+        # cluster.json to start over is not undone by the old layout's record
+        self.layout_marker_key = f"{self.base}/layout-v2"
         self._encryption: dict[str, str] = {"ServerSideEncryption": sse}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
@@ -373,7 +380,7 @@ class BackupStore:
         The ETag is of the new layout's key: a record found only under the old layout is created anew there."""
         found = self._get_tagged(self.record_key)
         key, etag = self.record_key, None if found is None else self._etag(found[1])
-        if found is None:
+        if found is None and self._get(self.layout_marker_key) is None:
             key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
             if found is not None:
                 log.info("cluster record: reading %s (the layout before the region)", self.where(key))
@@ -397,6 +404,8 @@ class BackupStore:
             raise UnsafeError(f"refusing to write the record of ASG {record.asg_name} for ASG {self.asg_name}")
         condition = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": expected_etag}
         etag = self._put(self.record_key, records.record_to_json(record), condition)
+        if expected_etag is None:  # created: the old layout's record (if any) is superseded for good
+            self._put(self.layout_marker_key, LAYOUT_MARKER.format(old=self.where(self.legacy_record_key)))
         return etag if isinstance(etag, str) and ETAG.fullmatch(etag) else None
 
     # -- hand-offs of survivors ----------------------------------------------------------------------------

@@ -273,3 +273,7 @@ def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new
     assert records.record_from_json(legacy, "old key") == old_record  # left as it was, never deleted silently
     store.delete([info])  # retention may delete an old-layout snapshot of its lineage
     assert store.list_snapshots() == (new,)
+    # Deleting the new record to start over is not undone by the old one: once the new layout's record was
+    # created, the old key is not read any more
+    s3.delete_object(Bucket=BUCKET, Key=store.record_key)
+    assert store.read_record_tagged() == (None, None)
