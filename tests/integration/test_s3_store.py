@@ -12,16 +12,25 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from mypy_boto3_s3 import S3Client
 
 from etcd_aws_cluster import records
+from etcd_aws_cluster.backups import Backups
+from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import AwsError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.model import AsgView, Endpoints
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.view import ClusterView
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.procs import ProcessRegistry
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.context import Context
 
 pytestmark = pytest.mark.integration
 
@@ -277,3 +286,64 @@ def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new
     # created, the old key is not read any more
     s3.delete_object(Bucket=BUCKET, Key=store.record_key)
     assert store.read_record_tagged() == (None, None)
+
+
+# -- Backups.write_record over a record another instance changes (moto's If-Match answers) ------------------------
+
+
+class _Rivalled(BackupStore):
+    """A store whose first record write comes just after a rival's: the interleaving two instances can produce."""
+
+    def __init__(self, s3: S3Client, rival: ClusterRecord) -> None:
+        super().__init__(s3, f"s3://{BUCKET}/backups/", ASG, region=REGION)
+        self.rival: ClusterRecord | None = rival
+        self.attempts = 0
+
+    def write_record(self, record: ClusterRecord, expected_etag: str | None) -> str | None:
+        self.attempts += 1
+        if self.rival is not None:
+            other = BackupStore(self._s3, f"s3://{BUCKET}/backups/", ASG, region=REGION)
+            other.write_record(self.rival, other.read_record_tagged()[1])
+            self.rival = None
+        return super().write_record(record, expected_etag)
+
+
+def _backups(store: BackupStore, cluster_id: int | None = None) -> tuple[Backups, ClusterView]:
+    ctx = SimpleNamespace(now=lambda: datetime.now(timezone.utc), deadline=Deadline(30.0))
+    view = ClusterView(AsgView(ASG, 0, ()), Endpoints(), (), (), (cluster_id,) if cluster_id else (), False)
+    return Backups(cast("Context", ctx), store), view
+
+
+MEMBERS = ((INSTANCE, "http://10.0.0.1:2380"), ("i-0fedcba9876543210", "http://10.0.0.2:2380"))
+LINEAGE = "20240510T120000Z-0a1b2c3d"
+
+
+def test_a_refresh_that_lost_the_race_is_applied_again_to_the_fresh_record(s3: S3Client) -> None:
+    start = ClusterRecord(ASG, 0xABC, MEMBERS, "backups/old.db", NOW, LINEAGE)
+    BackupStore(s3, f"s3://{BUCKET}/backups/", ASG, region=REGION).write_record(start, None)
+    rival = replace(start, newest_snapshot="backups/rivals.db", updated_at=NOW + timedelta(seconds=1))
+    store = _Rivalled(s3, rival)
+    backups, view = _backups(store, cluster_id=0xABC)
+    written = backups.write_record(view)  # a refresh: this run's members (none known here), the rest kept
+    assert store.attempts == 2
+    assert written.newest_snapshot == "backups/rivals.db"  # the rival's change survives ours
+    assert written.lineage == LINEAGE and written.members == ()
+    assert store.read_record() == written
+
+
+def test_a_decision_that_lost_the_race_to_another_decision_is_decided_again(s3: S3Client) -> None:
+    store = _Rivalled(s3, ClusterRecord(ASG, None, MEMBERS[:1], None, NOW, LINEAGE))
+    backups, view = _backups(store)
+    assert backups.read_record() is None  # the decision's basis: no record
+    with pytest.raises(RecordRaceError, match="deciding again"):
+        backups.write_record(view, members=MEMBERS)  # `new` of two members; a rival recorded another cluster
+    assert store.read_record() == ClusterRecord(ASG, None, MEMBERS[:1], None, NOW, LINEAGE)
+
+
+def test_a_decision_that_lost_the_race_to_the_same_decision_takes_the_winners_record(s3: S3Client) -> None:
+    store = _Rivalled(s3, ClusterRecord(ASG, None, tuple(reversed(MEMBERS)), None, NOW, LINEAGE))
+    backups, view = _backups(store)
+    assert backups.read_record() is None
+    taken = backups.write_record(view, members=MEMBERS)  # the same new cluster, recorded first by a peer
+    assert store.attempts == 1 and taken == store.read_record()
+    assert taken.lineage == LINEAGE  # one lineage for the one new cluster
