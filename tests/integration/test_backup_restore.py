@@ -477,3 +477,33 @@ def test_a_record_and_a_snapshot_of_the_layout_before_the_region_are_found_and_r
     assert restored.newest_snapshot == old_key and restored.lineage is None  # continues the legacy lineage
     left = backed.s3.get_object(Bucket=BUCKET, Key=backed.store.legacy_record_key)["Body"].read()
     assert records.record_from_json(left, "old key") == old_record  # the old record is left as it was
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_record_whose_lineage_has_no_snapshot_is_refused_naming_the_other_lineages(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    put_keys(asg, "/app", 5)
+    backed.backup(asg.nodes[0])
+    (info,) = backed.store.list_snapshots()
+    other = "20200101T000000Z-00c0ffee"  # the snapshot is re-labelled as another lineage's (an abandoned cluster)
+    backed.s3.put_object(
+        Bucket=BUCKET,
+        Key=BackupStore.manifest_key(info.key),
+        Body=records.snapshot_to_json(dataclasses.replace(info, lineage=other)).encode(),
+    )
+
+    new = replace_everyone(asg)
+    results = run_concurrently(asg, new, backed.env)
+
+    for node in new:
+        code, err = results[node.instance_id]
+        assert code == 6, f"agent on {node} exited {code}:\n{err}"
+        assert "decision=refuse" in err and "refusing to start an empty cluster" in err, err
+        assert "has no snapshot" in err and other in err, err
+        assert "restore --list" in err and "restore --snapshot KEY" in err, err
+        assert not node.env_file.exists()
+    listing = run_ok(asg, new[0], "restore", "--list", env=backed.env).stdout
+    assert f"lineage {other}\n" in listing and info.key in listing
