@@ -480,7 +480,7 @@ def test_a_record_and_a_snapshot_of_the_layout_before_the_region_are_found_and_r
 
 
 @pytest.mark.etcd_also("3.6")
-def test_a_record_whose_lineage_has_no_snapshot_is_refused_naming_the_other_lineages(
+def test_a_record_whose_lineage_has_no_snapshot_is_refused_and_restore_by_hand_takes_the_other_lineage(
     sim: SimFactory, etcd_binary: Path, moto_url: str
 ) -> None:
     backed = booted(sim, etcd_binary, moto_url)
@@ -507,3 +507,15 @@ def test_a_record_whose_lineage_has_no_snapshot_is_refused_naming_the_other_line
         assert not node.env_file.exists()
     listing = run_ok(asg, new[0], "restore", "--list", env=backed.env).stdout
     assert f"lineage {other}\n" in listing and info.key in listing
+
+    # Following the message: `restore --snapshot KEY` on every instance takes the other lineage's snapshot, and
+    # the record it writes continues that lineage.
+    for node in new:
+        result = run_ok(asg, node, "restore", "--snapshot", info.key, env=backed.env)
+        assert f"restored {info.key}" in result.stdout
+    for node in new:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert asg.get("/app/0") == "/app-value-0"
+    record = backed.store.read_record()
+    assert record is not None and record.lineage == other and record.newest_snapshot == info.key
