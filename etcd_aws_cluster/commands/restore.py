@@ -18,7 +18,7 @@ from etcd_aws_cluster import envfile, records
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.errors import AgentError, UnsafeError
 from etcd_aws_cluster.model import AsgView, Decision, Plan
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
 from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
@@ -62,6 +62,15 @@ def _default(snapshots: tuple[SnapshotInfo, ...], record: ClusterRecord | None) 
     return records.newest_first(snapshots) if record is None else records.of_lineage(snapshots, record.lineage)
 
 
+def _listed_record(backups: Backups) -> ClusterRecord | None:
+    """The record, for marking the current lineage; a listing goes on without it (it is what helps see why)."""
+    try:
+        return backups.store.read_record()
+    except AgentError as exc:
+        log.warning("cannot read the cluster record (%s); listing without marking the current lineage", exc)
+        return None
+
+
 def _initial_cluster(ctx: Context, asg: AsgView) -> tuple[tuple[str, str], ...]:
     instances = asg.members()
     pairs = tuple(sorted((i.instance_id, ctx.endpoints.peer_url(i.private_ip)) for i in instances if i.private_ip))
@@ -92,11 +101,11 @@ def _choose(
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     backups = require_backups(ctx)
+    if getattr(args, "list", False):
+        sys.stdout.write(render_list(backups, backups.store.list_snapshots(), _listed_record(backups)))
+        return 0
     record = backups.read_record()  # the record this restore replaces (a conditional write, after the restore)
     snapshots = backups.store.list_snapshots()
-    if getattr(args, "list", False):
-        sys.stdout.write(render_list(backups, snapshots, record))
-        return 0
     candidates = _choose(snapshots, getattr(args, "snapshot", None), record)
     asg = ctx.find_asg()
     cluster = ctx.observe(asg)
