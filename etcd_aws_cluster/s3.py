@@ -7,19 +7,22 @@ path, so that same-named ASGs of two regions sharing a bucket never meet:
     <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db  a snapshot, as etcd streamed it
     <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
     <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
+    <prefix>/<region>/<asg>/layout-v2                                    written when the record is created
 
-The layout of agents before the region (`<prefix>/<asg>/...`) is still read: its record when the new key does not
-exist (the next write goes to the new key; the old object is left as it is), and its snapshots, listed beside the
-new ones (restorable, and subject to the retention of their lineage). Hand-offs are only in the new layout.
+The layout of agents before the region (`<prefix>/<asg>/...`) is still read: its record while neither the new key
+nor `layout-v2` exists (the next write creates both; the old object is left as it is, and once `layout-v2` exists
+it is never read again, so deleting the new cluster.json to start over is not undone by the old one), and its
+snapshots, listed beside the new ones (restorable, and subject to the retention of their lineage). Hand-offs are
+only in the new layout.
 
 A snapshot is listed only with its manifest, and the manifest is written only after the snapshot object is
 complete (a multipart upload is invisible until completed), so a crash at any point of an upload leaves nothing
 a restore would take. The instance id in the name keeps two members' uploads of one revision apart.
 
 The record is written conditionally: `If-None-Match: *` when there was none, `If-Match: <ETag read>` to replace
-it, so two writers that read the same record cannot both replace it (the loser gets RecordRaceError). botocore
-before 1.36 has no parameters for these headers: they are added by event handlers on the client (see
-`_conditional_headers`), one code path for every botocore.
+it, so two writers that read the same record cannot both replace it (the loser gets RecordRaceError). Debian 12's
+botocore 1.29 has no PutObject parameters for these headers: they are added by event handlers on the client
+(`conditional_writes`), one code path for every botocore.
 """
 
 from __future__ import annotations
