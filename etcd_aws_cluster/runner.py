@@ -254,7 +254,13 @@ class Runner:
         info = backups.restore(plan.restore, plan.initial_cluster)
         if facts.handoffs:
             self.ctx.deadline.pause(HANDOFF_SETTLE - (self.ctx.deadline.elapsed() - decided))
-        backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster, continues=info)
+        try:
+            backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster, continues=info)
+        except RecordRaceError:
+            # Another decision was recorded first: deciding again must not see this restore as "local data"
+            moved = move_aside(restore_data_dir(self.ctx), self.ctx.now())
+            log.warning("the record names another decision: moved the data just restored aside to %s", moved)
+            raise
         return replace(plan, reason=f"{plan.reason}; restored {info.key}")
 
     def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:

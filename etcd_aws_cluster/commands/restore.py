@@ -18,7 +18,7 @@ from etcd_aws_cluster import envfile, records
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import AgentError, UnsafeError
+from etcd_aws_cluster.errors import AgentError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.model import AsgView, Decision, Plan
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
 from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
@@ -119,7 +119,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
         info = backups.restore(candidates, initial)
-        backups.write_record(cluster, newest=info.key, members=initial, continues=info)
+        try:
+            backups.write_record(cluster, newest=info.key, members=initial, continues=info)
+        except RecordRaceError:
+            moved = move_aside(restore_data_dir(ctx), ctx.now())  # etcd must not start from a decision that lost
+            raise RecordRaceError(
+                f"another instance recorded another decision while this one restored {info.key}; the restored "
+                f"data is moved aside to {moved}. Check `etcd-aws-cluster restore --list` and rerun"
+            ) from None
         plan = Plan(Decision.RESTORE, f"restored {info.key} by hand", "new", initial, restore=(info,))
         outcome = Runner(ctx).outcome(plan)
         envfile.write(ctx.settings.output, outcome.text)

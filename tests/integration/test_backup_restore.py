@@ -519,3 +519,48 @@ def test_a_record_whose_lineage_has_no_snapshot_is_refused_and_restore_by_hand_t
     assert asg.get("/app/0") == "/app-value-0"
     record = backed.store.read_record()
     assert record is not None and record.lineage == other and record.newest_snapshot == info.key
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_restore_whose_record_write_lost_the_race_decides_again_and_follows_the_winner(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    first = put_keys(asg, "/first", 10)
+    backed.backup(asg.nodes[0])
+    later = put_keys(asg, "/later", 10)
+    backed.backup(asg.nodes[1])
+    newest, older = backed.store.list_snapshots()
+    new = replace_everyone(asg)
+    lone, *others = new
+
+    proc = asg.start_agent(lone, env=backed.env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # the agent has decided to restore the newest snapshot and is downloading it
+        seen.append(line)
+        if "restore: using" in line:
+            break
+    # Meanwhile another writer records another decision: these same instances restore the older snapshot.
+    members = tuple(sorted((n.instance_id, n.peer_url) for n in new))
+    rival = records.ClusterRecord(asg.name, None, members, older.key, datetime.now(timezone.utc), older.lineage)
+    backed.s3.put_object(Bucket=BUCKET, Key=backed.store.record_key, Body=records.record_to_json(rival).encode())
+    _, rest = proc.communicate(timeout=AGENT_TIMEOUT)
+    asg.registry.forget(proc.pid)
+    err = "".join(seen) + rest
+    assert proc.returncode == 0, err
+    assert "changed since this run read it" in err and "deciding again" in err, err
+    assert "restoring the same one" in err and restored_key(err.split("deciding again", 1)[1]) == older.key, err
+    assert list(lone.workdir.glob("data.stale-*")), "the data restored for the losing decision was not moved aside"
+
+    results = run_concurrently(asg, others, backed.env)  # the others follow the record too
+    for node in others:
+        code, other_err = results[node.instance_id]
+        assert code == 0 and restored_key(other_err) == older.key, other_err
+    for node in new:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert all(asg.get(key) == value for key, value in first.items())
+    assert all(asg.get(key) is None for key in later)  # the winner's decision, not the lone agent's first one
+    assert newest.key != older.key
