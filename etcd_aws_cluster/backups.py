@@ -14,7 +14,8 @@ from pathlib import Path
 
 from etcd_aws_cluster import records, restore_tool, scratch
 from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import AgentError, ConfigError, EtcdError, UnsafeError
+from etcd_aws_cluster.deadline import backoff
+from etcd_aws_cluster.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.runner import local_data_dir
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 RESTORE_HEADROOM = 128 * 1024 * 1024
 # Room a spooled backup leaves free beyond its estimate: etcd's own writes go on in the same filesystem.
 SPOOL_HEADROOM = 256 * 1024 * 1024
+# A refresh of the record that lost a race to another writer is applied again to what that writer wrote.
+RECORD_WRITE_ATTEMPTS = 4
 
 
 def restore_token(info: SnapshotInfo) -> str:
@@ -39,6 +42,9 @@ class Backups:
     def __init__(self, ctx: Context, store: BackupStore) -> None:
         self.ctx = ctx
         self.store = store
+        # The record (and its ETag) this run last read through `read_record`: what a boot decision is based on,
+        # so the decision's record write replaces exactly that one (None: read it again at the write)
+        self._basis: tuple[ClusterRecord | None, str | None] | None = None
 
     @classmethod
     def open(cls, ctx: Context, asg_name: str) -> Backups | None:
@@ -47,7 +53,9 @@ class Backups:
         if not settings.backup_url:
             return None
         s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts)
-        store = BackupStore(s3, settings.backup_url, asg_name, settings.backup_sse, settings.backup_kms_key_id)
+        store = BackupStore(
+            s3, settings.backup_url, asg_name, settings.backup_sse, settings.backup_kms_key_id, region=ctx.me.region
+        )
         return cls(ctx, store)
 
     # --- snapshots -------------------------------------------------------------------------------------
@@ -61,6 +69,7 @@ class Backups:
         status = ctx.etcd.endpoint_status(url, ctx.call_timeout)
         if status is None or not status.version:
             raise EtcdError(f"cannot back up through {url}: it does not answer the v3 status call")
+        record = self.store.read_record()  # the snapshot carries its lineage; with no record yet, it begins one
         meta = SnapshotMeta(
             taken_at=ctx.now(),
             revision=status.revision,
@@ -68,6 +77,7 @@ class Backups:
             etcd_version=status.version,
             members=cluster.initial_cluster(cluster.members),
             source_instance=ctx.me.instance_id,
+            lineage=record.lineage if record is not None else records.new_lineage(ctx.now()),
         )
         started = ctx.deadline.elapsed()
         info = self._upload(url, meta)
@@ -79,7 +89,7 @@ class Backups:
             self.store.where(info.key),
             ctx.deadline.elapsed() - started,
         )
-        self.write_record(cluster, newest=info.key)
+        self.write_record(cluster, newest=info.key, continues=None if record is not None else info)
         return info
 
     def _upload(self, url: str, meta: SnapshotMeta) -> SnapshotInfo:
@@ -120,7 +130,11 @@ class Backups:
         return scratch.scratch_path(data_dir, scratch.SPOOL_PREFIX, ".db"), tool
 
     def newest(self) -> SnapshotInfo | None:
+        """The newest snapshot of the record's lineage (of any, when there is no record)."""
+        record = self.store.read_record()
         found = self.store.list_snapshots()
+        if record is not None:
+            found = records.of_lineage(found, record.lineage)
         return found[0] if found else None
 
     def age(self, info: SnapshotInfo) -> float:
@@ -152,6 +166,12 @@ class Backups:
         return doomed
 
     # --- the cluster record ----------------------------------------------------------------------------
+    def read_record(self) -> ClusterRecord | None:
+        """The cluster record, remembered (with its ETag) as the basis of this run's next boot decision."""
+        self._basis = None
+        self._basis = self.store.read_record_tagged()
+        return self._basis[0]
+
     def write_record(
         self,
         cluster: ClusterView,
@@ -159,31 +179,56 @@ class Backups:
         newest: str | None = None,
         members: tuple[tuple[str, str], ...] | None = None,
         cluster_id: int | None = None,
+        continues: SnapshotInfo | None = None,
     ) -> ClusterRecord:
-        """Record that the cluster exists: its id, its members (instance id, peer URL) and the newest snapshot
-        (kept from the current record unless given)."""
-        if members is None:
-            members = tuple(
-                sorted(
-                    (owner.instance_id, url)
-                    for m in cluster.members
-                    if (owner := cluster.owner(m)) is not None
-                    for url in m.peer_urls[:1]
-                )
-            )
-        if newest is None:
-            current = self.store.read_record()
-            newest = current.newest_snapshot if current is not None else None
-        record = ClusterRecord(
+        """Record that the cluster exists: its id, its members (instance id, peer URL), the newest snapshot (kept
+        from the current record unless given) and the lineage (records.record_lineage; `continues`: the snapshot
+        whose lineage it continues, e.g. the one restored).
+
+        `members` given is a boot decision (a new cluster, a restore): it replaces the record the decision was
+        based on, or raises RecordRaceError (decide again) unless the winner recorded the same decision. Any
+        other write is a refresh: on a lost race it is applied again to the fresh record, a few times."""
+        decision = members is not None
+        attempt = 0
+        while True:
+            basis = self._basis if decision and self._basis is not None else self.store.read_record_tagged()
+            record = self._next_record(cluster, basis[0], newest, members, cluster_id, continues)
+            try:
+                etag = self.store.write_record(record, basis[1])
+                self._basis = (record, etag) if etag else None
+            except RecordRaceError as exc:
+                self._basis = None
+                fresh = self.read_record()
+                if decision and fresh is not None and records.same_decision(fresh, record):
+                    log.info("cluster record: another instance recorded the same decision first")
+                    return fresh
+                attempt += 1
+                pause = backoff(attempt, base=0.2, cap=2.0)
+                if decision or attempt >= RECORD_WRITE_ATTEMPTS or not self.ctx.deadline.pause(pause):
+                    raise RecordRaceError(f"{exc}; deciding again" if decision else str(exc)) from None
+                log.info("cluster record: %s; applying this change to the fresh record", exc)
+                continue
+            log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(record.members))
+            return record
+
+    def _next_record(
+        self,
+        cluster: ClusterView,
+        current: ClusterRecord | None,
+        newest: str | None,
+        members: tuple[tuple[str, str], ...] | None,
+        cluster_id: int | None,
+        continues: SnapshotInfo | None,
+    ) -> ClusterRecord:
+        now = self.ctx.now()
+        return ClusterRecord(
             asg_name=self.store.asg_name,
             cluster_id=cluster_id if cluster_id is not None else cluster.cluster_id,
-            members=members,
-            newest_snapshot=newest,
-            updated_at=self.ctx.now(),
+            members=members if members is not None else owned_members(cluster),
+            newest_snapshot=newest if newest is not None or current is None else current.newest_snapshot,
+            updated_at=now,
+            lineage=records.record_lineage(current, members, continues, now),
         )
-        self.store.write_record(record)
-        log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(members))
-        return record
 
     def complete_record(self, cluster: ClusterView) -> None:
         """On a member's boot: write the record when there is none (backups were just turned on), or give it the
@@ -260,6 +305,18 @@ def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, whe
             f"snapshot {where} is corrupt: its db is at revision {status.revision}, older than the revision "
             f"{info.revision} its manifest says it was taken after"
         )
+
+
+def owned_members(cluster: ClusterView) -> tuple[tuple[str, str], ...]:
+    """(instance id, peer URL) of every member whose instance is known, sorted."""
+    return tuple(
+        sorted(
+            (owner.instance_id, url)
+            for m in cluster.members
+            if (owner := cluster.owner(m)) is not None
+            for url in m.peer_urls[:1]
+        )
+    )
 
 
 def restore_data_dir(ctx: Context) -> Path:

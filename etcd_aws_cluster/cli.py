@@ -170,8 +170,14 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _restore_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--list", action="store_true", help="list the snapshots, newest first; change nothing")
-    parser.add_argument("--snapshot", metavar="KEY", help="the snapshot to restore (default: the newest)")
+    parser.add_argument(
+        "--list", action="store_true", help="list the snapshots by lineage, newest first; change nothing"
+    )
+    parser.add_argument(
+        "--snapshot",
+        metavar="KEY",
+        help="the snapshot to restore, of any lineage (default: the newest of the cluster record's lineage)",
+    )
     _output_option(parser)
 
 

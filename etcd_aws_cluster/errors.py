@@ -45,6 +45,13 @@ class UnsafeError(AgentError):
     kind = "refused"
 
 
+class RecordRaceError(UnsafeError):
+    """The cluster record changed between this run's read and its conditional write: another instance wrote it
+    first. A boot decides again; a refresh is applied again to the fresh record."""
+
+    kind = "record changed"
+
+
 class OutputError(AgentError):
     """The output file could not be written."""
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster import etcdbin, recovery, restore_tool, scratch
+from etcd_aws_cluster import etcdbin, records, recovery, restore_tool, scratch
 from etcd_aws_cluster.backups import Backups
 from etcd_aws_cluster.errors import AgentError
 from etcd_aws_cluster.model import AsgView
@@ -31,35 +31,43 @@ class RecoveryFacts:
     """What the backups say when no etcd answers: the record, the snapshots, and the survivors' hand-offs."""
 
     record: ClusterRecord | None = None
-    snapshots: tuple[SnapshotInfo, ...] = ()
+    snapshots: tuple[SnapshotInfo, ...] = ()  # of the record's lineage only
     handoffs: tuple[Handoff, ...] = ()
+    lineage_hint: str = ""  # when the record's lineage has no snapshot but others do (records.other_lineages_hint)
 
 
 def gather(
     backups: Backups, asg: AsgView, data_dir: Path | None, local_ids: tuple[int, int] | None, *, publish: bool
 ) -> RecoveryFacts:
     """Read the record; in the survivors' case hand this instance's data off (unless `publish` is False, a dry
-    run), then read every survivor's hand-off and, after them, the snapshots."""
+    run), then read every survivor's hand-off and, after them, the snapshots of the record's lineage."""
     record = _read_record(backups, best_effort=data_dir is not None)
     if record is None:
         return RecoveryFacts()
     alive = recovery.alive_recorded(asg, record)
     if not recovery.lacks_quorum(alive, record):
         # Today's rules: a node with data restarts from it at once; one without needs the snapshots.
-        return RecoveryFacts(record, backups.store.list_snapshots() if data_dir is None else ())
+        return _with_snapshots(backups, record) if data_dir is None else RecoveryFacts(record)
     if publish and backups.ctx.me.instance_id in alive:
         hand_off(backups, record, data_dir, local_ids)
     handoffs = backups.store.read_handoffs(alive)
-    return RecoveryFacts(record, backups.store.list_snapshots(), handoffs)
+    return replace(_with_snapshots(backups, record), handoffs=handoffs)
+
+
+def _with_snapshots(backups: Backups, record: ClusterRecord) -> RecoveryFacts:
+    """The record with the snapshots of its lineage: what the decision may choose from."""
+    listed = backups.store.list_snapshots()
+    mine = records.of_lineage(listed, record.lineage)
+    return RecoveryFacts(record, mine, lineage_hint=records.other_lineages_hint(listed, record.lineage))
 
 
 def _read_record(backups: Backups, *, best_effort: bool) -> ClusterRecord | None:
     """The record. A node with data restarts from it whenever the record cannot be read, as it did before
     records existed: a whole-cluster reboot must not depend on S3."""
     if not best_effort:
-        return backups.store.read_record()
+        return backups.read_record()
     try:
-        return backups.store.read_record()
+        return backups.read_record()
     except AgentError as exc:
         log.warning("cannot read the cluster record (%s); deciding from local data alone", exc)
         return None
@@ -96,12 +104,20 @@ def _with_data(backups: Backups, record: ClusterRecord, data_dir: Path, cluster_
     try:
         shutil.copyfile(db, copy)
         status = restore_tool.db_status(tool, copy)
-        snapshots = store.list_snapshots()
+        snapshots = records.of_lineage(store.list_snapshots(), record.lineage)
         uploaded = None
         if not snapshots or status.revision > snapshots[0].revision:
             version = etcdbin.shown(tool.version)
             meta = SnapshotMeta(
-                ctx.now(), status.revision, cluster_id, version, record.members, ctx.me.instance_id, False, status.hash
+                ctx.now(),
+                status.revision,
+                cluster_id,
+                version,
+                record.members,
+                ctx.me.instance_id,
+                hash_trailer=False,
+                db_hash=status.hash,
+                lineage=record.lineage,
             )
             with copy.open("rb") as handle:
                 uploaded = store.upload(handle, meta).key

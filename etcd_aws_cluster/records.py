@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -28,6 +29,10 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 CLUSTER_ID_HEX = re.compile(r"[0-9a-f]{1,16}")
 ETCD_VERSION = validate.ETCD_VERSION
+# The lineage of the data: `<UTC stamp>-<8 random hex>`, begun by a new cluster or a start-over, carried by every
+# snapshot taken under it and continued by a restore. Documents written before lineages have none: `None`, the
+# legacy lineage, is a lineage like any other.
+LINEAGE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 # S3 keys we write: our own layout only, so nothing from a listing can smuggle in odd characters.
 OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/%-]{1,1024}")
 
@@ -57,6 +62,7 @@ class SnapshotMeta:
     # `snapshot status`'s hash of the db, read from the file uploaded: with it `revision` is the db's exact
     # revision; without it (a snapshot streamed straight to S3) `revision` is a lower bound
     db_hash: int | None = None
+    lineage: str | None = None  # of the record it was taken under
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -77,6 +83,7 @@ class SnapshotInfo:
     source_instance: str
     hash_trailer: bool = True  # etcd's sha256 trailer is appended (a Maintenance snapshot); see SnapshotMeta
     db_hash: int | None = None  # see SnapshotMeta
+    lineage: str | None = None  # see SnapshotMeta
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
@@ -95,6 +102,7 @@ class SnapshotInfo:
             source_instance=meta.source_instance,
             hash_trailer=meta.hash_trailer,
             db_hash=meta.db_hash,
+            lineage=meta.lineage,
         )
 
 
@@ -107,6 +115,7 @@ class ClusterRecord:
     members: tuple[tuple[str, str], ...]  # (instance id, peer URL)
     newest_snapshot: str | None
     updated_at: datetime
+    lineage: str | None = None  # the data's lineage (see LINEAGE); None for a record written before lineages
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "updated_at", _utc(self.updated_at, "updated_at"))
@@ -138,6 +147,11 @@ class Handoff:
 
 
 # -- JSON -----------------------------------------------------------------------------------------------------
+
+
+def new_lineage(now: datetime) -> str:
+    """A lineage id no other start of a cluster shares: the UTC time and 32 random bits."""
+    return f"{_utc(now, 'now').strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
 
 
 def format_time(value: datetime) -> str:
@@ -228,16 +242,28 @@ SNAPSHOT_FIELDS = (
     "members",
     "source_instance",
 )
-# Written only when false (hash_trailer) or known (db_hash), so that a manifest stays what earlier agents read.
-SNAPSHOT_OPTIONAL = ("hash_trailer", "db_hash")
+# Written only when false (hash_trailer) or known (db_hash, lineage), so that a manifest stays what earlier agents
+# read (documents written before lineages have none).
+SNAPSHOT_OPTIONAL = ("hash_trailer", "db_hash", "lineage")
 RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
+RECORD_OPTIONAL = ("lineage",)
 HANDOFF_FIELDS = ("instance_id", "record_updated_at", "has_data", "revision", "cluster_id", "uploaded", "written_at")
 
 
+def _lineage_field(lineage: str | None) -> dict[str, str]:
+    return {} if lineage is None else {"lineage": lineage}
+
+
+def _lineage(data: Mapping[str, Any], source: str) -> str | None:
+    value = data.get("lineage")
+    return None if value is None and "lineage" not in data else _matching(LINEAGE, "lineage", value, source)
+
+
 def snapshot_to_json(info: SnapshotInfo) -> str:
-    optional: dict[str, object] = {} if info.hash_trailer else {"hash_trailer": False}
+    optional: dict[str, Any] = {} if info.hash_trailer else {"hash_trailer": False}
     if info.db_hash is not None:
         optional["db_hash"] = info.db_hash
+    optional.update(_lineage_field(info.lineage))
     return json.dumps(
         {
             "format": SNAPSHOT_FORMAT,
@@ -275,6 +301,7 @@ def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
         source_instance=validate.instance_id(data["source_instance"], source),
         hash_trailer=hash_trailer,
         db_hash=_count(data["db_hash"], "db hash", source, upper=2**32) if "db_hash" in data else None,
+        lineage=_lineage(data, source),
     )
 
 
@@ -288,6 +315,7 @@ def record_to_json(record: ClusterRecord) -> str:
             "members": [list(pair) for pair in record.members],
             "newest_snapshot": record.newest_snapshot,
             "updated_at": format_time(record.updated_at),
+            **_lineage_field(record.lineage),
         },
         indent=1,
     )
@@ -295,7 +323,7 @@ def record_to_json(record: ClusterRecord) -> str:
 
 def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
     data = _document(text, RECORD_FORMAT, source)
-    _fields(data, RECORD_FIELDS, source)
+    _fields(data, RECORD_FIELDS, source, RECORD_OPTIONAL)
     newest = data["newest_snapshot"]
     return ClusterRecord(
         asg_name=validate.asg_name(data["asg_name"], source),
@@ -303,6 +331,7 @@ def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
         members=_pairs(data["members"], validate.instance_id, source),
         newest_snapshot=None if newest is None else object_key(newest, source),
         updated_at=_time(data["updated_at"], "time", source),
+        lineage=_lineage(data, source),
     )
 
 
@@ -362,18 +391,90 @@ def newest_valid(snapshots: Iterable[SnapshotInfo], rejected: Iterable[str] = ()
     return next((info for info in newest_first(snapshots) if info.key not in skip), None)
 
 
-def retention(
-    snapshots: Iterable[SnapshotInfo], now: datetime, keep_last: int, keep_daily_days: int
-) -> tuple[SnapshotInfo, ...]:
-    """What to delete: everything but the newest `keep_last`, the newest of each UTC day of the last
-    `keep_daily_days` days (today included), and always the newest one. Oldest first."""
-    ordered = newest_first(snapshots)
+def of_lineage(snapshots: Iterable[SnapshotInfo], lineage: str | None) -> tuple[SnapshotInfo, ...]:
+    """The snapshots of one lineage, newest first: what an automatic restore, the survivors' comparison and a
+    hand-off may choose from (another lineage's data is another cluster's, even when its revisions are higher)."""
+    return newest_first(info for info in snapshots if info.lineage == lineage)
+
+
+def lineage_name(lineage: str | None) -> str:
+    return "legacy (written before lineages)" if lineage is None else lineage
+
+
+def other_lineages_hint(snapshots: Iterable[SnapshotInfo], lineage: str | None) -> str:
+    """When the record's lineage has no snapshot but others do: say so, and how to take one of them; else ""."""
+    others = [info for info in newest_first(snapshots) if info.lineage != lineage]
+    if not others or of_lineage(snapshots, lineage):
+        return ""
+    names = sorted({lineage_name(info.lineage) for info in others})
+    return (
+        f"; the record's lineage {lineage_name(lineage)} has no snapshot, but {len(others)} snapshots of other "
+        f"lineages ({', '.join(names)}) exist: an automatic restore never takes another lineage's data. "
+        "`etcd-aws-cluster restore --list` shows them; to restore one of them on purpose, stop etcd and run "
+        "`etcd-aws-cluster restore --snapshot KEY` on every instance"
+    )
+
+
+def record_lineage(
+    current: ClusterRecord | None,
+    members: tuple[tuple[str, str], ...] | None,
+    restored: SnapshotInfo | None,
+    now: datetime,
+) -> str | None:
+    """The lineage of the record about to be written over `current`.
+
+    A restore continues the lineage of the snapshot it restored; a boot decision without one (`members` given:
+    a new cluster) and a write without any record (a start-over, or backups just turned on) begin a new one,
+    except that an instance taking part in the new cluster a peer recorded keeps the peer's; every other write
+    keeps the current record's."""
+    if restored is not None:
+        return restored.lineage
+    if current is None:
+        return new_lineage(now)
+    if members is None or _same_new_cluster(current, members):
+        return current.lineage
+    return new_lineage(now)
+
+
+def _same_new_cluster(current: ClusterRecord, members: tuple[tuple[str, str], ...]) -> bool:
+    """`current` is the record of a new cluster of exactly these members (recovery.joining_restore follows it)."""
+    fresh = current.cluster_id is None and current.newest_snapshot is None
+    return fresh and tuple(sorted(current.members)) == tuple(sorted(members))
+
+
+def same_decision(fresh: ClusterRecord, wanted: ClusterRecord) -> bool:
+    """`fresh` records the boot decision `wanted` does (the same new cluster, or the same restore of the same
+    lineage): a peer that decided the same wrote it first, and its record stands for both."""
+    if fresh.cluster_id is not None or wanted.cluster_id is not None or fresh.newest_snapshot != wanted.newest_snapshot:
+        return False
+    if tuple(sorted(fresh.members)) != tuple(sorted(wanted.members)):
+        return False
+    return wanted.newest_snapshot is None or fresh.lineage == wanted.lineage
+
+
+def _retention_of_one(
+    ordered: tuple[SnapshotInfo, ...], first_day: date, keep_last: int, keep_daily_days: int
+) -> set[str]:
     keep = {info.key for info in ordered[: max(1, keep_last)]}
-    first_day: date = _utc(now, "now").date() - timedelta(days=keep_daily_days - 1)
     days_seen: set[date] = set()
     for info in ordered:
         day = info.taken_at.date()
         if keep_daily_days > 0 and day >= first_day and day not in days_seen:
             days_seen.add(day)
             keep.add(info.key)
+    return keep
+
+
+def retention(
+    snapshots: Iterable[SnapshotInfo], now: datetime, keep_last: int, keep_daily_days: int
+) -> tuple[SnapshotInfo, ...]:
+    """What to delete, oldest first. Within each lineage on its own: everything but its newest `keep_last`, its
+    newest of each UTC day of the last `keep_daily_days` days (today included), and always its newest one. So
+    the current lineage keeps what it always kept, whatever another lineage holds (higher revisions of an
+    abandoned cluster never push its snapshots out), and every other lineage stays restorable."""
+    ordered = newest_first(snapshots)
+    first_day: date = _utc(now, "now").date() - timedelta(days=keep_daily_days - 1)
+    keep: set[str] = set()
+    for lineage in {info.lineage for info in ordered}:
+        keep |= _retention_of_one(of_lineage(ordered, lineage), first_day, keep_last, keep_daily_days)
     return tuple(reversed([info for info in ordered if info.key not in keep]))

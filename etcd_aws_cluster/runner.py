@@ -18,7 +18,7 @@ from etcd_aws_cluster import envfile, notify, scratch
 from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
-from etcd_aws_cluster.errors import EtcdError, LockError, UnsafeError
+from etcd_aws_cluster.errors import EtcdError, LockError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
@@ -149,6 +149,7 @@ class Runner:
         self.ctx = ctx
         self.settings = ctx.settings
         self.publish = True  # hand this node's data off to S3 when survivors lack quorum (not on a dry run)
+        self.lineage_hint = ""  # added to a refusal: the record's lineage has no snapshot, others have
 
     @functools.cached_property
     def backups(self) -> Backups | None:
@@ -167,6 +168,7 @@ class Runner:
         local_ids = (ids.member_id, ids.cluster_id) if ids else None
         facts = Facts(me=self.ctx.me, view=cluster, has_local_data=data_dir is not None, local_ids=local_ids)
         found = self._recovery_facts(cluster, asg, data_dir, local_ids)
+        self.lineage_hint = found.lineage_hint if found is not None else ""
         if found is None:
             return facts
         return replace(facts, record=found.record, snapshots=found.snapshots, handoffs=found.handoffs)
@@ -185,7 +187,7 @@ class Runner:
             return handoff.gather(backups, asg, data_dir, local_ids, publish=self.publish)
         if data_dir is None and not cluster.count().ok:
             # A cluster without a quorum: with a record, a new node waits for the silent members to come back.
-            return handoff.RecoveryFacts(backups.store.read_record())
+            return handoff.RecoveryFacts(backups.read_record())
         return None
 
     # --- decide ----------------------------------------------------------------------------------------
@@ -201,8 +203,9 @@ class Runner:
             try:
                 plan = planner.decide(facts, stale_data=self.settings.stale_data, as_learner=self.settings.learner)
             except UnsafeError as exc:
-                log.info("decision=refuse reason=%s", exc)
-                raise
+                refusal = UnsafeError(f"{exc}{self.lineage_hint}") if self.lineage_hint else exc
+                log.info("decision=refuse reason=%s", refusal)
+                raise refusal from None
             if plan.decision is not Decision.WAIT:
                 return plan, facts
             elapsed = deadline.elapsed()
@@ -250,7 +253,13 @@ class Runner:
         info = backups.restore(plan.restore, plan.initial_cluster)
         if facts.handoffs:
             self.ctx.deadline.pause(HANDOFF_SETTLE - (self.ctx.deadline.elapsed() - decided))
-        backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster)
+        try:
+            backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster, continues=info)
+        except RecordRaceError:
+            # Another decision was recorded first: deciding again must not see this restore as "local data"
+            moved = move_aside(restore_data_dir(self.ctx), self.ctx.now())
+            log.warning("the record names another decision: moved the data just restored aside to %s", moved)
+            raise
         return replace(plan, reason=f"{plan.reason}; restored {info.key}")
 
     def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
@@ -312,7 +321,11 @@ class Runner:
                 plan, facts = self.decide(asg)
                 asg = None
                 self._log_plan(plan)
-                plan, settled = self.act(plan, facts)
+                try:
+                    plan, settled = self.act(plan, facts)
+                except RecordRaceError as exc:  # another instance recorded another decision first
+                    log.info("%s", exc)
+                    settled = False
                 if settled:
                     break
                 if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):

@@ -1,15 +1,28 @@
 """Snapshots and the cluster record in S3 (boto3): streamed up and down, checksummed, our own objects only.
 
-Layout under `s3://bucket/prefix`, with the ASG name percent-encoded into one path segment:
+Layout under `s3://bucket/prefix`, with the ASG name percent-encoded into one path segment and the region in the
+path, so that same-named ASGs of two regions sharing a bucket never meet:
 
-    <prefix>/<asg>/cluster.json                                    the cluster record
-    <prefix>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db    a snapshot, as etcd streamed it
-    <prefix>/<asg>/snapshots/<same name>.json                     its manifest, written last
-    <prefix>/<asg>/handoff/<instance id>.json                     a survivor's hand-off (recovery.py)
+    <prefix>/<region>/<asg>/cluster.json                                  the cluster record
+    <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db  a snapshot, as etcd streamed it
+    <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
+    <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
+    <prefix>/<region>/<asg>/layout-v2                                    written when the record is created
+
+The layout of agents before the region (`<prefix>/<asg>/...`) is still read: its record while neither the new key
+nor `layout-v2` exists (the next write creates both; the old object is left as it is, and once `layout-v2` exists
+it is never read again, so deleting the new cluster.json to start over is not undone by the old one), and its
+snapshots, listed beside the new ones (restorable, and subject to the retention of their lineage). Hand-offs are
+only in the new layout.
 
 A snapshot is listed only with its manifest, and the manifest is written only after the snapshot object is
 complete (a multipart upload is invisible until completed), so a crash at any point of an upload leaves nothing
 a restore would take. The instance id in the name keeps two members' uploads of one revision apart.
+
+The record is written conditionally: `If-None-Match: *` when there was none, `If-Match: <ETag read>` to replace
+it, so two writers that read the same record cannot both replace it (the loser gets RecordRaceError). Debian 12's
+botocore 1.29 has no PutObject parameters for these headers: they are added by event handlers on the client
+(`conditional_writes`), one code path for every botocore.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from urllib.parse import quote
 
 from etcd_aws_cluster import records, validate
 from etcd_aws_cluster.aws import aws_errors
-from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, UnsafeError
+from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
@@ -39,6 +52,15 @@ log = logging.getLogger(__name__)
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 PREFIX_PART = re.compile(r"[A-Za-z0-9!_.*'()-]{1,200}")
+# An ETag as S3 and S3-compatible servers give it: quoted, hex (a multipart one ends in -<parts>).
+ETAG = re.compile(r'"?[A-Za-z0-9_.:-]{1,128}"?')
+# S3's answers to a conditional write that lost: 412, or 409 when another conditional write is in flight.
+LOST_RACE_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+CONDITIONS_PARAM = "EtcdAwsClusterConditions"  # ours, taken out of PutObject's parameters before validation
+LAYOUT_MARKER = (
+    '{{"format": "etcd-aws-cluster/layout", "version": 1, "note": "this group uses the region layout; {old} '
+    'is not read any more"}}\n'
+)
 KMS_KEY_ID = re.compile(r"[A-Za-z0-9:/_-]{1,2048}")
 SSE_MODES = ("AES256", "aws:kms")
 # Parts of 5 MiB (S3's smallest), at most 2 read ahead and 2 in flight: a bounded ~25 MiB of buffers whatever the
@@ -102,6 +124,27 @@ def connect_s3(region: str, environ: Mapping[str, str], timeout: float, max_atte
     )
     with aws_errors("creating the S3 client"):
         return boto3.session.Session(region_name=region).client("s3", config=config, endpoint_url=endpoint)
+
+
+def _take_conditions(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """before-parameter-build: move our conditions out of the parameters (botocore 1.29 would refuse them)."""
+    conditions = params.pop(CONDITIONS_PARAM, None)
+    if conditions:
+        context[CONDITIONS_PARAM] = conditions
+
+
+def _add_conditions(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """before-call (before signing): send them as the request's If-Match / If-None-Match headers."""
+    conditions = context.get(CONDITIONS_PARAM)
+    if conditions:
+        params["headers"].update(conditions)
+
+
+def conditional_writes(s3: S3Client) -> None:
+    """Let PutObject carry If-Match / If-None-Match on any botocore (once per client)."""
+    events = s3.meta.events
+    events.register("before-parameter-build.s3.PutObject", _take_conditions, unique_id="eac-take-conditions")
+    events.register("before-call.s3.PutObject", _add_conditions, unique_id="eac-add-conditions")
 
 
 def transfer_config() -> TransferConfig:
@@ -181,19 +224,30 @@ class BackupStore:
         asg_name: str,
         sse: str = "AES256",
         kms_key_id: str | None = None,
+        *,
+        region: str,
     ) -> None:
         if sse not in SSE_MODES:
             raise ConfigError(f"backup_sse must be one of {', '.join(SSE_MODES)}, not {validate.shown(sse)}")
         if kms_key_id is not None and (sse != "aws:kms" or not KMS_KEY_ID.fullmatch(kms_key_id)):
             raise ConfigError("backup_kms_key_id needs backup_sse = aws:kms and must be a KMS key id, ARN or alias")
         self._s3 = s3
+        conditional_writes(s3)
         self.url = parse_backup_url(url) if isinstance(url, str) else url
         self.asg_name = validate.asg_name(asg_name, "settings")
-        base = f"{self.url.prefix}/" if self.url.prefix else ""
-        self.base = f"{base}{quote(self.asg_name, safe='-_.')}"
+        self.region = validate.region(region, "the instance metadata")
+        top = f"{self.url.prefix}/" if self.url.prefix else ""
+        group = quote(self.asg_name, safe="-_.")
+        self.base = f"{top}{self.region}/{group}"
         self.snapshot_prefix = f"{self.base}/snapshots/"
         self.record_key = f"{self.base}/cluster.json"
         self.handoff_prefix = f"{self.base}/handoff/"
+        # The layout before the region: read, never written
+        self.legacy_snapshot_prefix = f"{top}{group}/snapshots/"
+        self.legacy_record_key = f"{top}{group}/cluster.json"
+        # Written once the new layout's record exists: from then on the old record is never read again, so deleting
+        # cluster.json to start over is not undone by the old layout's record
+        self.layout_marker_key = f"{self.base}/layout-v2"
         self._encryption: dict[str, str] = {"ServerSideEncryption": sse}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
@@ -237,13 +291,16 @@ class BackupStore:
         return info
 
     def _objects(self) -> dict[str, int]:
-        """Key -> size of every object under the snapshot prefix."""
+        """Key -> size of every object right under the snapshot prefixes (the new layout's and the old one's)."""
         sizes: dict[str, int] = {}
-        with aws_errors(f"listing {self.where(self.snapshot_prefix)}"):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.snapshot_prefix)
-            for page in pages:
-                for item in page.get("Contents", []):
-                    sizes[str(item.get("Key"))] = int(item.get("Size", -1))
+        for prefix in (self.snapshot_prefix, self.legacy_snapshot_prefix):
+            with aws_errors(f"listing {self.where(prefix)}"):
+                pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+                for page in pages:
+                    for item in page.get("Contents", []):
+                        key = str(item.get("Key"))
+                        if "/" not in key[len(prefix) :]:  # deeper keys are another group's (an ASG named "snapshots")
+                            sizes[key] = int(item.get("Size", -1))
         return sizes
 
     def list_snapshots(self) -> tuple[SnapshotInfo, ...]:
@@ -300,7 +357,7 @@ class BackupStore:
     def _delete_keys(self, keys: list[str]) -> None:
         if not keys:
             return
-        if any(not k.startswith(self.snapshot_prefix) for k in keys):
+        if any(not k.startswith((self.snapshot_prefix, self.legacy_snapshot_prefix)) for k in keys):
             raise UnsafeError(f"refusing to delete objects outside {self.where(self.snapshot_prefix)}")
         with aws_errors(f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}"):
             answer = self._s3.delete_objects(
@@ -318,18 +375,41 @@ class BackupStore:
 
     def read_record(self) -> ClusterRecord | None:
         """The cluster record, or None when there is none."""
-        text = self._get(self.record_key)
-        if text is None:
-            return None
-        record = records.record_from_json(text, self.where(self.record_key))
-        if record.asg_name != self.asg_name:
-            raise UnsafeError(f"{self.where(self.record_key)} belongs to ASG {validate.shown(record.asg_name)}")
-        return record
+        return self.read_record_tagged()[0]
 
-    def write_record(self, record: ClusterRecord) -> None:
+    def read_record_tagged(self) -> tuple[ClusterRecord | None, str | None]:
+        """The cluster record and the ETag to replace it with (`write_record`); (None, None) when there is none.
+
+        The ETag is of the new layout's key: a record found only under the old layout is created anew there."""
+        found = self._get_tagged(self.record_key)
+        key, etag = self.record_key, None if found is None else self._etag(found[1])
+        if found is None and self._get(self.layout_marker_key) is None:
+            key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
+            if found is not None:
+                log.info("cluster record: reading %s (the layout before the region)", self.where(key))
+        if found is None:
+            return None, None
+        record = records.record_from_json(found[0], self.where(key))
+        if record.asg_name != self.asg_name:
+            raise UnsafeError(f"{self.where(key)} belongs to ASG {validate.shown(record.asg_name)}")
+        return record, etag
+
+    def _etag(self, value: object) -> str:
+        if not isinstance(value, str) or not ETAG.fullmatch(value):
+            raise UnsafeError(f"refusing {self.where(self.record_key)}: its ETag {validate.shown(value)} is not one")
+        return value
+
+    def write_record(self, record: ClusterRecord, expected_etag: str | None) -> str | None:
+        """Write the record only if it is still the one read: `expected_etag` from `read_record_tagged` (None: only
+        if there is none). RecordRaceError when another writer came first. Returns the new ETag (None if the
+        answer had no usable one)."""
         if record.asg_name != self.asg_name:
             raise UnsafeError(f"refusing to write the record of ASG {record.asg_name} for ASG {self.asg_name}")
-        self._put(self.record_key, records.record_to_json(record))
+        condition = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": expected_etag}
+        etag = self._put(self.record_key, records.record_to_json(record), condition)
+        if expected_etag is None:  # created: the old layout's record (if any) is superseded for good
+            self._put(self.layout_marker_key, LAYOUT_MARKER.format(old=self.where(self.legacy_record_key)))
+        return etag if isinstance(etag, str) and ETAG.fullmatch(etag) else None
 
     # -- hand-offs of survivors ----------------------------------------------------------------------------
 
@@ -360,18 +440,37 @@ class BackupStore:
 
     # -- small objects --------------------------------------------------------------------------------------
 
-    def _put(self, key: str, text: str) -> None:
+    def _put(self, key: str, text: str, condition: dict[str, str] | None = None) -> object:
+        """Write a small object (under `condition`: If-Match / If-None-Match headers); returns its ETag."""
+        from botocore.exceptions import ClientError
+
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": text.encode(),
+            "ContentType": "application/json",
+            **self._encryption,
+        }
+        if condition:
+            params[CONDITIONS_PARAM] = condition
         with aws_errors(f"writing {self.where(key)}"):
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=text.encode(),
-                ContentType="application/json",
-                **self._encryption,  # type: ignore[arg-type]
-            )
+            try:
+                answer: object = self._s3.put_object(**params).get("ETag")
+            except ClientError as exc:
+                if condition and exc.response.get("Error", {}).get("Code") in LOST_RACE_CODES:
+                    raise RecordRaceError(
+                        f"{self.where(key)} changed since this run read it (another instance wrote it first)"
+                    ) from None
+                raise
+        return answer
 
     def _get(self, key: str) -> bytes | None:
         """A small object's body; None when it does not exist."""
+        found = self._get_tagged(key)
+        return None if found is None else found[0]
+
+    def _get_tagged(self, key: str) -> tuple[bytes, object] | None:
+        """A small object's body and ETag; None when it does not exist."""
         from botocore.exceptions import ClientError
 
         with aws_errors(f"reading {self.where(key)}"):
@@ -383,5 +482,6 @@ class BackupStore:
                 raise
             if int(answer.get("ContentLength", 0)) > records.MAX_DOCUMENT_BYTES:
                 raise UnsafeError(f"refusing {self.where(key)}: too large for a manifest or record")
+            etag: object = answer.get("ETag")
             body: bytes = answer["Body"].read(records.MAX_DOCUMENT_BYTES + 1)
-            return body
+            return body, etag

@@ -46,7 +46,7 @@ from etcd_aws_cluster.records import SnapshotMeta
 from etcd_aws_cluster.s3 import BackupStore, connect_s3
 
 url, backup_url = sys.argv[1], sys.argv[2]
-store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench")
+store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench", region="us-east-1")
 meta = SnapshotMeta(datetime.now(timezone.utc), 1, 1, "3.5.0", (), "i-0123456789abcdef0")
 info = store.upload(EtcdClient(requests.Session(), Tls()).snapshot(url, 30), meta)
 print(info.size)
@@ -67,7 +67,7 @@ from etcd_aws_cluster.restore_tool import RestoreTarget, find_tool, restore
 from etcd_aws_cluster.s3 import BackupStore, connect_s3
 
 backup_url, tool_path, work = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench")
+store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench", region="us-east-1")
 info = store.list_snapshots()[0]
 store.download(info, work / "download.db")
 peer = "http://127.0.0.1:2380"

@@ -1,9 +1,11 @@
 """`etcd-aws-cluster restore`: list the snapshots under backup_url, or restore one on this instance.
 
-`--list` shows every complete snapshot, newest first, and marks the one the boot agent would take. Without it,
-this instance's data dir is restored from `--snapshot KEY` (default: the newest) as its member of a new cluster
-of the ASG's current instances, and the env file is written with ETCD_INITIAL_CLUSTER_STATE=new. Run it on every
-instance of the group, with etcd stopped everywhere; local data is moved aside first, never deleted.
+`--list` shows every complete snapshot, grouped by lineage (the cluster record's first, marked current), newest
+first, and marks the one the boot agent would take. Without it, this instance's data dir is restored from
+`--snapshot KEY` (any lineage; default: the newest of the record's lineage, of all when there is no record) as its
+member of a new cluster of the ASG's current instances, the record continues the restored snapshot's lineage, and
+the env file is written with ETCD_INITIAL_CLUSTER_STATE=new. Run it on every instance of the group, with etcd
+stopped everywhere; local data is moved aside first, never deleted.
 """
 
 from __future__ import annotations
@@ -12,31 +14,61 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile, scratch
+from etcd_aws_cluster import envfile, records, scratch
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.errors import AgentError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.model import AsgView, Decision, Plan
-from etcd_aws_cluster.records import SnapshotInfo, format_time
+from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
 from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
 
 log = logging.getLogger(__name__)
 
 
-def render_list(backups: Backups, snapshots: tuple[SnapshotInfo, ...]) -> str:
+def render_list(backups: Backups, snapshots: tuple[SnapshotInfo, ...], record: ClusterRecord | None) -> str:
     if not snapshots:
         return f"no snapshots under {backups.store.where(backups.store.snapshot_prefix)}\n"
     now = backups.ctx.now()
+    chosen = _default(snapshots, record)
     lines = ["  KEY  TAKEN  AGE  REVISION  SIZE  CLUSTER  ETCD"]
-    for n, info in enumerate(snapshots):
-        mark = "*" if n == 0 else " "
-        lines.append(
-            f"{mark} {info.key}  {format_time(info.taken_at)}  {utc_age(now, info.taken_at)}  {info.revision}  "
-            f"{info.size}  {info.cluster_id:x}  {info.etcd_version}"
-        )
-    lines.append("* the one a boot would restore (newest by revision, then time); a corrupt one falls to the next")
+    for lineage in _lineages(snapshots, record):
+        current = record is not None and lineage == record.lineage
+        lines.append(f"lineage {records.lineage_name(lineage)}{' (current: the cluster record)' if current else ''}")
+        for info in records.of_lineage(snapshots, lineage):
+            mark = "*" if chosen and info.key == chosen[0].key else " "
+            lines.append(
+                f"{mark} {info.key}  {format_time(info.taken_at)}  {utc_age(now, info.taken_at)}  {info.revision}  "
+                f"{info.size}  {info.cluster_id:x}  {info.etcd_version}"
+            )
+    lines.append(
+        "* the one a boot would restore (newest of the record's lineage by revision, then time; of all when there "
+        "is no record); a corrupt one falls to the next. Other lineages: `restore --snapshot KEY`"
+    )
     return "\n".join(lines) + "\n"
+
+
+def _lineages(snapshots: tuple[SnapshotInfo, ...], record: ClusterRecord | None) -> list[str | None]:
+    """The record's lineage first, then the others by their newest snapshot."""
+    order = list(dict.fromkeys(info.lineage for info in records.newest_first(snapshots)))
+    if record is not None and record.lineage in order:
+        order.remove(record.lineage)
+        order.insert(0, record.lineage)
+    return order
+
+
+def _default(snapshots: tuple[SnapshotInfo, ...], record: ClusterRecord | None) -> tuple[SnapshotInfo, ...]:
+    """What a restore without --snapshot takes, in order: the record's lineage (all when there is no record)."""
+    return records.newest_first(snapshots) if record is None else records.of_lineage(snapshots, record.lineage)
+
+
+def _listed_record(backups: Backups) -> ClusterRecord | None:
+    """The record, for marking the current lineage; a listing goes on without it (it is what helps see why)."""
+    try:
+        return backups.store.read_record()
+    except AgentError as exc:
+        log.warning("cannot read the cluster record (%s); listing without marking the current lineage", exc)
+        return None
 
 
 def _initial_cluster(ctx: Context, asg: AsgView) -> tuple[tuple[str, str], ...]:
@@ -52,11 +84,15 @@ def _initial_cluster(ctx: Context, asg: AsgView) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
-def _choose(snapshots: tuple[SnapshotInfo, ...], key: str | None) -> tuple[SnapshotInfo, ...]:
+def _choose(
+    snapshots: tuple[SnapshotInfo, ...], key: str | None, record: ClusterRecord | None
+) -> tuple[SnapshotInfo, ...]:
     if key is None:
-        if not snapshots:
-            raise UnsafeError("there is no snapshot under backup_url to restore")
-        return snapshots
+        candidates = _default(snapshots, record)
+        if not candidates:
+            hint = records.other_lineages_hint(snapshots, record.lineage) if record is not None else ""
+            raise UnsafeError(f"there is no snapshot under backup_url to restore{hint}")
+        return candidates
     chosen = tuple(info for info in snapshots if info.key == key)
     if not chosen:
         raise UnsafeError(f"no complete snapshot {key} under backup_url (`etcd-aws-cluster restore --list`)")
@@ -65,11 +101,12 @@ def _choose(snapshots: tuple[SnapshotInfo, ...], key: str | None) -> tuple[Snaps
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     backups = require_backups(ctx)
-    snapshots = backups.store.list_snapshots()
     if getattr(args, "list", False):
-        sys.stdout.write(render_list(backups, snapshots))
+        sys.stdout.write(render_list(backups, backups.store.list_snapshots(), _listed_record(backups)))
         return 0
-    candidates = _choose(snapshots, getattr(args, "snapshot", None))
+    record = backups.read_record()  # the record this restore replaces (a conditional write, after the restore)
+    snapshots = backups.store.list_snapshots()
+    candidates = _choose(snapshots, getattr(args, "snapshot", None), record)
     asg = ctx.find_asg()
     cluster = ctx.observe(asg)
     if cluster.answered:
@@ -84,7 +121,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
         info = backups.restore(candidates, initial)
-        backups.write_record(cluster, newest=info.key, members=initial)
+        try:
+            backups.write_record(cluster, newest=info.key, members=initial, continues=info)
+        except RecordRaceError:
+            moved = move_aside(restore_data_dir(ctx), ctx.now())  # etcd must not start from a decision that lost
+            raise RecordRaceError(
+                f"another instance recorded another decision while this one restored {info.key}; the restored "
+                f"data is moved aside to {moved}. Check `etcd-aws-cluster restore --list` and rerun"
+            ) from None
         plan = Plan(Decision.RESTORE, f"restored {info.key} by hand", "new", initial, restore=(info,))
         outcome = Runner(ctx).outcome(plan)
         envfile.write(ctx.settings.output, outcome.text)

@@ -26,7 +26,7 @@ from etcd_aws_cluster.s3 import BackupStore
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
-from tests.harness.sim import Node, SimulatedAsg
+from tests.harness.sim import REGION, Node, SimulatedAsg
 from tests.integration.helpers import boot, decision, env, run_ok
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def backed_sim(sim: SimFactory, etcd_binary: Path, moto_url: str, size: int = 3)
         "ETCD_AWS_CLUSTER_ETCDUTL": str(tool),
         "ETCD_AWS_CLUSTER_TIMEOUT": str(AGENT_TIMEOUT - 30),
     }
-    return Backed(asg, s3, BackupStore(s3, BACKUP_URL, asg.name), agent_env)
+    return Backed(asg, s3, BackupStore(s3, BACKUP_URL, asg.name, region=REGION), agent_env)
 
 
 def booted(sim: SimFactory, etcd_binary: Path, moto_url: str) -> Backed:
@@ -368,3 +368,199 @@ def test_restore_list_shows_the_snapshots_newest_first_with_the_marker(
     assert "c0ffee" in rows[0] and "5m" in rows[0]
     assert lines[-1].startswith("* the one a boot would restore")
     assert not node.env_file.exists()  # --list changes nothing
+
+
+# -- lineages and the layout before the region (issue 15) ----------------------------------------------------------
+
+
+def age_snapshot(backed: Backed, info: SnapshotInfo, hours: float) -> None:
+    """Rewrite a manifest as if the snapshot were `hours` old (the manifest carries the time)."""
+    aged = dataclasses.replace(info, taken_at=datetime.now(timezone.utc) - timedelta(hours=hours))
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=BackupStore.manifest_key(info.key), Body=records.snapshot_to_json(aged).encode()
+    )
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_start_over_followed_by_a_second_loss_restores_the_new_clusters_data(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    abandoned = put_keys(asg, "/abandoned", 40)  # many writes: the abandoned cluster's revisions are the higher
+    backed.backup(asg.nodes[0])
+    (old_snapshot,) = backed.store.list_snapshots()
+    old_record = backed.store.read_record()
+    assert old_record is not None and old_record.lineage is not None
+    assert old_snapshot.lineage == old_record.lineage
+
+    # Every instance is lost; the operator starts empty on purpose, as the agent's refusal of a record without
+    # a snapshot says: delete cluster.json (the abandoned cluster's snapshot stays in the bucket).
+    new = replace_everyone(asg)
+    backed.s3.delete_object(Bucket=BUCKET, Key=backed.store.record_key)
+    logs = boot(asg, new, env=backed.env)
+    assert {decision(err) for err in logs.values()} == {"new"}, logs
+    asg.wait_healthy(3, timeout=60)
+    assert all(asg.get(key) is None for key in abandoned)
+    started = backed.store.read_record()
+    assert started is not None and started.lineage not in (None, old_record.lineage)
+    asg.put("/started-over", "the new cluster's data")
+    backed.backup(asg.nodes[1])
+    new_snapshot = backed.store.list_snapshots()[1]  # newest first by revision: the abandoned one is higher
+    assert new_snapshot.lineage == started.lineage and new_snapshot.revision < old_snapshot.revision
+
+    logs_after, chosen = full_replacement_restores(backed)  # every instance is lost again
+
+    assert chosen == new_snapshot.key, logs_after
+    assert asg.get("/started-over") == "the new cluster's data"
+    assert all(asg.get(key) is None for key in abandoned)
+    record = backed.store.read_record()
+    assert record is not None and record.lineage == started.lineage  # the restore continued the new lineage
+
+    listing = run_ok(asg, asg.nodes[0], "restore", "--list", env=backed.env).stdout
+    assert f"lineage {started.lineage} (current: the cluster record)" in listing
+    assert f"lineage {old_record.lineage}\n" in listing and old_snapshot.key in listing
+    marked = [line for line in listing.splitlines() if line.startswith("* ") and "/snapshots/" in line]
+    assert len(marked) == 1 and new_snapshot.key in marked[0]
+
+    # Retention: keep 2. The abandoned snapshot's higher revision does not push the new cluster's out.
+    age_snapshot(backed, new_snapshot, hours=1)  # so that the scheduled backup is due
+    schedule = {
+        "ETCD_AWS_CLUSTER_BACKUP_INTERVAL": "60",
+        "ETCD_AWS_CLUSTER_BACKUP_KEEP_LAST": "2",
+        "ETCD_AWS_CLUSTER_BACKUP_KEEP_DAILY_DAYS": "0",
+    }
+    for node in asg.nodes:
+        backed.backup(node, "--scheduled", extra=schedule)
+    left = backed.store.list_snapshots()
+    assert len(left) == 3, [i.key for i in left]
+    assert {new_snapshot.key, old_snapshot.key} <= {i.key for i in left}
+    assert {i.lineage for i in left} == {started.lineage, old_record.lineage}
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_record_and_a_snapshot_of_the_layout_before_the_region_are_found_and_restored(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    written = put_keys(asg, "/app", 20)
+    backed.backup(asg.nodes[0])
+    (info,) = backed.store.list_snapshots()
+    record = backed.store.read_record()
+    assert record is not None
+    # Rewrite both as an agent before the region and lineages wrote them, under <prefix>/<asg>/, and remove the
+    # new layout's objects: what a bucket looks like right after the upgrade.
+    old_key = backed.store.legacy_snapshot_prefix + info.key.rsplit("/", 1)[1]
+    old_info = dataclasses.replace(info, key=old_key, lineage=None)
+    old_record = dataclasses.replace(record, newest_snapshot=old_key, lineage=None)
+    body = backed.s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read()
+    backed.s3.put_object(Bucket=BUCKET, Key=old_key, Body=body)
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=BackupStore.manifest_key(old_key), Body=records.snapshot_to_json(old_info).encode()
+    )
+    backed.s3.put_object(
+        Bucket=BUCKET, Key=backed.store.legacy_record_key, Body=records.record_to_json(old_record).encode()
+    )
+    assert "lineage" not in records.record_to_json(old_record)  # today's shape
+    stale = [k for k in backed.object_keys() if k.startswith(backed.store.base + "/")]
+    backed.s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in stale]})
+    assert backed.store.list_snapshots() == (old_info,)
+
+    logs, chosen = full_replacement_restores(backed)
+
+    assert chosen == old_key, logs
+    for key, value in written.items():
+        assert asg.get(key) == value, key
+    new_record = backed.s3.get_object(Bucket=BUCKET, Key=backed.store.record_key)["Body"].read()
+    restored = records.record_from_json(new_record, "new key")
+    assert restored.newest_snapshot == old_key and restored.lineage is None  # continues the legacy lineage
+    left = backed.s3.get_object(Bucket=BUCKET, Key=backed.store.legacy_record_key)["Body"].read()
+    assert records.record_from_json(left, "old key") == old_record  # the old record is left as it was
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_record_whose_lineage_has_no_snapshot_is_refused_and_restore_by_hand_takes_the_other_lineage(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    put_keys(asg, "/app", 5)
+    backed.backup(asg.nodes[0])
+    (info,) = backed.store.list_snapshots()
+    other = "20200101T000000Z-00c0ffee"  # the snapshot is re-labelled as another lineage's (an abandoned cluster)
+    backed.s3.put_object(
+        Bucket=BUCKET,
+        Key=BackupStore.manifest_key(info.key),
+        Body=records.snapshot_to_json(dataclasses.replace(info, lineage=other)).encode(),
+    )
+
+    new = replace_everyone(asg)
+    results = run_concurrently(asg, new, backed.env)
+
+    for node in new:
+        code, err = results[node.instance_id]
+        assert code == 6, f"agent on {node} exited {code}:\n{err}"
+        assert "decision=refuse" in err and "refusing to start an empty cluster" in err, err
+        assert "has no snapshot" in err and other in err, err
+        assert "restore --list" in err and "restore --snapshot KEY" in err, err
+        assert not node.env_file.exists()
+    listing = run_ok(asg, new[0], "restore", "--list", env=backed.env).stdout
+    assert f"lineage {other}\n" in listing and info.key in listing
+
+    # Following the message: `restore --snapshot KEY` on every instance takes the other lineage's snapshot, and
+    # the record it writes continues that lineage.
+    for node in new:
+        result = run_ok(asg, node, "restore", "--snapshot", info.key, env=backed.env)
+        assert f"restored {info.key}" in result.stdout
+    for node in new:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert asg.get("/app/0") == "/app-value-0"
+    record = backed.store.read_record()
+    assert record is not None and record.lineage == other and record.newest_snapshot == info.key
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_restore_whose_record_write_lost_the_race_decides_again_and_follows_the_winner(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    first = put_keys(asg, "/first", 10)
+    backed.backup(asg.nodes[0])
+    later = put_keys(asg, "/later", 10)
+    backed.backup(asg.nodes[1])
+    newest, older = backed.store.list_snapshots()
+    new = replace_everyone(asg)
+    lone, *others = new
+
+    proc = asg.start_agent(lone, env=backed.env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # the agent has decided to restore the newest snapshot and is downloading it
+        seen.append(line)
+        if "restore: using" in line:
+            break
+    # Meanwhile another writer records another decision: these same instances restore the older snapshot.
+    members = tuple(sorted((n.instance_id, n.peer_url) for n in new))
+    rival = records.ClusterRecord(asg.name, None, members, older.key, datetime.now(timezone.utc), older.lineage)
+    backed.s3.put_object(Bucket=BUCKET, Key=backed.store.record_key, Body=records.record_to_json(rival).encode())
+    _, rest = proc.communicate(timeout=AGENT_TIMEOUT)
+    asg.registry.forget(proc.pid)
+    err = "".join(seen) + rest
+    assert proc.returncode == 0, err
+    assert "changed since this run read it" in err and "deciding again" in err, err
+    assert "restoring the same one" in err and restored_key(err.split("deciding again", 1)[1]) == older.key, err
+    assert list(lone.workdir.glob("data.stale-*")), "the data restored for the losing decision was not moved aside"
+
+    results = run_concurrently(asg, others, backed.env)  # the others follow the record too
+    for node in others:
+        code, other_err = results[node.instance_id]
+        assert code == 0 and restored_key(other_err) == older.key, other_err
+    for node in new:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert all(asg.get(key) == value for key, value in first.items())
+    assert all(asg.get(key) is None for key in later)  # the winner's decision, not the lone agent's first one
+    assert newest.key != older.key

@@ -9,22 +9,34 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from mypy_boto3_s3 import S3Client
 
-from etcd_aws_cluster.errors import AwsError, UnsafeError
+from etcd_aws_cluster import records
+from etcd_aws_cluster.backups import Backups
+from etcd_aws_cluster.deadline import Deadline
+from etcd_aws_cluster.errors import AwsError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.model import AsgView, Endpoints
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.view import ClusterView
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.procs import ProcessRegistry
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.context import Context
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "etcd-backups"
 ASG = "etcd prod/eu"
+REGION = "eu-west-1"
 NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=timezone.utc)
 INSTANCE = "i-0123456789abcdef0"
 
@@ -44,7 +56,7 @@ def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> S3Client:
 
 @pytest.fixture
 def store(s3: S3Client) -> BackupStore:
-    return BackupStore(s3, f"s3://{BUCKET}/backups/", ASG)
+    return BackupStore(s3, f"s3://{BUCKET}/backups/", ASG, region=REGION)
 
 
 def meta(revision: int, taken_at: datetime = NOW) -> SnapshotMeta:
@@ -62,7 +74,7 @@ def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_p
     info = store.upload(chunks(total), meta(42))
     expected = hashlib.sha256(b"".join(chunks(total))).hexdigest()
     assert (info.size, info.sha256, info.revision) == (total, expected, 42)
-    assert info.key == "backups/etcd%20prod%2Feu/snapshots/20240510T120000000000Z-r42-i-0123456789abcdef0.db"
+    assert info.key == "backups/eu-west-1/etcd%20prod%2Feu/snapshots/20240510T120000000000Z-r42-i-0123456789abcdef0.db"
     head = s3.head_object(Bucket=BUCKET, Key=info.key)
     assert head["ServerSideEncryption"] == "AES256"
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=info.key[:-3] + ".json")["Body"].read())
@@ -94,7 +106,7 @@ def test_list_shows_only_complete_snapshots_of_this_group(s3: S3Client, store: B
     liar = json.loads(s3.get_object(Bucket=BUCKET, Key=good.key[:-3] + ".json")["Body"].read())
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.db", Body=b"good")
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.json", Body=json.dumps(liar).encode())  # names another key
-    other = BackupStore(s3, f"s3://{BUCKET}/backups", "etcd prod")
+    other = BackupStore(s3, f"s3://{BUCKET}/backups", "etcd prod", region=REGION)
     other.upload([b"other group"], meta(99))
     assert store.list_snapshots() == (good,)
     assert [s.revision for s in other.list_snapshots()] == [99]
@@ -133,7 +145,7 @@ KILLED_UPLOADER = textwrap.dedent(
             yield b"y" * (1024 * 1024)
             time.sleep(0.02)
 
-    store = BackupStore(connect_s3("us-east-1", os.environ, 10, 2), sys.argv[1], sys.argv[2])
+    store = BackupStore(connect_s3("us-east-1", os.environ, 10, 2), sys.argv[1], sys.argv[2], region="us-east-1")
     meta = SnapshotMeta(datetime.now(timezone.utc), 11, 1, "3.4.23", (), "i-0123456789abcdef0")
     store.upload(slow(), meta)
     """
@@ -174,10 +186,10 @@ def test_delete_removes_snapshots_and_manifests_only(s3: S3Client, store: Backup
 def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) -> None:
     assert store.read_record() is None
     record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
-    store.write_record(record)
+    store.write_record(record, None)
     assert store.read_record() == record
     with pytest.raises(UnsafeError):
-        store.write_record(ClusterRecord("other", 1, (), None, NOW))
+        store.write_record(ClusterRecord("other", 1, (), None, NOW), None)
     s3.put_object(Bucket=BUCKET, Key=store.record_key, Body=b'{"format": "etcd-aws-cluster/cluster-record"}')
     with pytest.raises(UnsafeError, match="version"):
         store.read_record()
@@ -187,7 +199,7 @@ def test_handoffs_are_read_per_instance_and_a_bad_one_reads_as_missing(s3: S3Cli
     other = "i-0fedcba9876543210"
     mine = Handoff(INSTANCE, NOW, 42, 0xABC, None, NOW)
     store.write_handoff(mine)
-    assert store.handoff_key(INSTANCE) == f"backups/etcd%20prod%2Feu/handoff/{INSTANCE}.json"
+    assert store.handoff_key(INSTANCE) == f"backups/eu-west-1/etcd%20prod%2Feu/handoff/{INSTANCE}.json"
     assert store.read_handoffs([INSTANCE, other]) == (mine,)
     s3.put_object(Bucket=BUCKET, Key=store.handoff_key(other), Body=b"{not json")  # skipped, loudly
     store.write_handoff(Handoff(INSTANCE, NOW, None, None, None, NOW))  # a rewrite replaces it
@@ -197,8 +209,141 @@ def test_handoffs_are_read_per_instance_and_a_bad_one_reads_as_missing(s3: S3Cli
 
 
 def test_missing_bucket_is_one_clear_aws_error(s3: S3Client) -> None:
-    store = BackupStore(s3, "s3://no-such-bucket/p", ASG)
+    store = BackupStore(s3, "s3://no-such-bucket/p", ASG, region=REGION)
     with pytest.raises(AwsError, match="NoSuchBucket"):
         store.list_snapshots()
     with pytest.raises(AwsError, match="NoSuchBucket"):
         store.read_record()
+
+
+def test_a_record_write_that_lost_the_race_is_refused_not_applied(s3: S3Client, store: BackupStore) -> None:
+    first = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    etag = store.write_record(first, None)  # If-None-Match: * creates it
+    with pytest.raises(RecordRaceError):
+        store.write_record(replace(first, cluster_id=0xDEF), None)  # a second creator loses
+    seen, seen_etag = store.read_record_tagged()
+    assert (seen, seen_etag) == (first, etag)
+    # two writers read the same record; the first replaces it (If-Match), the second's If-Match no longer holds
+    winner = replace(first, updated_at=NOW + timedelta(seconds=1), newest_snapshot=None, cluster_id=0x111)
+    store.write_record(winner, seen_etag)
+    with pytest.raises(RecordRaceError, match="another instance wrote it first"):
+        store.write_record(replace(first, cluster_id=0x222), seen_etag)
+    assert store.read_record() == winner
+
+
+def test_the_record_write_carries_its_condition_headers(s3: S3Client, store: BackupStore) -> None:
+    """The headers go out through the event handlers (botocore 1.29 has no IfMatch parameter): a write under a
+    stale ETag is answered 412 by moto, so without the header the record would have been overwritten."""
+    record = ClusterRecord(ASG, 0xABC, (), None, NOW)
+    store.write_record(record, None)
+    stale = '"00000000000000000000000000000000"'
+    with pytest.raises(RecordRaceError):
+        store.write_record(replace(record, cluster_id=0x1), stale)
+    assert store.read_record() == record
+    # plain writes (snapshots' manifests, hand-offs) carry no condition: rewriting one succeeds
+    handoff = Handoff(INSTANCE, NOW, None, None, None, NOW)
+    store.write_handoff(handoff)
+    store.write_handoff(handoff)
+
+
+def test_same_named_groups_of_two_regions_sharing_a_bucket_do_not_meet(s3: S3Client, store: BackupStore) -> None:
+    other = BackupStore(s3, f"s3://{BUCKET}/backups/", ASG, region="us-east-2")
+    mine = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    store.write_record(mine, None)
+    store.upload([b"eu data"], meta(5))
+    assert other.read_record() is None
+    assert other.list_snapshots() == ()
+    theirs = ClusterRecord(ASG, 0xDEF, (("i-0fedcba9876543210", "http://10.1.0.1:2380"),), None, NOW)
+    other.write_record(theirs, None)  # creates its own: the other region's record does not stand in the way
+    assert (store.read_record(), other.read_record()) == (mine, theirs)
+    other.write_handoff(Handoff("i-0fedcba9876543210", NOW, None, None, None, NOW))
+    assert store.read_handoffs(["i-0fedcba9876543210"]) == ()
+
+
+def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new_key(
+    s3: S3Client, store: BackupStore, tmp_path: Path
+) -> None:
+    old_record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    s3.put_object(Bucket=BUCKET, Key=store.legacy_record_key, Body=records.record_to_json(old_record).encode())
+    old_key = f"{store.legacy_snapshot_prefix}20240510T110000000000Z-r7-{INSTANCE}.db"
+    s3.put_object(Bucket=BUCKET, Key=old_key, Body=b"old db")
+    info = records.SnapshotInfo.of(old_key, meta(7, NOW - timedelta(hours=1)), hashlib.sha256(b"old db").hexdigest(), 6)
+    s3.put_object(Bucket=BUCKET, Key=store.manifest_key(old_key), Body=records.snapshot_to_json(info).encode())
+    record, etag = store.read_record_tagged()
+    assert (record, etag) == (old_record, None)  # found under the old key; the new one is to be created
+    new = store.upload([b"new db"], meta(9))
+    assert store.list_snapshots() == (new, info)
+    store.download(info, tmp_path / "old.db")
+    assert (tmp_path / "old.db").read_bytes() == b"old db"
+    updated = replace(old_record, newest_snapshot=new.key, updated_at=NOW + timedelta(minutes=1))
+    store.write_record(updated, etag)
+    assert store.read_record() == updated
+    legacy = s3.get_object(Bucket=BUCKET, Key=store.legacy_record_key)["Body"].read()
+    assert records.record_from_json(legacy, "old key") == old_record  # left as it was, never deleted silently
+    store.delete([info])  # retention may delete an old-layout snapshot of its lineage
+    assert store.list_snapshots() == (new,)
+    # Deleting the new record to start over is not undone by the old one: once the new layout's record was
+    # created, the old key is not read any more
+    s3.delete_object(Bucket=BUCKET, Key=store.record_key)
+    assert store.read_record_tagged() == (None, None)
+
+
+# -- Backups.write_record over a record another instance changes (moto's If-Match answers) ------------------------
+
+
+class _Rivalled(BackupStore):
+    """A store whose first record write comes just after a rival's: the interleaving two instances can produce."""
+
+    def __init__(self, s3: S3Client, rival: ClusterRecord) -> None:
+        super().__init__(s3, f"s3://{BUCKET}/backups/", ASG, region=REGION)
+        self.rival: ClusterRecord | None = rival
+        self.attempts = 0
+
+    def write_record(self, record: ClusterRecord, expected_etag: str | None) -> str | None:
+        self.attempts += 1
+        if self.rival is not None:
+            other = BackupStore(self._s3, f"s3://{BUCKET}/backups/", ASG, region=REGION)
+            other.write_record(self.rival, other.read_record_tagged()[1])
+            self.rival = None
+        return super().write_record(record, expected_etag)
+
+
+def _backups(store: BackupStore, cluster_id: int | None = None) -> tuple[Backups, ClusterView]:
+    ctx = SimpleNamespace(now=lambda: datetime.now(timezone.utc), deadline=Deadline(30.0))
+    view = ClusterView(AsgView(ASG, 0, ()), Endpoints(), (), (), (cluster_id,) if cluster_id else (), False)
+    return Backups(cast("Context", ctx), store), view
+
+
+MEMBERS = ((INSTANCE, "http://10.0.0.1:2380"), ("i-0fedcba9876543210", "http://10.0.0.2:2380"))
+LINEAGE = "20240510T120000Z-0a1b2c3d"
+
+
+def test_a_refresh_that_lost_the_race_is_applied_again_to_the_fresh_record(s3: S3Client) -> None:
+    start = ClusterRecord(ASG, 0xABC, MEMBERS, "backups/old.db", NOW, LINEAGE)
+    BackupStore(s3, f"s3://{BUCKET}/backups/", ASG, region=REGION).write_record(start, None)
+    rival = replace(start, newest_snapshot="backups/rivals.db", updated_at=NOW + timedelta(seconds=1))
+    store = _Rivalled(s3, rival)
+    backups, view = _backups(store, cluster_id=0xABC)
+    written = backups.write_record(view)  # a refresh: this run's members (none known here), the rest kept
+    assert store.attempts == 2
+    assert written.newest_snapshot == "backups/rivals.db"  # the rival's change survives ours
+    assert written.lineage == LINEAGE and written.members == ()
+    assert store.read_record() == written
+
+
+def test_a_decision_that_lost_the_race_to_another_decision_is_decided_again(s3: S3Client) -> None:
+    store = _Rivalled(s3, ClusterRecord(ASG, None, MEMBERS[:1], None, NOW, LINEAGE))
+    backups, view = _backups(store)
+    assert backups.read_record() is None  # the decision's basis: no record
+    with pytest.raises(RecordRaceError, match="deciding again"):
+        backups.write_record(view, members=MEMBERS)  # `new` of two members; a rival recorded another cluster
+    assert store.read_record() == ClusterRecord(ASG, None, MEMBERS[:1], None, NOW, LINEAGE)
+
+
+def test_a_decision_that_lost_the_race_to_the_same_decision_takes_the_winners_record(s3: S3Client) -> None:
+    store = _Rivalled(s3, ClusterRecord(ASG, None, tuple(reversed(MEMBERS)), None, NOW, LINEAGE))
+    backups, view = _backups(store)
+    assert backups.read_record() is None
+    taken = backups.write_record(view, members=MEMBERS)  # the same new cluster, recorded first by a peer
+    assert store.attempts == 1 and taken == store.read_record()
+    assert taken.lineage == LINEAGE  # one lineage for the one new cluster

@@ -119,7 +119,7 @@ def test_snapshot_to_s3_and_back_restores_a_three_node_cluster(
         monkeypatch.setenv(name, value)
     s3 = connect_s3("us-east-1", env, timeout=10, max_attempts=2)
     s3.create_bucket(Bucket="backups")
-    store = BackupStore(s3, "s3://backups/etcd", "etcd-sim")
+    store = BackupStore(s3, "s3://backups/etcd", "etcd-sim", region="us-east-1")
 
     asg = sim(3, etcd_binary)
     asg.bootstrap_static()

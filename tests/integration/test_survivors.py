@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.records import ClusterRecord
+from etcd_aws_cluster.records import ClusterRecord, SnapshotMeta
 from etcd_aws_cluster.s3 import BackupStore, connect_s3
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
-from tests.harness.sim import Node, SimulatedAsg
+from tests.harness.sim import REGION, Node, SimulatedAsg
 from tests.integration.helpers import boot, decision, run_ok
 
 pytestmark = pytest.mark.integration
@@ -41,9 +41,9 @@ def backed_up(sim: SimFactory, etcd_binary: Path, moto_url: str) -> tuple[Simula
     s3.create_bucket(Bucket="backups")
     asg = sim(3, etcd_binary)
     asg.bootstrap_static()
-    store = BackupStore(s3, "s3://backups/etcd", asg.name)
+    store = BackupStore(s3, "s3://backups/etcd", asg.name, region=REGION)
     members = tuple(sorted((n.instance_id, n.peer_url) for n in asg.nodes))
-    store.write_record(ClusterRecord(asg.name, None, members, None, datetime.now(timezone.utc)))
+    store.write_record(ClusterRecord(asg.name, None, members, None, datetime.now(timezone.utc)), None)
     extra = {
         "ETCD_AWS_CLUSTER_BACKUP_URL": "s3://backups/etcd",
         "ETCD_AWS_CLUSTER_ETCDUTL": str(tool),
@@ -117,3 +117,31 @@ def test_a_survivor_with_older_data_uploads_nothing_and_the_snapshot_is_restored
 
     asg.wait_healthy(3, timeout=60)
     assert [asg.get(f"/later/{i}") for i in range(20)] == [f"l{i}" for i in range(20)]
+
+
+@pytest.mark.etcd_also("3.6")
+def test_another_lineages_higher_snapshot_neither_stops_the_upload_nor_wins_the_restore(
+    sim: SimFactory, etcd_binary: Path, aws: str
+) -> None:
+    asg, store, extra = backed_up(sim, etcd_binary, aws)
+    for i in range(20):
+        asg.put(f"/before/{i}", f"b{i}")
+    survivor = asg.nodes[0]
+    run_ok(asg, survivor, "backup", env=extra)
+    for i in range(30):
+        asg.put(f"/after/{i}", f"a{i}")
+    # An abandoned cluster's snapshot (another lineage) with far higher revisions: by revision alone it would
+    # be "newer" than the survivor's data, which would then not be uploaded, and it would be restored instead.
+    abandoned = SnapshotMeta(
+        datetime.now(timezone.utc), 10**6, 0xDEAD, "3.5.30", (), survivor.instance_id, True, "20200101T000000Z-00c0ffee"
+    )
+    foreign = store.upload(iter([b"the abandoned cluster's db"]), abandoned)
+    outage_replacing_all_but(asg, survivor)
+
+    logs = boot(asg, asg.nodes, timeout=150, env=extra)
+    key, revision = restored_everywhere(logs)
+    assert key.endswith(f"-{survivor.instance_id}.db") and "uploaded it" in logs[survivor.instance_id], logs
+    assert revision < foreign.revision
+    asg.wait_healthy(3, timeout=60)
+    assert [asg.get(f"/after/{i}", node=asg.nodes[i % 3]) for i in range(30)] == [f"a{i}" for i in range(30)]
+    assert foreign.key in {s.key for s in store.list_snapshots()}  # still there, restorable by hand

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -10,17 +11,23 @@ import pytest
 
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.records import (
+    LINEAGE,
     ClusterRecord,
     Handoff,
     SnapshotInfo,
     SnapshotMeta,
     handoff_from_json,
     handoff_to_json,
+    new_lineage,
     newest_first,
     newest_valid,
+    of_lineage,
+    other_lineages_hint,
     record_from_json,
+    record_lineage,
     record_to_json,
     retention,
+    same_decision,
     snapshot_from_json,
     snapshot_to_json,
 )
@@ -278,3 +285,108 @@ def test_a_handoff_refuses_anything_off(change: dict[str, Any], message: str) ->
 def test_a_handoff_without_data_names_nothing_else() -> None:
     with pytest.raises(ValueError, match="only with data"):
         Handoff("i-0123456789abcdef0", NOW, None, None, "p/x.db", NOW)
+
+
+# -- lineage --------------------------------------------------------------------------------------------------
+
+LINE_A = "20240510T120000Z-0a1b2c3d"
+LINE_B = "20240601T080000Z-deadbeef"
+
+
+def of(info: SnapshotInfo, lineage: str | None) -> SnapshotInfo:
+    return dataclasses.replace(info, lineage=lineage)
+
+
+def test_new_lineages_match_the_pattern_and_differ() -> None:
+    first, second = new_lineage(NOW), new_lineage(NOW)
+    assert LINEAGE.fullmatch(first) and LINEAGE.fullmatch(second) and first != second
+    assert first.startswith("20240510T120000Z-")
+
+
+def test_lineage_round_trips_in_records_and_manifests() -> None:
+    info = of(snap("p/a.db", 42), LINE_A)
+    assert snapshot_from_json(snapshot_to_json(info), "test") == info
+    mine = dataclasses.replace(record(), lineage=LINE_B)
+    assert record_from_json(record_to_json(mine), "test") == mine
+
+
+def test_documents_written_before_lineages_load_as_the_legacy_lineage_and_stay_as_they_were() -> None:
+    legacy_manifest = json.loads(snapshot_to_json(snap("p/a.db", 42)))
+    legacy_record = json.loads(record_to_json(record()))
+    assert "lineage" not in legacy_manifest and "lineage" not in legacy_record
+    assert snapshot_from_json(json.dumps(legacy_manifest), "old").lineage is None
+    assert record_from_json(json.dumps(legacy_record), "old").lineage is None
+
+
+@pytest.mark.parametrize("value", [None, "", "x", "20240510T120000Z-0A1B2C3D", "20240510T120000Z-0a1b2c3", 7, "../x"])
+def test_a_lineage_that_is_not_one_is_refused(value: object) -> None:
+    manifest = json.loads(snapshot_to_json(snap("p/a.db", 42)))
+    document = json.loads(record_to_json(record()))
+    with pytest.raises(UnsafeError, match="lineage"):
+        snapshot_from_json(json.dumps({**manifest, "lineage": value}), "test")
+    with pytest.raises(UnsafeError, match="lineage"):
+        record_from_json(json.dumps({**document, "lineage": value}), "test")
+
+
+def test_the_lineage_filter_keeps_one_lineage_newest_first() -> None:
+    old_high = of(snap("p/old-high.db", 900), None)
+    a1, a2 = of(snap("p/a1.db", 3), LINE_A), of(snap("p/a2.db", 7, NOW + timedelta(hours=1)), LINE_A)
+    b = of(snap("p/b.db", 50), LINE_B)
+    listed = (old_high, a1, b, a2)
+    assert of_lineage(listed, LINE_A) == (a2, a1)
+    assert of_lineage(listed, None) == (old_high,)
+    assert of_lineage(listed, "20990101T000000Z-00000000") == ()
+
+
+def test_the_hint_names_other_lineages_only_when_the_records_has_none() -> None:
+    legacy, a = of(snap("p/old.db", 900), None), of(snap("p/a.db", 3), LINE_A)
+    assert other_lineages_hint((legacy, a), LINE_A) == ""  # the record's lineage has one: no hint
+    assert other_lineages_hint((), LINE_A) == ""  # nothing anywhere: no hint either
+    hint = other_lineages_hint((legacy,), LINE_A)
+    assert "has no snapshot" in hint and "legacy" in hint
+    assert "restore --list" in hint and "restore --snapshot KEY" in hint
+
+
+def test_the_lineage_of_a_record_write() -> None:
+    members = (("i-0123456789abcdef0", "https://10.0.0.1:2380"),)
+    current = dataclasses.replace(record(), lineage=LINE_A)
+    restored = of(snap("p/a.db", 3), LINE_B)
+    assert record_lineage(current, None, None, NOW) == LINE_A  # a refresh keeps it
+    assert record_lineage(dataclasses.replace(current, lineage=None), None, None, NOW) is None  # legacy too
+    assert record_lineage(current, members, restored, NOW) == LINE_B  # a restore continues the snapshot's
+    assert record_lineage(current, members, of(restored, None), NOW) is None
+    started = record_lineage(None, None, None, NOW)  # no record (a start-over, backups just on): a new one
+    assert started is not None and LINEAGE.fullmatch(started)
+    fresh = record_lineage(current, members, None, NOW)  # a new cluster over an old record
+    assert fresh not in (None, LINE_A)
+    peers = dataclasses.replace(current, cluster_id=None, newest_snapshot=None, members=members)
+    assert record_lineage(peers, members, None, NOW) == LINE_A  # taking part in the new cluster a peer recorded
+
+
+def test_same_decision_is_the_same_new_cluster_or_the_same_restore_of_the_same_lineage() -> None:
+    members = (("i-0123456789abcdef0", "https://10.0.0.1:2380"), ("i-0fedcba9876543210", "https://10.0.0.2:2380"))
+    ours = ClusterRecord("g", None, members, "p/a.db", NOW, LINE_A)
+    theirs = dataclasses.replace(ours, members=tuple(reversed(members)), updated_at=NOW + timedelta(seconds=1))
+    assert same_decision(theirs, ours)
+    assert not same_decision(dataclasses.replace(theirs, lineage=LINE_B), ours)
+    assert not same_decision(dataclasses.replace(theirs, newest_snapshot="p/b.db"), ours)
+    assert not same_decision(dataclasses.replace(theirs, cluster_id=0xABC), ours)
+    assert not same_decision(dataclasses.replace(theirs, members=members[:1]), ours)
+    new_ours = dataclasses.replace(ours, newest_snapshot=None, lineage=LINE_B)
+    assert same_decision(dataclasses.replace(theirs, newest_snapshot=None), new_ours)  # a new cluster: theirs
+
+
+def test_retention_never_deletes_the_current_lineage_to_keep_another() -> None:
+    """The abandoned cluster's higher revisions do not push the new cluster's snapshots out."""
+    old = [of(snap(f"p/old-{n}.db", 1000 - n, NOW - timedelta(days=3, hours=n)), None) for n in range(5)]
+    new = [of(snap(f"p/new-{n}.db", 10 - n, NOW - timedelta(hours=n)), LINE_A) for n in range(4)]
+    doomed = {i.key for i in retention(old + new, NOW, keep_last=3, keep_daily_days=0)}
+    assert doomed == {"p/new-3.db", "p/old-3.db", "p/old-4.db"}  # each lineage keeps its own newest 3
+    doomed = {i.key for i in retention(old + new, NOW, keep_last=1, keep_daily_days=1)}
+    assert "p/new-0.db" not in doomed and "p/old-0.db" not in doomed  # every lineage stays restorable
+    assert doomed == {i.key for i in old[1:] + new[1:]}
+
+
+def test_retention_within_one_lineage_is_what_it_was() -> None:
+    one = [of(info, LINE_A) for info in _hourly(3)]
+    assert [i.key for i in retention(one, NOW, 5, 2)] == [i.key for i in retention(_hourly(3), NOW, 5, 2)]

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, cast
 
 import pytest
 
-from etcd_aws_cluster.errors import ConfigError
+from etcd_aws_cluster.errors import ConfigError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.records import ClusterRecord, Handoff
 from etcd_aws_cluster.s3 import BackupStore, BackupUrl, HashingReader, parse_backup_url
+
+
+def offline_client() -> Any:
+    """A real S3 client (its event system is what the store hooks into) that never looks for credentials (botocore
+    1.29 would ask the instance metadata service): no request of it leaves this process."""
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
+    return session.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
 
 
 @pytest.mark.parametrize(
@@ -42,17 +53,28 @@ def test_bad_backup_urls(url: str) -> None:
         parse_backup_url(url)
 
 
-def test_store_keys_put_the_group_in_one_segment() -> None:
-    store = BackupStore(cast(Any, None), "s3://bkt/p", "a/b c")
-    assert store.record_key == "p/a%2Fb%20c/cluster.json"
-    assert store.snapshot_prefix == "p/a%2Fb%20c/snapshots/"
-    assert BackupStore(cast(Any, None), "s3://bkt", "g").record_key == "g/cluster.json"
+def test_store_keys_put_the_region_and_the_group_in_one_segment_each() -> None:
+    store = BackupStore(offline_client(), "s3://bkt/p", "a/b c", region="eu-west-1")
+    assert store.record_key == "p/eu-west-1/a%2Fb%20c/cluster.json"
+    assert store.snapshot_prefix == "p/eu-west-1/a%2Fb%20c/snapshots/"
+    assert store.handoff_prefix == "p/eu-west-1/a%2Fb%20c/handoff/"
+    # the layout before the region is read (record, snapshots), never written
+    assert store.legacy_record_key == "p/a%2Fb%20c/cluster.json"
+    assert store.legacy_snapshot_prefix == "p/a%2Fb%20c/snapshots/"
+    bare = BackupStore(offline_client(), "s3://bkt", "g", region="us-gov-west-1")
+    assert (bare.record_key, bare.legacy_record_key) == ("us-gov-west-1/g/cluster.json", "g/cluster.json")
+
+
+@pytest.mark.parametrize("region", ["", "US-EAST-1", "us-east", "../x", "us-east-1/..", "eu west 1"])
+def test_a_region_that_is_not_one_is_refused(region: str) -> None:
+    with pytest.raises(UnsafeError, match="region"):
+        BackupStore(offline_client(), "s3://bkt/p", "g", region=region)
 
 
 @pytest.mark.parametrize(("sse", "key"), [("aws:kms", "bad key!"), ("AES256", "alias/etcd"), ("none", None)])
 def test_encryption_settings(sse: str, key: str | None) -> None:
     with pytest.raises(ConfigError):
-        BackupStore(cast(Any, None), "s3://bkt/p", "g", sse, key)
+        BackupStore(cast(Any, None), "s3://bkt/p", "g", sse, key, region="us-east-1")
 
 
 def test_hashing_reader_hands_out_exact_sizes() -> None:
@@ -61,3 +83,61 @@ def test_hashing_reader_hands_out_exact_sizes() -> None:
     assert reader.size == 8
     rest = HashingReader([b"xy", b"z"])
     assert rest.read() == b"xyz"
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self._body
+
+
+def _headers(request: Any) -> dict[str, str]:
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+
+
+def _answering(client: Any, status: int, body: bytes, sent: list[Any]) -> None:
+    """Answer every request of `client` without a network: keep the prepared (signed) request, reply `status`."""
+    from botocore.awsrequest import AWSResponse
+
+    def reply(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request)
+        headers = {"ETag": '"0123456789abcdef0123456789abcdef"'} if status == 200 else {}
+        return AWSResponse(request.url, status, headers, _Raw(body))
+
+    client.meta.events.register("before-send.s3.PutObject", reply)
+
+
+def test_record_writes_send_if_match_and_if_none_match_headers_on_this_botocore() -> None:
+    """On botocore 1.29 (make compat) PutObject has no IfMatch parameter: the headers come from the store's event
+    handlers, and they are signed like any header. A missing handler fails this test on every botocore."""
+    client = offline_client()
+    store = BackupStore(client, "s3://bkt/p", "g", region="us-east-1")
+    sent: list[Any] = []
+    _answering(client, 200, b"", sent)
+    record = ClusterRecord("g", None, (), None, datetime(2024, 5, 10, tzinfo=timezone.utc))
+    assert store.write_record(record, None) == '"0123456789abcdef0123456789abcdef"'
+    assert store.write_record(record, '"abc"') is not None
+    writes = [_headers(request) for request in sent if request.url.endswith("/cluster.json")]
+    create, replace = writes
+    assert create.get("If-None-Match") == "*" and "If-Match" not in create
+    assert replace.get("If-Match") == '"abc"' and "If-None-Match" not in replace
+    assert "if-match" in replace["Authorization"].lower()  # part of the signature
+    # the layout marker (after a creation) and other objects carry no condition
+    (marker,) = (request for request in sent if request.url.endswith("/layout-v2"))
+    store.write_handoff(Handoff("i-0123456789abcdef0", record.updated_at, None, None, None, record.updated_at))
+    for other in (marker, sent[-1]):
+        assert not {"If-Match", "If-None-Match"} & set(_headers(other))
+
+
+def test_a_412_answer_to_a_record_write_is_a_lost_race() -> None:
+    client = offline_client()
+    store = BackupStore(client, "s3://bkt/p", "g", region="us-east-1")
+    error = (
+        b"<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions failed</Message></Error>"
+    )
+    _answering(client, 412, error, [])
+    record = ClusterRecord("g", None, (), None, datetime(2024, 5, 10, tzinfo=timezone.utc))
+    with pytest.raises(RecordRaceError, match="another instance wrote it first"):
+        store.write_record(record, '"abc"')
