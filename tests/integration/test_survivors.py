@@ -133,7 +133,13 @@ def test_another_lineages_higher_snapshot_neither_stops_the_upload_nor_wins_the_
     # An abandoned cluster's snapshot (another lineage) with far higher revisions: by revision alone it would
     # be "newer" than the survivor's data, which would then not be uploaded, and it would be restored instead.
     abandoned = SnapshotMeta(
-        datetime.now(timezone.utc), 10**6, 0xDEAD, "3.5.30", (), survivor.instance_id, True, "20200101T000000Z-00c0ffee"
+        datetime.now(timezone.utc),
+        10**6,
+        0xDEAD,
+        "3.5.30",
+        (),
+        survivor.instance_id,
+        lineage="20200101T000000Z-00c0ffee",
     )
     foreign = store.upload(iter([b"the abandoned cluster's db"]), abandoned)
     outage_replacing_all_but(asg, survivor)
