@@ -40,8 +40,10 @@ class Backups:
         settings = ctx.settings
         if not settings.backup_url:
             return None
-        s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts)
-        store = BackupStore(s3, settings.backup_url, asg_name, settings.backup_sse, settings.backup_kms_key_id)
+        s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts, ctx.deadline)
+        store = BackupStore(
+            s3, settings.backup_url, asg_name, settings.backup_sse, settings.backup_kms_key_id, deadline=ctx.deadline
+        )
         return cls(ctx, store)
 
     # --- snapshots -------------------------------------------------------------------------------------
