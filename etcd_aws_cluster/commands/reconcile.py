@@ -85,7 +85,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         result = _reconcile(ctx, asg, policy, seen)
         save_state(state_file, result.unstarted_since)
         if result.remove and (backups := Backups.open(ctx, asg.name)) is not None:
-            backups.write_record(ctx.observe(asg))
+            backups.record_after("reconcile's removals", lambda: backups.write_record(ctx.observe(asg)))
     for pending in result.waiting:
         log.info("%s", pending.describe())
     if result.blocked:
