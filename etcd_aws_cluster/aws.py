@@ -65,7 +65,7 @@ def _refuse_late_attempts(deadline: Deadline) -> Callable[..., None]:
 
     def guard(**_: Any) -> None:
         if deadline.expired:
-            raise AwsError(f"no time left for another AWS request before the run's deadline ({deadline.seconds:.0f}s)")
+            raise AwsError(f"no time left for another AWS request before the run's deadline ({deadline.seconds:.3g}s)")
 
     return guard
 
@@ -130,7 +130,7 @@ def bounded(
         return attempt()
     remaining = deadline.remaining()
     if remaining <= 0:
-        raise AwsError(f"{action}: no time left before {limit} ({deadline.seconds:.0f}s)")
+        raise AwsError(f"{action}: no time left before {limit} ({deadline.seconds:.3g}s)")
     result: list[T] = []
     failure: list[BaseException] = []
 
@@ -146,7 +146,7 @@ def bounded(
     if worker.is_alive():
         if abandon is not None:
             abandon.set()
-        raise NoAnswerError(f"{action}: no answer before {limit} ({deadline.seconds:.0f}s)")
+        raise NoAnswerError(f"{action}: no answer before {limit} ({deadline.seconds:.3g}s)")
     if failure:
         raise failure[0]
     return result[0]

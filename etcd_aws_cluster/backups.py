@@ -121,7 +121,8 @@ class Backups:
         once): the change it guards heals the cluster, and refusing or delaying it would leave the cluster worse."""
         budget = insurance_budget(self.ctx.deadline.remaining())
         try:
-            with self.store.limited(budget, answer_within=S3_ANSWER_WITHIN):
+            # At least the first-answer window, so that a skip can name the newest snapshot's age.
+            with self.store.limited(max(budget, S3_ANSWER_WITHIN), answer_within=S3_ANSWER_WITHIN):
                 self._insure(cluster, what, budget)
         except AgentError as exc:
             log.warning("backup before %s skipped, going on without it (newest snapshot unknown): %s", what, exc)
