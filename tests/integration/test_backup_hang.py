@@ -96,3 +96,29 @@ def test_an_insurance_that_does_not_fit_is_skipped_and_the_record_follows_the_jo
     assert {i for i, _ in record.members} == {n.instance_id for n in asg.nodes}
     asg.start_etcd(replacement)
     asg.wait_healthy(3, timeout=60)
+
+
+@pytest.mark.etcd_also("3.6")
+def test_reconcile_while_s3_hangs_removes_a_gone_member_within_its_time(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    stay, gone = asg.nodes[0], asg.nodes[2]
+    asg.stop_etcd(gone)
+    assert asg.terminate(gone, replace=False) == []  # scale-in: 2 of 3 answer, 2 of 2 after the removal
+    with SilentServer() as silent:
+        hanging = {
+            **backed.env,
+            "AWS_ENDPOINT_URL_S3": silent.url,
+            "ETCD_AWS_CLUSTER_TIMEOUT": "60",
+            "ETCD_AWS_CLUSTER_RECONCILE_STATE_FILE": str(stay.workdir / "reconcile-state.json"),
+        }
+        started = time.monotonic()
+        result = run_ok(asg, stay, "reconcile", env=hanging, timeout=90)
+        took = time.monotonic() - started
+    err = result.stderr
+    assert took < HEALING_BOUND, f"reconcile took {took:.1f}s with S3 hanging:\n{err}"
+    assert "backup before removing member" in err and "skipped" in err, err
+    assert "cluster record not updated after reconcile's removals" in err, err
+    assert asg.member_names(stay) == sorted(n.instance_id for n in asg.nodes)
