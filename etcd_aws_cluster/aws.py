@@ -70,6 +70,18 @@ def _refuse_late_attempts(deadline: Deadline) -> Callable[..., None]:
     return guard
 
 
+def aws_session(region: str) -> Any:
+    """A boto3 session whose data path puts our trimmed EC2 model (DescribeInstances only) first: see
+    scripts/trim_ec2_model.py. One per run is enough: clients made from one session share its loaded data."""
+    import boto3
+    import botocore.session
+
+    with aws_errors("creating the AWS session"):
+        core = botocore.session.get_session()
+        core.set_config_variable("data_path", str(DATA_DIR))
+        return boto3.session.Session(botocore_session=core, region_name=region)
+
+
 def make_client(
     service: str,
     region: str,
@@ -78,13 +90,12 @@ def make_client(
     max_attempts: int,
     environ: Mapping[str, str] | None = None,
     deadline: Deadline | None = None,
+    session: Any = None,
 ) -> Any:
     """The one way the agent makes an AWS client (autoscaling, ec2, s3): the endpoint from the environment, the
     region, bounded timeouts and retries, and with a deadline its guard (per-request timeouts never exceed the time
     left now, no attempt starts after it). S3 behind an endpoint uses path-style addressing, as S3-compatible
     servers and moto expect."""
-    import boto3
-    import botocore.session
     from botocore.config import Config
 
     env = os.environ if environ is None else environ
@@ -97,12 +108,9 @@ def make_client(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
+    session = session or aws_session(region)
     with aws_errors(f"creating the {service} client"):
-        core = botocore.session.get_session()
-        # Our trimmed EC2 model (DescribeInstances only) comes first on the data path: see scripts/trim_ec2_model.py
-        core.set_config_variable("data_path", str(DATA_DIR))
-        session = boto3.session.Session(botocore_session=core, region_name=region)
-        client = session.client(service, config=config, endpoint_url=endpoint)  # type: ignore[call-overload]
+        client = session.client(service, config=config, endpoint_url=endpoint)
     if deadline is not None:
         client.meta.events.register("before-send", _refuse_late_attempts(deadline))
     return client
@@ -175,9 +183,17 @@ class Aws:
         environ: Mapping[str, str] | None = None,
         deadline: Deadline | None = None,
     ) -> Aws:
+        session = aws_session(region)
+
         def client(service: str) -> Any:
             return make_client(
-                service, region, timeout=timeout, max_attempts=max_attempts, environ=environ, deadline=deadline
+                service,
+                region,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                environ=environ,
+                deadline=deadline,
+                session=session,
             )
 
         return cls(client("autoscaling"), client("ec2"), deadline)
