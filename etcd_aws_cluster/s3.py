@@ -104,6 +104,10 @@ def transfer_config() -> TransferConfig:
         multipart_chunksize=PART_SIZE,
         max_concurrency=2,
         io_chunksize=256 * 1024,
+        # In the calling thread, not s3transfer's own (non-daemon) pool: a transfer abandoned at its deadline
+        # must not keep the process alive at exit for another request timeout. The snapshot stream from etcd
+        # (6-9 MB/s) is slower than one S3 connection, so parallel parts would not make a backup faster.
+        use_threads=False,
     )
     # Not a TransferConfig argument, but s3transfer reads it: the parts of a non-seekable stream held at once.
     config.max_in_memory_upload_chunks = PARTS_IN_MEMORY

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -91,3 +94,32 @@ def test_a_multipart_upload_to_a_hanging_s3_ends_by_the_deadline(silent: SilentS
     with pytest.raises(AwsError, match="no answer before the run's deadline"):
         store.upload((b"x" * 1024 * 1024 for _ in range(64)), META)  # 64 MiB: a multipart upload
     assert time.monotonic() - started < 1.0
+
+
+ABANDONED_UPLOAD = """
+import sys
+from etcd_aws_cluster.deadline import Deadline
+from etcd_aws_cluster.errors import AwsError
+from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from tests.harness.silent_server import SilentServer
+from tests.unit.test_s3_deadline import META
+
+silent = SilentServer()
+deadline = Deadline(60)
+s3 = connect_s3("us-east-1", {"AWS_ENDPOINT_URL_S3": silent.url}, timeout=20, max_attempts=5, deadline=deadline)
+store = BackupStore(s3, "s3://bkt/p", "etcd", deadline=deadline)
+try:
+    with store.limited(0.5):
+        store.upload((b"x" * 1024 * 1024 for _ in range(64)), META)
+except AwsError as exc:
+    print(exc, file=sys.stderr)
+"""
+
+
+def test_a_process_exits_at_once_after_abandoning_an_upload(silent: SilentServer) -> None:
+    # No transfer thread of the abandoned upload may keep the interpreter alive for its 20 s request timeout.
+    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", ABANDONED_UPLOAD], env=env, capture_output=True, text=True, timeout=60)
+    assert "no answer before this step's budget" in done.stderr, done.stderr
+    assert time.monotonic() - started < 10.0
