@@ -122,3 +122,26 @@ def test_reconcile_while_s3_hangs_removes_a_gone_member_within_its_time(
     assert "backup before removing member" in err and "skipped" in err, err
     assert "cluster record not updated after reconcile's removals" in err, err
     assert asg.member_names(stay) == sorted(n.instance_id for n in asg.nodes)
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_record_read_without_quorum_that_hangs_is_a_clear_refusal_by_the_deadline(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    _, *lost = asg.nodes
+    for node in lost:  # two of three members stop: the one left answers the member list but has no quorum
+        asg.stop_etcd(node, kill=True)
+    (replacement,) = asg.terminate(lost[0])
+    with SilentServer() as silent:
+        hanging = {**backed.env, "AWS_ENDPOINT_URL_S3": silent.url, "ETCD_AWS_CLUSTER_TIMEOUT": "15"}
+        started = time.monotonic()
+        result = asg.run_agent(replacement, env=hanging, timeout=60)
+        took = time.monotonic() - started
+    err = result.stderr
+    assert result.returncode == 6 and took < 15 + 10, f"exit {result.returncode} after {took:.1f}s:\n{err}"
+    assert not replacement.env_file.exists()
+    assert "no answer before the run's deadline" in err and "cluster.json" in err, err
+    assert "decision=new" not in err and "decision=join" not in err
+    assert "cannot be read" in err and "Refusing to decide" in err, err  # the record decides, and cannot be read
