@@ -12,7 +12,7 @@ b. a running 5-node cluster with 0, 1 and 2 hung peers (etcd SIGSTOPped): member
    1.0 s (ETCD_AWS_CLUSTER_PROBE_TIMEOUT): the cost of hung peers should be one probe timeout, not k of them.
 c. peak RSS of every agent run.
 d. start-up time of ``python -m etcd_aws_cluster --help`` and of the ``etcd-aws-cluster --help`` console script.
-e. with backup_url set: the join of a replacement with S3 healthy (moto) and with S3 hanging (an endpoint that
+f. with backup_url set: the join of a replacement with S3 healthy (moto) and with S3 hanging (an endpoint that
    accepts connections and never answers), paired: healing must not wait on S3.
 
 Run with ``make bench`` or ``.venv/bin/python scripts/bench.py [--etcd 3.4|3.5] [--reps N] [--output PATH]``.
@@ -390,7 +390,7 @@ def s3_hang_extra(res: Results) -> float:
 
 
 def s3_section(res: Results) -> list[str]:
-    out = ["", "## e. Healing while S3 hangs (backup_url set)", ""]
+    out = ["", "## f. Healing while S3 hangs (backup_url set)", ""]
     out.append(
         "A running 3-node cluster with `backup_url` (moto's S3); one non-leader at a time is killed, its member "
         f"removed by hand, etcd's {ETCD_GUARD:.0f} s guard waited out, and its replacement's agent joins (one "
