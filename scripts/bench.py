@@ -694,6 +694,10 @@ def rss_section(res: Results) -> list[str]:
     rrows = [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.bootstrap.items()]
     rrows.append(("member rerun", f"{max(r.rss_mib for r in res.rerun):.1f}"))
     rrows.append(("hung-peer runs", f"{max(r.rss_mib for _, _, runs, _ in res.hung for r in runs):.1f}"))
+    rrows += [
+        (f"join with backup_url, S3 {label}", f"{max(r.rss_mib for r in runs):.1f}")
+        for label, runs in res.s3_join.items()
+    ]
     rrows += [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.startup.items()]
     out.append(table(("runs", "max peak RSS MiB"), rrows))
     out += [
