@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +32,7 @@ LIFECYCLE_STATE = re.compile(r"[A-Za-z]{1,40}(:[A-Za-z]{1,40}){0,3}")
 ENDPOINT_VARIABLES = {
     "autoscaling": ("AWS_ENDPOINT_URL_AUTO_SCALING", "AWS_ENDPOINT_URL"),
     "ec2": ("AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"),
+    "s3": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
 }
 
 
@@ -55,14 +56,108 @@ def aws_errors(action: str) -> Iterator[None]:
         raise AwsError(f"{action}: {validate.shown(exc, 200)}") from None
 
 
+class NoAnswerError(AwsError):
+    """An AWS call was abandoned at its deadline: the service accepted it (or not) but did not answer in time."""
+
+
 def _refuse_late_attempts(deadline: Deadline) -> Callable[..., None]:
     """A botocore before-send handler: no attempt (first or retry) starts once the run's deadline has passed."""
 
     def guard(**_: Any) -> None:
         if deadline.expired:
-            raise AwsError(f"no time left for another AWS request before the run's deadline ({deadline.seconds:.0f}s)")
+            raise AwsError(f"no time left for another AWS request before the run's deadline ({deadline.seconds:.3g}s)")
 
     return guard
+
+
+def aws_session(region: str) -> Any:
+    """A boto3 session whose data path puts our trimmed EC2 model (DescribeInstances only) first: see
+    scripts/trim_ec2_model.py. One per run is enough: clients made from one session share its loaded data."""
+    import boto3
+    import botocore.session
+
+    with aws_errors("creating the AWS session"):
+        core = botocore.session.get_session()
+        core.set_config_variable("data_path", str(DATA_DIR))
+        return boto3.session.Session(botocore_session=core, region_name=region)
+
+
+def make_client(
+    service: str,
+    region: str,
+    *,
+    timeout: float,
+    max_attempts: int,
+    environ: Mapping[str, str] | None = None,
+    deadline: Deadline | None = None,
+    session: Any = None,
+) -> Any:
+    """The one way the agent makes an AWS client (autoscaling, ec2, s3): the endpoint from the environment, the
+    region, bounded timeouts and retries, and with a deadline its guard (per-request timeouts never exceed the time
+    left now, no attempt starts after it). S3 behind an endpoint uses path-style addressing, as S3-compatible
+    servers and moto expect."""
+    from botocore.config import Config
+
+    env = os.environ if environ is None else environ
+    endpoint = endpoint_url(service, env)
+    per_request = deadline.cap(timeout) if deadline is not None else timeout
+    config = Config(
+        region_name=region,
+        connect_timeout=per_request,
+        read_timeout=per_request,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    session = session or aws_session(region)
+    with aws_errors(f"creating the {service} client"):
+        client = session.client(service, config=config, endpoint_url=endpoint)
+    if deadline is not None:
+        client.meta.events.register("before-send", _refuse_late_attempts(deadline))
+    return client
+
+
+def bounded(
+    action: str,
+    call: Callable[[], T],
+    deadline: Deadline | None,
+    abandon: threading.Event | None = None,
+    limit: str = "the run's deadline",
+) -> T:
+    """Run one AWS call (with its pages and retries) to its end or to `deadline`, whichever comes first.
+
+    The call runs in a daemon thread, so that one still waiting at the deadline is abandoned (and the process can
+    exit without waiting for it); `abandon` is set then, for a call that can stop itself (a transfer's reads and
+    writes check it), and the client's before-send guard stops it from sending more.
+    """
+
+    def attempt() -> T:
+        with aws_errors(action):
+            return call()
+
+    if deadline is None:
+        return attempt()
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise AwsError(f"{action}: no time left before {limit} ({deadline.seconds:.3g}s)")
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(attempt())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name=f"aws: {action}"[:60], daemon=True)
+    worker.start()
+    worker.join(remaining)
+    if worker.is_alive():
+        if abandon is not None:
+            abandon.set()
+        raise NoAnswerError(f"{action}: no answer before {limit} ({deadline.seconds:.3g}s)")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 class Aws:
@@ -88,51 +183,23 @@ class Aws:
         environ: Mapping[str, str] | None = None,
         deadline: Deadline | None = None,
     ) -> Aws:
-        import boto3
-        import botocore.session
-        from botocore.config import Config
+        session = aws_session(region)
 
-        env = os.environ if environ is None else environ
-        per_request = deadline.cap(timeout) if deadline is not None else timeout
-        config = Config(
-            region_name=region,
-            connect_timeout=per_request,
-            read_timeout=per_request,
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
-        )
-        with aws_errors("creating AWS clients"):
-            core = botocore.session.get_session()
-            # Our trimmed EC2 model (DescribeInstances only) comes first on the data path: see scripts/trim_ec2_model.py
-            core.set_config_variable("data_path", str(DATA_DIR))
-            session = boto3.session.Session(botocore_session=core, region_name=region)
-            autoscaling = session.client("autoscaling", config=config, endpoint_url=endpoint_url("autoscaling", env))
-            ec2 = session.client("ec2", config=config, endpoint_url=endpoint_url("ec2", env))
-        if deadline is not None:
-            for client in (autoscaling, ec2):
-                client.meta.events.register("before-send", _refuse_late_attempts(deadline))
-        return cls(autoscaling, ec2, deadline)
+        def client(service: str) -> Any:
+            return make_client(
+                service,
+                region,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                environ=environ,
+                deadline=deadline,
+                session=session,
+            )
+
+        return cls(client("autoscaling"), client("ec2"), deadline)
 
     def _bounded(self, action: str, call: Callable[[], T]) -> T:
-        """Run one AWS call (with its pages and retries) to its end or to the deadline, whichever comes first."""
-
-        def attempt() -> T:
-            with aws_errors(action):
-                return call()
-
-        if self._deadline is None:
-            return attempt()
-        remaining = self._deadline.remaining()
-        if remaining <= 0:
-            raise AwsError(f"{action}: no time left before the run's deadline ({self._deadline.seconds:.0f}s)")
-        # A worker thread, so that a call still retrying at the deadline can be abandoned; its before-send guard
-        # stops it from sending more. The process exits soon after an AwsError.
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        try:
-            return pool.submit(attempt).result(timeout=remaining)
-        except concurrent.futures.TimeoutError:
-            raise AwsError(f"{action}: no answer before the run's deadline ({self._deadline.seconds:.0f}s)") from None
-        finally:
-            pool.shutdown(wait=False)
+        return bounded(action, call, self._deadline)
 
     def group_of(self, instance_id: str) -> str:
         found = self._bounded(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,31 @@ SPOOL_HEADROOM = 256 * 1024 * 1024
 # A refresh of the record that lost a race to another writer is applied again to what that writer wrote.
 RECORD_WRITE_ATTEMPTS = 4
 
+# How fast a snapshot streams through etcd's JSON gateway and up to S3, for the estimate of whether an insurance
+# snapshot fits the time left: 6-9 MB/s were measured (issue 15, 2 CPUs); the estimate assumes less, and a
+# throughput measured in this run replaces it.
+SNAPSHOT_THROUGHPUT = 5_000_000.0  # bytes per second
+SNAPSHOT_MARGIN = 1.5  # the estimate times this must fit in the insurance's budget
+# The insurance snapshot gets at most this share of the time left, and always leaves CHANGE_RESERVE seconds for
+# the membership change it guards and the env file: a slow or hanging S3 never eats the deadline of the change.
+INSURANCE_SHARE = 0.5
+CHANGE_RESERVE = 30.0
+# In a step that heals without S3 (the insurance, the record update after the change), an S3 that has answered
+# nothing yet in this run must answer its first call within this many seconds, or it counts as silent for the rest
+# of the run: a hanging S3 costs a join this much, not a deadline. Healthy S3 answers a small request in ~0.1 s.
+S3_ANSWER_WITHIN = 0.75
+RECORD_BUDGET = 10.0  # the most a record update after the change may take
+
+
+def insurance_budget(remaining: float) -> float:
+    """The seconds an insurance snapshot may take when `remaining` seconds are left in the run."""
+    return max(0.0, min(remaining * INSURANCE_SHARE, remaining - CHANGE_RESERVE))
+
+
+def snapshot_seconds(db_size: int, throughput: float = SNAPSHOT_THROUGHPUT) -> float:
+    """The seconds a snapshot of a `db_size` bytes db is expected to take, margin included."""
+    return db_size / throughput * SNAPSHOT_MARGIN
+
 
 def restore_token(info: SnapshotInfo) -> str:
     """The --initial-cluster-token every member restores with: the same on every instance, new per snapshot."""
@@ -45,6 +71,7 @@ class Backups:
         # The record (and its ETag) this run last read through `read_record`: what a boot decision is based on,
         # so the decision's record write replaces exactly that one (None: read it again at the write)
         self._basis: tuple[ClusterRecord | None, str | None] | None = None
+        self.throughput = SNAPSHOT_THROUGHPUT  # bytes per second; measured by a snapshot of this run
 
     @classmethod
     def open(cls, ctx: Context, asg_name: str) -> Backups | None:
@@ -52,9 +79,15 @@ class Backups:
         settings = ctx.settings
         if not settings.backup_url:
             return None
-        s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts)
+        s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts, ctx.deadline)
         store = BackupStore(
-            s3, settings.backup_url, asg_name, settings.backup_sse, settings.backup_kms_key_id, region=ctx.me.region
+            s3,
+            settings.backup_url,
+            asg_name,
+            settings.backup_sse,
+            settings.backup_kms_key_id,
+            region=ctx.me.region,
+            deadline=ctx.deadline,
         )
         return cls(ctx, store)
 
@@ -81,13 +114,16 @@ class Backups:
         )
         started = ctx.deadline.elapsed()
         info = self._upload(url, meta)
+        took = ctx.deadline.elapsed() - started
+        if took > 1.0 and info.size > 0:
+            self.throughput = info.size / took
         log.info(
             "backup: snapshot of cluster %x at revision %d, %d bytes, uploaded to %s in %.1fs",
             cluster_id,
             info.revision,
             info.size,
             self.store.where(info.key),
-            ctx.deadline.elapsed() - started,
+            took,
         )
         self.write_record(cluster, newest=info.key, continues=None if record is not None else info)
         return info
@@ -141,18 +177,53 @@ class Backups:
         return (self.ctx.now() - info.taken_at).total_seconds()
 
     def insure(self, cluster: ClusterView, what: str) -> None:
-        """Before a membership change: a snapshot, unless one is younger than backup_interval. A failure is
-        logged, not fatal: the change it guards heals the cluster, and refusing it would leave the cluster worse."""
+        """Before a membership change: a snapshot, unless one is younger than backup_interval or it would not fit
+        the time left. Best effort and bounded (insurance_budget; an S3 that does not answer is given up on at
+        once): the change it guards heals the cluster, and refusing or delaying it would leave the cluster worse."""
+        budget = insurance_budget(self.ctx.deadline.remaining())
         try:
-            newest = self.newest()
-            if newest is not None and self.age(newest) < self.ctx.settings.backup_interval:
-                log.info("backup before %s: the newest snapshot is %.0fs old; none needed", what, self.age(newest))
-                return
-            via = sorted(cluster.answered_ips)
-            if via:
-                self.take(cluster, via[0])
+            # At least the first-answer window, so that a skip can name the newest snapshot's age.
+            with self.store.limited(max(budget, S3_ANSWER_WITHIN), answer_within=S3_ANSWER_WITHIN):
+                self._insure(cluster, what, budget)
         except AgentError as exc:
-            log.warning("backup before %s failed, going on without it: %s", what, exc)
+            log.warning("backup before %s skipped, going on without it (newest snapshot unknown): %s", what, exc)
+
+    def _insure(self, cluster: ClusterView, what: str, budget: float) -> None:
+        started = self.ctx.deadline.elapsed()
+        newest = self.newest()
+        if newest is not None and self.age(newest) < self.ctx.settings.backup_interval:
+            log.info("backup before %s: the newest snapshot is %.0fs old; none needed", what, self.age(newest))
+            return
+        via = sorted(cluster.answered_ips)
+        if not via:
+            return
+        status = self.ctx.etcd.endpoint_status(self.ctx.endpoints.client_url(via[0]), self.ctx.call_timeout)
+        db_size = status.db_size if status is not None else 0
+        needed = snapshot_seconds(db_size, self.throughput)
+        left = budget - (self.ctx.deadline.elapsed() - started)
+        if needed > left:
+            newest_is = f"the newest snapshot is {self.age(newest):.0f}s old" if newest else "no snapshot exists"
+            log.warning(
+                "backup before %s skipped: a snapshot of the %.0f MB db would take about %.0fs at %.1f MB/s, "
+                "%.0fs are left for it; %s",
+                what,
+                db_size / 1e6,
+                needed,
+                self.throughput / 1e6,
+                max(0.0, left),
+                newest_is,
+            )
+            return
+        self.take(cluster, via[0])
+
+    def record_after(self, what: str, update: Callable[[], object]) -> None:
+        """A record update after the change (and the env file) it records: bounded like the insurance, and never
+        fatal, since what it records has happened; the next scheduled backup writes the record again."""
+        try:
+            with self.store.limited(min(RECORD_BUDGET, self.ctx.deadline.remaining()), answer_within=S3_ANSWER_WITHIN):
+                update()
+        except AgentError as exc:
+            log.warning("cluster record not updated after %s (best effort, the next backup writes it): %s", what, exc)
 
     def prune(self) -> tuple[SnapshotInfo, ...]:
         """Delete what the retention settings do not keep (our own snapshots only); returns what went."""

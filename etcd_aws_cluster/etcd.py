@@ -348,7 +348,8 @@ class EtcdClient:
             version = body.get("version", "")
             if not isinstance(version, str) or not validate.ETCD_VERSION.fullmatch(version):
                 version = ""
-            return EndpointStatus(member_id, leader, body.get("isLearner") is True, revision, version)
+            db_size = _uint64(body.get("dbSize", "0")) or 0
+            return EndpointStatus(member_id, leader, body.get("isLearner") is True, revision, version, db_size)
         return None
 
     def snapshot(self, client_url: str, timeout: float) -> Iterator[bytes]:

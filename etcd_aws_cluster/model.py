@@ -150,6 +150,7 @@ class EndpointStatus:
     is_learner: bool = False
     revision: int = 0  # the store's revision when it answered
     version: str = ""  # the etcd server version
+    db_size: int = 0  # bytes of its backend db, what a snapshot streams (0: not reported)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import fcntl
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +18,7 @@ from etcd_aws_cluster import envfile, notify, scratch
 from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
-from etcd_aws_cluster.errors import EtcdError, LockError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.errors import AwsError, EtcdError, LockError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.lifecycle import warm_pool_boot
 from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
 from etcd_aws_cluster.view import ClusterView, Facts, is_me
@@ -42,6 +42,14 @@ class Outcome:
     plan: Plan
     values: dict[str, str]
     text: str
+
+
+@dataclass(frozen=True)
+class RecordUpdate:
+    """A cluster record update still to be made once the env file is written (best effort: Backups.record_after)."""
+
+    what: str
+    update: Callable[[], object]
 
 
 # Renaming the data dir itself fails when it is a mount point (EBUSY; a bind mount such as systemd's
@@ -187,7 +195,13 @@ class Runner:
             return handoff.gather(backups, asg, data_dir, local_ids, publish=self.publish)
         if data_dir is None and not cluster.count().ok:
             # A cluster without a quorum: with a record, a new node waits for the silent members to come back.
-            return handoff.RecoveryFacts(backups.read_record())
+            try:
+                return handoff.RecoveryFacts(backups.read_record())
+            except AwsError as exc:
+                raise UnsafeError(
+                    f"a cluster answers without a quorum, and the cluster record that says whether to wait for it "
+                    f"cannot be read: {exc}. Refusing to decide; rerun when S3 answers"
+                ) from None
         return None
 
     # --- decide ----------------------------------------------------------------------------------------
@@ -218,25 +232,28 @@ class Runner:
             attempt += 1
 
     # --- act -------------------------------------------------------------------------------------------
-    def act(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
-        """Carry out the plan: membership changes, a restore, the cluster record. Returns the plan to write and
-        False when a concurrent joiner was detected and this instance backed off (the caller decides again)."""
+    def act(self, plan: Plan, facts: Facts) -> tuple[Plan, bool, RecordUpdate | None]:
+        """Carry out the plan: membership changes, a restore, the cluster record. Returns the plan to write, False
+        when a concurrent joiner was detected and this instance backed off (the caller decides again), and the
+        record update still to be made after the env file. Only NEW and RESTORE write the record before the file:
+        the other instances agree through it. Every other decision heals without S3, so S3 comes after."""
         backups = self.backups
         if plan.decision is Decision.RESTORE and backups is not None:
-            return self._restore(plan, facts, backups), True
+            return self._restore(plan, facts, backups), True, None
         if plan.decision is Decision.NEW and backups is not None:
             backups.write_record(facts.view, members=plan.initial_cluster)
+        later = None
         if plan.decision is Decision.MEMBER and backups is not None:
-            backups.complete_record(facts.view)
+            later = RecordUpdate("this member's boot", functools.partial(backups.complete_record, facts.view))
         if not plan.remove and not plan.add_self:
-            return plan, True
+            return plan, True, later
         if backups is not None:
             backups.insure(facts.view, "this membership change")
         plan, settled = self._change_membership(plan, facts)
         if settled and backups is not None:
             after = replace(facts.view, members=plan.members)
-            backups.write_record(after)
-        return plan, settled
+            later = RecordUpdate("this membership change", functools.partial(backups.write_record, after))
+        return plan, settled, later
 
     def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
         """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record."""
@@ -322,10 +339,10 @@ class Runner:
                 asg = None
                 self._log_plan(plan)
                 try:
-                    plan, settled = self.act(plan, facts)
+                    plan, settled, later = self.act(plan, facts)
                 except RecordRaceError as exc:  # another instance recorded another decision first
                     log.info("%s", exc)
-                    settled = False
+                    settled, later = False, None
                 if settled:
                     break
                 if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
@@ -333,8 +350,10 @@ class Runner:
                 attempt += 1
             outcome = self.outcome(plan)
             envfile.write(self.settings.output, outcome.text)
-        if self.settings.output != "-":
-            log.info("wrote %s: %s, state %s", self.settings.output, self.ctx.me.instance_id, plan.cluster_state)
+            if self.settings.output != "-":
+                log.info("wrote %s: %s, state %s", self.settings.output, self.ctx.me.instance_id, plan.cluster_state)
+            if later is not None and self.backups is not None:
+                self.backups.record_after(later.what, later.update)
         return outcome
 
     def outcome(self, plan: Plan) -> Outcome:

@@ -27,19 +27,23 @@ botocore 1.29 has no PutObject parameters for these headers: they are added by e
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, Union, cast
 from urllib.parse import quote
 
 from etcd_aws_cluster import records, validate
-from etcd_aws_cluster.aws import aws_errors
+from etcd_aws_cluster.aws import NoAnswerError, bounded, make_client
+from etcd_aws_cluster.deadline import Deadline
 from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
@@ -48,8 +52,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 PREFIX_PART = re.compile(r"[A-Za-z0-9!_.*'()-]{1,200}")
 # An ETag as S3 and S3-compatible servers give it: quoted, hex (a multipart one ends in -<parts>).
@@ -104,26 +108,15 @@ def parse_backup_url(value: str) -> BackupUrl:
     return BackupUrl(bucket, prefix)
 
 
-def endpoint_url(environ: Mapping[str, str]) -> str | None:
-    return next((environ[name] for name in ENDPOINT_VARIABLES if environ.get(name)), None)
-
-
-def connect_s3(region: str, environ: Mapping[str, str], timeout: float, max_attempts: int) -> S3Client:
-    """An S3 client like Aws.connect's: bounded timeouts and retries, the endpoint from the environment
-    (path-style addressing then, as S3-compatible servers and moto expect)."""
-    import boto3
-    from botocore.config import Config
-
-    endpoint = endpoint_url(environ)
-    config = Config(
-        region_name=region,
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        s3={"addressing_style": "path" if endpoint else "auto"},
+def connect_s3(
+    region: str, environ: Mapping[str, str], timeout: float, max_attempts: int, deadline: Deadline | None = None
+) -> S3Client:
+    """The S3 client, made like the ASG and EC2 clients (aws.make_client): the endpoint from the environment
+    (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL), bounded timeouts and retries, the deadline's guard."""
+    client: S3Client = make_client(
+        "s3", region, timeout=timeout, max_attempts=max_attempts, environ=environ, deadline=deadline
     )
-    with aws_errors("creating the S3 client"):
-        return boto3.session.Session(region_name=region).client("s3", config=config, endpoint_url=endpoint)
+    return client
 
 
 def _take_conditions(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
@@ -155,6 +148,10 @@ def transfer_config() -> TransferConfig:
         multipart_chunksize=PART_SIZE,
         max_concurrency=2,
         io_chunksize=256 * 1024,
+        # In the calling thread, not s3transfer's own (non-daemon) pool: a transfer abandoned at its deadline
+        # must not keep the process alive at exit for another request timeout. The snapshot stream from etcd
+        # (6-9 MB/s) is slower than one S3 connection, so parallel parts would not make a backup faster.
+        use_threads=False,
     )
     # Not a TransferConfig argument, but s3transfer reads it: the parts of a non-seekable stream held at once.
     config.max_in_memory_upload_chunks = PARTS_IN_MEMORY
@@ -168,8 +165,9 @@ class HashingReader:
     `read(n)` returns exactly n bytes until the end, as s3transfer needs for equal multipart parts.
     """
 
-    def __init__(self, source: Stream) -> None:
+    def __init__(self, source: Stream, stop: threading.Event | None = None) -> None:
         self._chunks: Iterator[bytes] = _chunks_of(source)
+        self._stop = stop
         self._buffer = bytearray()
         self._done = False
         self.sha256 = hashlib.sha256()
@@ -182,6 +180,8 @@ class HashingReader:
         return False
 
     def read(self, size: int | None = -1) -> bytes:
+        if self._stop is not None and self._stop.is_set():
+            raise AwsError("the upload was abandoned at its deadline")
         want = None if size is None or size < 0 else size
         while not self._done and (want is None or len(self._buffer) < want):
             chunk = next(self._chunks, None)
@@ -205,6 +205,27 @@ def _chunks_of(source: Stream) -> Iterator[bytes]:
     return iter(source)
 
 
+class _StoppableFile:
+    """A seekable file for a download, whose writes fail once the download has been abandoned at its deadline."""
+
+    def __init__(self, handle: IO[bytes], stop: threading.Event) -> None:
+        self._handle, self._stop = handle, stop
+
+    def write(self, data: bytes) -> int:
+        if self._stop.is_set():
+            raise OSError("the download was abandoned at its deadline")
+        return self._handle.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
 def file_sha256(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
@@ -215,7 +236,11 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 class BackupStore:
-    """The snapshots and the record of one ASG under one backup URL."""
+    """The snapshots and the record of one ASG under one backup URL.
+
+    Every S3 call ends by the run's `deadline` (and by the budget of a `limited` block): a call still waiting then
+    is abandoned, and S3 counts as silent for the rest of the run, so no later step waits on it again.
+    """
 
     def __init__(
         self,
@@ -226,13 +251,21 @@ class BackupStore:
         kms_key_id: str | None = None,
         *,
         region: str,
+        deadline: Deadline | None = None,
     ) -> None:
         if sse not in SSE_MODES:
             raise ConfigError(f"backup_sse must be one of {', '.join(SSE_MODES)}, not {validate.shown(sse)}")
         if kms_key_id is not None and (sse != "aws:kms" or not KMS_KEY_ID.fullmatch(kms_key_id)):
             raise ConfigError("backup_kms_key_id needs backup_sse = aws:kms and must be a KMS key id, ARN or alias")
         self._s3 = s3
-        conditional_writes(s3)
+        self._deadline = deadline
+        self._budget: Deadline | None = None
+        self._answer_within: float | None = None
+        self._answered = False
+        self.silent: str | None = None  # why S3 counts as silent in this run (a call was abandoned), or None
+        if s3 is not None:
+            conditional_writes(s3)
+            s3.meta.events.register("before-send", self._refuse_when_silent)
         self.url = parse_backup_url(url) if isinstance(url, str) else url
         self.asg_name = validate.asg_name(asg_name, "settings")
         self.region = validate.region(region, "the instance metadata")
@@ -251,6 +284,44 @@ class BackupStore:
         self._encryption: dict[str, str] = {"ServerSideEncryption": sse}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
+
+    # -- how calls are made: bounded, and never again after S3 was silent ----------------------------------
+
+    @contextlib.contextmanager
+    def limited(self, seconds: float, *, answer_within: float | None = None) -> Iterator[None]:
+        """S3 calls in this block end within `seconds` (and by the run's deadline). With `answer_within`, an S3
+        that has not answered yet in this run must answer the first call within that many seconds."""
+        outer = (self._budget, self._answer_within)
+        self._budget, self._answer_within = Deadline(seconds), answer_within
+        try:
+            yield
+        finally:
+            self._budget, self._answer_within = outer
+
+    def _limit(self) -> tuple[Deadline | None, str]:
+        """The nearest of the limits on the next call, and its name for the error message."""
+        limits = [(self._deadline, "the run's deadline"), (self._budget, "this step's budget")]
+        if self._answer_within is not None and not self._answered:
+            limits.append((Deadline(self._answer_within), "S3's first answer"))
+        found = [(limit, label) for limit, label in limits if limit is not None]
+        return min(found, key=lambda item: item[0].remaining()) if found else (None, "")
+
+    def _call(self, action: str, call: Callable[[], T], abandon: threading.Event | None = None) -> T:
+        if self.silent is not None:
+            raise AwsError(f"{action}: not asked, S3 did not answer earlier in this run ({self.silent})")
+        limit, label = self._limit()
+        try:
+            result = bounded(action, call, limit, abandon, label)
+        except NoAnswerError as exc:
+            self.silent = str(exc)
+            raise
+        self._answered = True
+        return result
+
+    def _refuse_when_silent(self, **_: Any) -> None:
+        """A before-send handler: an abandoned call (a retry, a transfer's next part) sends nothing more."""
+        if self.silent is not None:
+            raise AwsError(f"S3 did not answer earlier in this run ({self.silent})")
 
     @property
     def bucket(self) -> str:
@@ -276,13 +347,17 @@ class BackupStore:
         Any error (from the stream too) aborts the multipart upload and writes no manifest.
         """
         key = self.snapshot_key(meta)
-        reader = HashingReader(stream)
+        stop = threading.Event()
+        reader = HashingReader(stream, stop)
         extra: dict[str, Any] = {**self._encryption, "ContentType": "application/octet-stream"}
-        with aws_errors(f"uploading {self.where(key)}"):
+
+        def send() -> int:
             self._s3.upload_fileobj(
                 cast("IO[bytes]", reader), self.bucket, key, ExtraArgs=extra, Config=transfer_config()
             )
-            stored = self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+            return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+        stored = self._call(f"uploading {self.where(key)}", send, stop)
         if stored != reader.size:
             raise AwsError(f"{self.where(key)} holds {stored} bytes after uploading {reader.size}")
         info = SnapshotInfo.of(key, meta, reader.sha256.hexdigest(), reader.size)
@@ -292,15 +367,20 @@ class BackupStore:
 
     def _objects(self) -> dict[str, int]:
         """Key -> size of every object right under the snapshot prefixes (the new layout's and the old one's)."""
+
+        def listed(prefix: str) -> dict[str, int]:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            items = [item for page in pages for item in page.get("Contents", [])]
+            # Deeper keys are another group's (an ASG named "snapshots").
+            return {
+                key: int(item.get("Size", -1))
+                for item in items
+                if "/" not in (key := str(item.get("Key")))[len(prefix) :]
+            }
+
         sizes: dict[str, int] = {}
         for prefix in (self.snapshot_prefix, self.legacy_snapshot_prefix):
-            with aws_errors(f"listing {self.where(prefix)}"):
-                pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-                for page in pages:
-                    for item in page.get("Contents", []):
-                        key = str(item.get("Key"))
-                        if "/" not in key[len(prefix) :]:  # deeper keys are another group's (an ASG named "snapshots")
-                            sizes[key] = int(item.get("Size", -1))
+            sizes.update(self._call(f"listing {self.where(prefix)}", functools.partial(listed, prefix)))
         return sizes
 
     def list_snapshots(self) -> tuple[SnapshotInfo, ...]:
@@ -327,13 +407,19 @@ class BackupStore:
         return records.newest_first(found)
 
     def download(self, info: SnapshotInfo, path: Path) -> None:
-        """Download a snapshot to `path`, verified against its manifest; on a mismatch leave no file and raise."""
+        """Download a snapshot to `path`, verified against its manifest; on a mismatch, an error or the deadline
+        leave no file and raise (an abandoned download's next write fails: it stops by itself)."""
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
         temp = Path(temp_name)
+        stop = threading.Event()
         try:
-            with aws_errors(f"downloading {self.where(info.key)}"):
-                self._s3.download_file(self.bucket, info.key, str(temp), Config=transfer_config())
+            with os.fdopen(fd, "wb") as handle:
+                target = cast("IO[bytes]", _StoppableFile(handle, stop))
+                self._call(
+                    f"downloading {self.where(info.key)}",
+                    lambda: self._s3.download_fileobj(self.bucket, info.key, target, Config=transfer_config()),
+                    stop,
+                )
             sha256, size = file_sha256(temp)
             if (sha256, size) != (info.sha256, info.size):
                 raise CorruptSnapshotError(
@@ -359,10 +445,12 @@ class BackupStore:
             return
         if any(not k.startswith((self.snapshot_prefix, self.legacy_snapshot_prefix)) for k in keys):
             raise UnsafeError(f"refusing to delete objects outside {self.where(self.snapshot_prefix)}")
-        with aws_errors(f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}"):
-            answer = self._s3.delete_objects(
+        answer = self._call(
+            f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}",
+            lambda: self._s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
-            )
+            ),
+        )
         errors = answer.get("Errors", [])
         if errors:
             first = errors[0]
@@ -453,16 +541,19 @@ class BackupStore:
         }
         if condition:
             params[CONDITIONS_PARAM] = condition
-        with aws_errors(f"writing {self.where(key)}"):
+
+        def put() -> object:
             try:
-                answer: object = self._s3.put_object(**params).get("ETag")
+                etag: object = self._s3.put_object(**params).get("ETag")
             except ClientError as exc:
                 if condition and exc.response.get("Error", {}).get("Code") in LOST_RACE_CODES:
                     raise RecordRaceError(
                         f"{self.where(key)} changed since this run read it (another instance wrote it first)"
                     ) from None
                 raise
-        return answer
+            return etag
+
+        return self._call(f"writing {self.where(key)}", put)
 
     def _get(self, key: str) -> bytes | None:
         """A small object's body; None when it does not exist."""
@@ -473,7 +564,7 @@ class BackupStore:
         """A small object's body and ETag; None when it does not exist."""
         from botocore.exceptions import ClientError
 
-        with aws_errors(f"reading {self.where(key)}"):
+        def read() -> tuple[bytes, object] | None:
             try:
                 answer = self._s3.get_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
@@ -485,3 +576,5 @@ class BackupStore:
             etag: object = answer.get("ETag")
             body: bytes = answer["Body"].read(records.MAX_DOCUMENT_BYTES + 1)
             return body, etag
+
+        return self._call(f"reading {self.where(key)}", read)

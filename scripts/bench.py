@@ -12,6 +12,8 @@ b. a running 5-node cluster with 0, 1 and 2 hung peers (etcd SIGSTOPped): member
    1.0 s (ETCD_AWS_CLUSTER_PROBE_TIMEOUT): the cost of hung peers should be one probe timeout, not k of them.
 c. peak RSS of every agent run.
 d. start-up time of ``python -m etcd_aws_cluster --help`` and of the ``etcd-aws-cluster --help`` console script.
+f. with backup_url set: the join of a replacement with S3 healthy (moto) and with S3 hanging (an endpoint that
+   accepts connections and never answers), paired: healing must not wait on S3.
 
 Run with ``make bench`` or ``.venv/bin/python scripts/bench.py [--etcd 3.4|3.5] [--reps N] [--output PATH]``.
 Exit status 0 when the benchmark ran (whatever the numbers), 1 when it broke (docs/benchmarks.md is then kept).
@@ -44,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from tests.harness import etcd_binaries  # noqa: E402
-from tests.harness.moto_server import MotoServer  # noqa: E402
+from tests.harness.moto_server import FAKE_CREDENTIALS, MotoServer  # noqa: E402
 from tests.harness.procs import ProcessRegistry  # noqa: E402
+from tests.harness.silent_server import SilentServer  # noqa: E402
 from tests.harness.sim import Node, SimulatedAsg  # noqa: E402
 
 SIZES = (3, 5, 7, 9)
@@ -60,6 +63,9 @@ STUCK_WAIT = 5.0  # how long the bench lets a new member's etcd try to start whi
 TARGET_WALL = 0.5
 TARGET_HELP = 0.3
 TARGET_RSS_MIB = 80.0
+TARGET_S3_HANG_EXTRA = 1.0  # a join with S3 hanging, over the same join with S3 healthy
+S3_REPS = 3
+BENCH_BUCKET = "bench-backups"
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 
 
@@ -107,6 +113,7 @@ class Results:
     stages: list[tuple[str, float, int, int]] = field(default_factory=list)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    s3_join: dict[str, list[Run]] = field(default_factory=dict)  # "healthy" / "hanging" -> paired join runs
 
 
 # -- measuring one process ---------------------------------------------------------------------------------
@@ -324,6 +331,82 @@ def bench_hung(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Calla
         log("etcd of the joined member started")
 
 
+def bench_s3_hang(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Callable[[str], None]) -> None:
+    """A 3-node cluster with backup_url; one instance replaced at a time, the replacement's agent seeing S3
+    healthy or hanging (ASG/EC2 stay on moto), alternately. The gone member is removed by hand and etcd's guard
+    waited out first, so that both joins do the same etcd work: one add."""
+    import boto3
+
+    moto.reset()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=BENCH_BUCKET)
+    env = {"ETCD_AWS_CLUSTER_BACKUP_URL": f"s3://{BENCH_BUCKET}/etcd"}
+    res.s3_join = {"healthy": [], "hanging": []}
+    with SimulatedAsg(moto.url, 3, etcd) as asg, SilentServer() as silent:
+        expect(agents_at_once(asg, asg.nodes, "bootstrap 3 with backup_url", env), "new")
+        start_cluster(asg, asg.nodes, 3)
+        for _ in range(max(reps, S3_REPS)):
+            for label, extra in (("healthy", {}), ("hanging", {"AWS_ENDPOINT_URL_S3": silent.url})):
+                replacement = replace_non_leader(asg)
+                run = agent(asg, replacement, f"join, S3 {label}", {**env, **extra})
+                expect([run], "join")
+                res.s3_join[label].append(run)
+                start_cluster(asg, [replacement], 3)
+    log(
+        f"join with S3 healthy: median {median(res.s3_join['healthy']):.3f}s; "
+        f"S3 hanging: median {median(res.s3_join['hanging']):.3f}s"
+    )
+
+
+def replace_non_leader(asg: SimulatedAsg) -> Node:
+    """Kill a non-leader's etcd, remove its member by hand, wait out etcd's guard, and replace the instance."""
+    leader = leader_of(asg)
+    victim = next(n for n in asg.nodes if n is not leader)
+    member_id = next(int(m["ID"]) for m in asg.members(leader) if m.get("name") == victim.instance_id)
+    asg.stop_etcd(victim, kill=True)
+    deadline = time.monotonic() + HEALTHY_TIMEOUT
+    while True:  # etcd refuses a removal as "unhealthy cluster" for a few seconds after a change
+        answer = requests.post(f"{leader.client_url}/v3/cluster/member/remove", json={"ID": member_id}, timeout=5)
+        if answer.status_code == 200:
+            break
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"etcd did not remove the member of {victim}: {answer.text}")
+        time.sleep(0.5)
+    time.sleep(ETCD_GUARD + 1.0)
+    (replacement,) = asg.terminate(victim, replace=True)
+    return replacement
+
+
+def s3_hang_extra(res: Results) -> float:
+    """The extra wall time of a join with S3 hanging over the join with S3 healthy just before it (paired)."""
+    pairs = zip(res.s3_join["hanging"], res.s3_join["healthy"])
+    return statistics.median(hanging.wall - healthy.wall for hanging, healthy in pairs)
+
+
+def s3_section(res: Results) -> list[str]:
+    out = ["", "## f. Healing while S3 hangs (backup_url set)", ""]
+    out.append(
+        "A running 3-node cluster with `backup_url` (moto's S3); one non-leader at a time is killed, its member "
+        f"removed by hand, etcd's {ETCD_GUARD:.0f} s guard waited out, and its replacement's agent joins (one "
+        "member add) with S3 healthy, then the next replacement with S3 hanging (`AWS_ENDPOINT_URL_S3` an "
+        "endpoint that accepts connections and never answers; ASG and EC2 on moto). With S3 healthy the join "
+        "takes the insurance snapshot (the first) or finds a fresh one, and updates the cluster record after "
+        "the env file; with S3 hanging both are skipped once S3 has not answered its first call within "
+        "0.75 s (backups.S3_ANSWER_WITHIN)."
+    )
+    out.append("")
+    rows = [(label, str(len(runs)), f"{median(runs):.3f}", f"{worst(runs):.3f}") for label, runs in res.s3_join.items()]
+    out.append(table(("join of a replacement, S3", "runs", "median wall s", "max wall s"), rows))
+    out += ["", f"Hanging over healthy, median of the paired differences: {s3_hang_extra(res):+.3f} s."]
+    return out
+
+
 def bench_startup(python: str, console: Path, res: Results, log: Callable[[str], None]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ETCD_AWS_CLUSTER_"))}
     commands = {
@@ -483,6 +566,7 @@ def hung_extra(res: Results) -> dict[int, float]:
 
 def agent_runs(res: Results) -> list[Run]:
     runs = [r for group in res.bootstrap.values() for r in group] + res.rerun
+    runs += [r for group in res.s3_join.values() for r in group]
     return runs + [r for _, _, group, _ in res.hung for r in group]
 
 
@@ -509,6 +593,13 @@ def targets(res: Results) -> list[Target]:
             "2 hung peers cost one probe timeout, not 2 (member rerun, extra over 0 hung, paired median)",
             hung_extra(res)[2],
             1.5 * PROBE_TIMEOUT,
+        )
+    )
+    found.append(
+        Target(
+            "a join with S3 hanging, extra over the same join with S3 healthy (paired median)",
+            s3_hang_extra(res),
+            TARGET_S3_HANG_EXTRA,
         )
     )
     return found
@@ -603,6 +694,10 @@ def rss_section(res: Results) -> list[str]:
     rrows = [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.bootstrap.items()]
     rrows.append(("member rerun", f"{max(r.rss_mib for r in res.rerun):.1f}"))
     rrows.append(("hung-peer runs", f"{max(r.rss_mib for _, _, runs, _ in res.hung for r in runs):.1f}"))
+    rrows += [
+        (f"join with backup_url, S3 {label}", f"{max(r.rss_mib for r in runs):.1f}")
+        for label, runs in res.s3_join.items()
+    ]
     rrows += [(label, f"{max(r.rss_mib for r in runs):.1f}") for label, runs in res.startup.items()]
     out.append(table(("runs", "max peak RSS MiB"), rrows))
     out += [
@@ -641,7 +736,7 @@ def startup_section(res: Results) -> list[str]:
 
 def report(res: Results, etcd: Path, duration: float) -> str:
     out = intro_section(res, etcd) + wall_section(res) + hung_section(res) + rss_section(res)
-    out += startup_section(res)
+    out += startup_section(res) + s3_section(res)
     out += ["", "## Notes", "", *res.notes, "", f"Benchmark duration: {duration:.0f} s.", ""]
     return "\n".join(out)
 
@@ -706,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with MotoServer() as moto:
                 bench_bootstrap(moto, etcd, args.reps, res, log)
                 bench_hung(moto, etcd, args.reps, res, log)
+                bench_s3_hang(moto, etcd, args.reps, res, log)
     except BenchFailed as exc:
         print(f"\nbench: FAILED: {exc}", file=sys.stderr)
         print(f"(every process the bench started has been stopped; {args.output} is unchanged)", file=sys.stderr)

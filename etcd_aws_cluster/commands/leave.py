@@ -9,6 +9,7 @@ member's etcd shuts itself down, and cannot restart on its old data (the next bo
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import sys
@@ -78,7 +79,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     # Through the other members first: this node's etcd stops itself once it sees its own removal.
     removed = ctx.remove_member(f"removing {label}", member.id, cluster.client_urls(last=[me.private_ip]))
     if backups is not None:
-        left = tuple(m for m in cluster.members if m.id != member.id)
-        backups.write_record(replace(cluster, members=left))
+        left = replace(cluster, members=tuple(m for m in cluster.members if m.id != member.id))
+        backups.record_after(f"removing {label}", functools.partial(backups.write_record, left))
     log.info("removed %s; stop etcd on this instance now" if removed else "%s was already gone", label)
     return 0

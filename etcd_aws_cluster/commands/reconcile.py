@@ -82,10 +82,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if dry_run:
             sys.stdout.write(describe(_decide(ctx, asg, policy, seen)[1], asg))
             return 0
-        result = _reconcile(ctx, asg, policy, seen)
+        result, removed = _reconcile(ctx, asg, policy, seen)
         save_state(state_file, result.unstarted_since)
-        if result.remove and (backups := Backups.open(ctx, asg.name)) is not None:
-            backups.write_record(ctx.observe(asg))
+        if removed and (backups := Backups.open(ctx, asg.name)) is not None:
+            backups.record_after("reconcile's removals", lambda: backups.write_record(ctx.observe(asg)))
     for pending in result.waiting:
         log.info("%s", pending.describe())
     if result.blocked:
@@ -103,8 +103,9 @@ def _decide(
 
 def _reconcile(
     ctx: Context, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
-) -> reconciler.Reconciliation:
-    """Remove one member at a time, deciding again from a fresh probe before each removal."""
+) -> tuple[reconciler.Reconciliation, bool]:
+    """Remove one member at a time, deciding again from a fresh probe before each removal. Returns the last
+    decision and whether anything was removed (the last decision, after the removals, has none left)."""
     done: set[int] = set()
     first = True
     while True:
@@ -117,7 +118,7 @@ def _reconcile(
         if not todo:
             if not done:
                 log.info("reconcile: nothing to remove")
-            return result
+            return result, bool(done)
         removal = todo[0]
         if not done and (backups := Backups.open(ctx, asg.name)) is not None:
             backups.insure(facts.view, f"removing member {removal.member.hex_id}")

@@ -213,3 +213,20 @@ def test_linearizable_member_list(sim: SimFactory, etcd_binary: Path) -> None:
         with pytest.raises(EtcdRequestError) as caught:
             client.list_members(url, 2, linearizable=True)
         assert caught.value.transient
+
+
+@pytest.mark.etcd_also("3.6")
+def test_status_reports_the_db_size_a_snapshot_streams(sim: SimFactory, etcd_binary: Path) -> None:
+    asg = sim(1, etcd_binary)
+    asg.bootstrap_static()
+    client = EtcdClient(requests.Session(), Tls(), "v3")
+    url = asg.nodes[0].client_url
+    before = client.endpoint_status(url, 2)
+    assert before is not None and before.db_size > 0
+    for i in range(40):  # ~2.5 MB more in the backend
+        asg.put(f"/big/{i}", "x" * 64 * 1024)
+    after = client.endpoint_status(url, 2)
+    # The backend commits in batches (every 100 ms): not all of it may be in the db yet, but most is
+    assert after is not None and after.db_size > before.db_size + 1_000_000, (before, after)
+    streamed = sum(len(chunk) for chunk in client.snapshot(url, 5))
+    assert streamed >= after.db_size  # the snapshot streams the db as it is by then

@@ -23,7 +23,7 @@ def bench() -> ModuleType:
     return module
 
 
-def results(bench: ModuleType, wall: float) -> object:
+def results(bench: ModuleType, wall: float, s3_extra: float = 0.8) -> object:
     def runs(seconds: float, n: int = 3) -> list[object]:
         return [bench.Run("agent", seconds, 0, 60 * 1024, 0.3) for _ in range(n)]
 
@@ -33,6 +33,7 @@ def results(bench: ModuleType, wall: float) -> object:
     res.rerun = runs(wall)
     res.hung = [("member rerun", k, runs(wall + k * 0.5), "member") for k in (0, 1, 2)]
     res.startup = {"--help": runs(0.05)}
+    res.s3_join = {"healthy": runs(wall + 0.2), "hanging": runs(wall + 0.2 + s3_extra)}
     return res
 
 
@@ -54,3 +55,9 @@ def test_a_target_needing_more_cpus_is_shown_not_judged(bench: ModuleType) -> No
     assert not target.missed
     assert target.row()[3] == f"not a target here: needs {cpus + 1} CPUs, this machine has {cpus}"
     assert bench.Target("agents at once", 9.0, 0.5, min_cpus=cpus).row()[3] == "FAIL"
+
+
+def test_a_join_that_waits_on_a_hanging_s3_misses_its_target(bench: ModuleType) -> None:
+    name = "a join with S3 hanging, extra over the same join with S3 healthy (paired median)"
+    assert name not in [t.name for t in bench.targets(results(bench, 0.3, s3_extra=0.8)) if t.missed]
+    assert name in [t.name for t in bench.targets(results(bench, 0.3, s3_extra=1.2)) if t.missed]
