@@ -116,9 +116,10 @@ class Backups:
         newest: str | None = None,
         members: tuple[tuple[str, str], ...] | None = None,
         cluster_id: int | None = None,
+        replaces: tuple[int, ...] = (),
     ) -> ClusterRecord:
         """Record that the cluster exists: its id, its members (instance id, peer URL) and the newest snapshot
-        (kept from the current record unless given)."""
+        (kept from the current record unless given); a restore's record also the clusters it `replaces`."""
         if members is None:
             members = tuple(
                 sorted(
@@ -137,6 +138,7 @@ class Backups:
             members=members,
             newest_snapshot=newest,
             updated_at=self.ctx.now(),
+            replaces=replaces,
         )
         self.store.write_record(record)
         log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(members))
