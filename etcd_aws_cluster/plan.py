@@ -27,6 +27,12 @@ def _bootstrap(facts: Facts) -> Plan:
             "existing",
             expected,
         )
+    record = facts.record
+    joining = recovery.joining_restore(facts, record, tuple(sorted(expected))) if record is not None else None
+    if joining is not None and joining.decision is Decision.RESTORE:
+        # Its own members may already run the restored etcd, silent until a quorum of them does (a restored etcd
+        # 3.6 does not say on its peer port that it is forming): take part all the same.
+        return joining
     expected_urls = frozenset(url for _, url in expected)
     silent = [
         p
@@ -36,8 +42,10 @@ def _bootstrap(facts: Facts) -> Plan:
     if silent:
         names = ", ".join(f"{p.instance_id} ({p.error})" for p in silent)
         return Plan(Decision.WAIT, f"no member list yet, but etcd may be running on {names}")
+    if joining is not None:
+        return joining
     if facts.record is not None:
-        waiting = recovery.with_record(facts, facts.record, tuple(sorted(expected)))
+        waiting = recovery.with_record(facts, facts.record)
         if waiting is not None:
             return waiting
     if asg.desired_capacity < 1:

@@ -64,16 +64,15 @@ def recovery_command(facts: Facts, snapshots: tuple[SnapshotInfo, ...]) -> str:
     )
 
 
-def joining_restore(
-    facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]
-) -> Plan | None:
+def joining_restore(facts: Facts, record: ClusterRecord, initial: tuple[tuple[str, str], ...]) -> Plan | None:
     """Another instance of this same ASG restored (or created) the cluster first and recorded it: take part.
 
     The instance that restores first writes the record at once (members: the current ASG instances, the snapshot
     it restored, no cluster id yet, as only a restore writes it). The others, booting at the same time, read that
     record; its members are their own silent peers, so without this rule they would wait for survivors that hold
     no data yet (and, if etcd starts only after every agent, wait forever). Same instances, same snapshot: restore
-    it too, so all of them start the one restored cluster."""
+    it too, so all of them start the one restored cluster. Followed only while the record is recent (`unfollowed`);
+    a recorded restore also while the restorers' etcd is already up and silent (plan.py)."""
     if record.cluster_id is not None:
         return None
     if tuple(sorted(record.members)) != initial or facts.me.instance_id not in {name for name, _ in initial}:
@@ -89,6 +88,7 @@ def joining_restore(
             "new",
             initial,
         )
+    snapshots = facts.snapshots
     start = next((n for n, info in enumerate(snapshots) if info.key == record.newest_snapshot), None)
     if start is None:
         return None
@@ -201,12 +201,10 @@ def wait_for_survivors(facts: Facts, record: ClusterRecord, snapshots: tuple[Sna
     )
 
 
-def with_record(facts: Facts, record: ClusterRecord, initial: tuple[tuple[str, str], ...]) -> Plan | None:
-    """No etcd answers and a record exists: take part in a recorded restore or `new`; never restart on data the
-    record superseded; wait for the survivors or their hand-offs. None when the newest snapshot may be restored."""
-    joining = joining_restore(facts, record, facts.snapshots, initial)
-    if joining is not None:
-        return joining
+def with_record(facts: Facts, record: ClusterRecord) -> Plan | None:
+    """No etcd answers, a record exists and this instance does not take part in a recorded decision
+    (`joining_restore`): never restart on data the record superseded; wait for the survivors or their hand-offs.
+    None when the newest snapshot may be restored."""
     lacking = survivors_lack_quorum(facts)
     why = "" if lacking else data_superseded(facts)
     if why:

@@ -589,3 +589,18 @@ def test_a_record_with_a_cluster_id_is_never_followed_as_a_decision_whatever_its
     base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
     plan = decide(looked_soon_after(base, _record((0, 1, 2), None, cluster_id=7), 5))
     assert plan.decision is Decision.WAIT and "not taking part" not in plan.reason
+
+
+def test_a_recorded_restore_is_joined_while_its_restored_etcd_is_silent() -> None:
+    """The restorers started etcd before this instance looked again: their restored members are silent until a
+    quorum runs, and a restored etcd 3.6 does not say it is forming. A recorded restore is joined regardless; a
+    recorded `new` still waits for a silent etcd that does not say it forms that cluster."""
+    snapshots = (_snapshot(9), _snapshot(5))
+    probes = [failed(0, "timeout"), failed(1), failed(2, "timeout")]
+    base = replace(facts(1, [inst(0), inst(1), inst(2)], probes), snapshots=snapshots)
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), snapshots[1].key)))
+    assert plan.decision is Decision.RESTORE and plan.restore == snapshots[1:]
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), None)))
+    assert plan.decision is Decision.WAIT and "etcd may be running on" in plan.reason
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), snapshots[1].key), 3600))  # not followed when old
+    assert plan.decision is Decision.WAIT and "etcd may be running on" in plan.reason
