@@ -123,7 +123,7 @@ def unfollowed(facts: Facts, record: ClusterRecord) -> str:
     now = facts.now
     if now is not None and abs(now - record.updated_at) <= facts.follow_window:
         return ""
-    age = "at an unknown time" if now is None else f"{(now - record.updated_at).total_seconds():.0f}s ago"
+    age = "age unknown" if now is None else f"{(now - record.updated_at).total_seconds():.0f}s ago"
     what = f"a restore of {record.newest_snapshot}" if record.newest_snapshot else "a new cluster"
     return (
         f"the cluster record of {what} (written {format_time(record.updated_at)}, {age}) has no cluster id yet and "

@@ -568,7 +568,7 @@ def test_an_old_restore_record_is_not_followed_and_its_members_are_waited_for() 
 def test_without_a_time_a_record_without_a_cluster_id_is_not_followed() -> None:
     base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
     plan = decide(replace(base, record=_record((0, 1, 2), None)))
-    assert plan.decision is Decision.WAIT and "at an unknown time" in plan.reason
+    assert plan.decision is Decision.WAIT and "age unknown) has no cluster id yet" in plan.reason
 
 
 def test_an_old_record_is_followed_while_an_etcd_is_seen_forming_its_cluster() -> None:
