@@ -18,6 +18,7 @@ from etcd_aws_cluster.errors import AgentError, ConfigError, EtcdError, UnsafeEr
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
 from etcd_aws_cluster.view import ClusterView, render_initial_cluster
+from etcd_aws_cluster.waldata import read_ids
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,16 @@ class Backups:
         self.store.write_record(record)
         log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(members))
         return record
+
+    def write_restore_record(
+        self, cluster: ClusterView, info: SnapshotInfo, initial: tuple[tuple[str, str], ...], replaced: tuple[int, ...]
+    ) -> ClusterRecord:
+        """The record of a restore of `info` into this node's data dir: the new cluster of `initial`, no cluster id
+        yet, and the clusters whose data it `replaced`, never the restored data's own (the same snapshot restored
+        by the same instances gives the same cluster id)."""
+        restored = read_ids(restore_data_dir(self.ctx))
+        replaces = tuple(c for c in replaced if restored is None or c != restored.cluster_id)
+        return self.write_record(cluster, newest=info.key, members=initial, replaces=replaces)
 
     def complete_record(self, cluster: ClusterView) -> None:
         """On a member's boot: write the record when there is none (backups were just turned on), or give it the

@@ -154,16 +154,17 @@ def data_superseded(facts: Facts) -> str:
     return superseded(facts.record, facts.local_ids)
 
 
-def replaced_clusters(facts: Facts) -> tuple[int, ...]:
-    """The clusters a restore decided from these facts replaces: the recorded one (or those a recorded restore
-    replaced), the survivors' (from their hand-offs) and that of this node's own data."""
+def replaced_clusters(
+    record: ClusterRecord | None, handoffs: tuple[Handoff, ...] = (), local_ids: tuple[int, int] | None = None
+) -> tuple[int, ...]:
+    """The clusters a restore replaces: the recorded one (or those a recorded restore replaced), the survivors'
+    (from their hand-offs of this record) and that of this node's own data."""
     replaced: set[int] = set()
-    record = facts.record
     if record is not None:
         replaced.update(record.replaces if record.cluster_id is None else (record.cluster_id,))
-        replaced.update(h.cluster_id for h in current_handoffs(record, facts.handoffs).values() if h.cluster_id)
-    if facts.local_ids is not None:
-        replaced.add(facts.local_ids[1])
+        replaced.update(h.cluster_id for h in current_handoffs(record, handoffs).values() if h.cluster_id)
+    if local_ids is not None:
+        replaced.add(local_ids[1])
     return tuple(sorted(replaced))
 
 

@@ -254,10 +254,8 @@ class Runner:
                 moved = move_aside(directory, self.ctx.now())
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
         info = backups.restore(plan.restore, plan.initial_cluster)
-        # The same snapshot restored by the same instances gives the same cluster id: never list it as replaced.
-        restored = read_ids(restore_data_dir(self.ctx))
-        replaces = tuple(c for c in recovery.replaced_clusters(facts) if restored is None or c != restored.cluster_id)
-        backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster, replaces=replaces)
+        replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)
+        backups.write_restore_record(facts.view, info, plan.initial_cluster, replaced)
         return replace(plan, reason=f"{plan.reason}; restored {info.key}")
 
     def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:

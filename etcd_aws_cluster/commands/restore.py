@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile
+from etcd_aws_cluster import envfile, recovery
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
@@ -20,6 +20,7 @@ from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import AsgView, Decision, Plan
 from etcd_aws_cluster.records import SnapshotInfo, format_time
 from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.waldata import read_ids
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     restore_data_dir(ctx)  # the setting is checked before anything moves
     with host_lock(ctx.settings.lock_file, ctx.deadline):
         existing = local_data_dir(ctx.settings.data_dirs())
+        ids = read_ids(existing) if existing is not None else None
+        local_ids = (ids.member_id, ids.cluster_id) if ids is not None else None
+        # The record names the clusters this restore replaces: an instance left out boots into the restore.
+        replaced = recovery.replaced_clusters(backups.store.read_record(), (), local_ids)
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
         info = backups.restore(candidates, initial)
-        backups.write_record(cluster, newest=info.key, members=initial)
+        backups.write_restore_record(cluster, info, initial, replaced)
         plan = Plan(Decision.RESTORE, f"restored {info.key} by hand", "new", initial, restore=(info,))
         outcome = Runner(ctx).outcome(plan)
         envfile.write(ctx.settings.output, outcome.text)

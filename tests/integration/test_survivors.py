@@ -248,3 +248,37 @@ def test_a_late_survivor_takes_part_in_the_recorded_restore_before_the_restored_
     for node in asg.nodes:
         asg.start_etcd(node)
     assert_restored_data_only(asg, late)
+
+
+@pytest.mark.etcd_also("3.6")
+def test_an_instance_left_out_of_a_restore_by_hand_boots_into_it_not_onto_its_old_data(
+    sim: SimFactory, etcd_binary: Path, aws: str
+) -> None:
+    """The runbook's restore by hand, run on two of three instances: the third one's agent (a reboot) finds the
+    record of that restore, which names its data's cluster as replaced, and restores the same snapshot."""
+    asg, store, extra = backed_up(sim, etcd_binary, aws)
+    for i in range(10):
+        asg.put(f"/kept/{i}", f"k{i}")
+    printed = run_ok(asg, asg.nodes[0], "backup", env=extra).stdout
+    asg.put("/after-backup", "dropped")  # written after the snapshot: the restore drops it, on purpose
+    left_out = asg.nodes[2]
+    old = read_ids(left_out.data_dir)
+    assert old is not None
+    for node in asg.nodes:
+        asg.stop_etcd(node)
+    for node in asg.nodes[:2]:
+        run_ok(asg, node, "restore", env=extra)
+    record = store.read_record()
+    assert record is not None and record.cluster_id is None and old.cluster_id in record.replaces
+
+    booted = run_ok(asg, left_out, env=extra).stderr
+    assert decision(booted) == "restore" and "moved this node's etcd data" in booted
+    assert {m.group(1) for m in RESTORED.finditer(booted)} == {record.newest_snapshot}
+    assert printed.startswith(store.where(record.newest_snapshot))
+    for node in asg.nodes:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    for node in asg.nodes:
+        assert [own_data(node, f"/kept/{i}") for i in range(10)] == [f"k{i}" for i in range(10)]
+        assert serializable(node, "/after-backup") is None  # none restarted on its old data
+    assert len(list(left_out.workdir.glob("data.stale-*"))) == 1

@@ -269,7 +269,7 @@ def test_an_instance_that_looks_again_after_the_restore_was_recorded_comes_to_th
         first.initial_cluster,
         first.restore[0].key,
         WHEN + timedelta(seconds=40),
-        recovery.replaced_clusters(restorer),
+        recovery.replaced_clusters(restorer.record, restorer.handoffs, restorer.local_ids),
     )
     before = decide(case(me, handoffs))
     after = decide(replace(case(me, ()), record=written, now=written.updated_at + timedelta(seconds=3)))
@@ -279,7 +279,8 @@ def test_an_instance_that_looks_again_after_the_restore_was_recorded_comes_to_th
 
 
 def test_a_restore_record_names_every_cluster_whose_data_it_replaced() -> None:
-    survivors_case = case(0, (replace(handoff(0), cluster_id=9),))
-    assert recovery.replaced_clusters(survivors_case) == (7, 9)  # the recorded one, the hand-offs', its own
-    followed = late(3, restore_record(replaces=(7, 8)))
-    assert recovery.replaced_clusters(followed) == (7, 8)  # a restore that follows a restore carries them on
+    earlier = replace(handoff(1, when=WHEN - timedelta(days=1)), cluster_id=12)  # an earlier incident's: not this
+    handoffs = (replace(handoff(0), cluster_id=9), earlier)
+    assert recovery.replaced_clusters(RECORDED, handoffs, (100, 11)) == (7, 9, 11)  # recorded, hand-offs', its own
+    assert recovery.replaced_clusters(restore_record(replaces=(7, 8))) == (7, 8)  # a restore of a restore: kept on
+    assert recovery.replaced_clusters(None) == ()
