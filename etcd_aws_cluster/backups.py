@@ -21,6 +21,7 @@ from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.runner import local_data_dir
 from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
 from etcd_aws_cluster.view import ClusterView, render_initial_cluster
+from etcd_aws_cluster.waldata import read_ids
 
 log = logging.getLogger(__name__)
 # Room a restore needs beyond twice the snapshot (the download and the restored db): etcd preallocates its first
@@ -251,10 +252,11 @@ class Backups:
         members: tuple[tuple[str, str], ...] | None = None,
         cluster_id: int | None = None,
         continues: SnapshotInfo | None = None,
+        replaces: tuple[int, ...] = (),
     ) -> ClusterRecord:
         """Record that the cluster exists: its id, its members (instance id, peer URL), the newest snapshot (kept
         from the current record unless given) and the lineage (records.record_lineage; `continues`: the snapshot
-        whose lineage it continues, e.g. the one restored).
+        whose lineage it continues, e.g. the one restored); a restore's record also the clusters it `replaces`.
 
         `members` given is a boot decision (a new cluster, a restore): it replaces the record the decision was
         based on, or raises RecordRaceError (decide again) unless the winner recorded the same decision. Any
@@ -263,7 +265,7 @@ class Backups:
         attempt = 0
         while True:
             basis = self._basis if decision and self._basis is not None else self.store.read_record_tagged()
-            record = self._next_record(cluster, basis[0], newest, members, cluster_id, continues)
+            record = self._next_record(cluster, basis[0], newest, members, cluster_id, continues, replaces)
             try:
                 etag = self.store.write_record(record, basis[1])
                 self._basis = (record, etag) if etag else None
@@ -290,6 +292,7 @@ class Backups:
         members: tuple[tuple[str, str], ...] | None,
         cluster_id: int | None,
         continues: SnapshotInfo | None,
+        replaces: tuple[int, ...],
     ) -> ClusterRecord:
         now = self.ctx.now()
         return ClusterRecord(
@@ -299,7 +302,18 @@ class Backups:
             newest_snapshot=newest if newest is not None or current is None else current.newest_snapshot,
             updated_at=now,
             lineage=records.record_lineage(current, members, continues, now),
+            replaces=replaces,
         )
+
+    def write_restore_record(
+        self, cluster: ClusterView, info: SnapshotInfo, initial: tuple[tuple[str, str], ...], replaced: tuple[int, ...]
+    ) -> ClusterRecord:
+        """The record of a restore of `info` into this node's data dir: the new cluster of `initial`, no cluster id
+        yet, and the clusters whose data it `replaced`, never the restored data's own (the same snapshot restored
+        by the same instances gives the same cluster id)."""
+        restored = read_ids(restore_data_dir(self.ctx))
+        replaces = tuple(c for c in replaced if restored is None or c != restored.cluster_id)
+        return self.write_record(cluster, newest=info.key, members=initial, continues=info, replaces=replaces)
 
     def complete_record(self, cluster: ClusterView) -> None:
         """On a member's boot: write the record when there is none (backups were just turned on), or give it the

@@ -46,8 +46,11 @@ def gather(
         return RecoveryFacts()
     alive = recovery.alive_recorded(asg, record)
     if not recovery.lacks_quorum(alive, record):
-        # Today's rules: a node with data restarts from it at once; one without needs the snapshots.
-        return _with_snapshots(backups, record) if data_dir is None else RecoveryFacts(record)
+        # A node with data restarts from it at once (one read of the record), unless the record superseded it: it
+        # may then take part in the recorded restore. One without data needs the snapshots.
+        if data_dir is None or recovery.superseded(record, local_ids):
+            return _with_snapshots(backups, record)
+        return RecoveryFacts(record)
     if publish and backups.ctx.me.instance_id in alive:
         hand_off(backups, record, data_dir, local_ids)
     handoffs = backups.store.read_handoffs(alive)

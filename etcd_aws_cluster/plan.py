@@ -15,18 +15,24 @@ from etcd_aws_cluster.view import ClusterView, Facts
 def _bootstrap(facts: Facts) -> Plan:
     """No peer answers: restart from local data, start a new cluster (or, when the cluster record says one
     existed, wait for its survivors or restore it; when they are fewer than a quorum, restore the newest data
-    once each has handed off, see recovery.py), or wait for a complete view."""
+    once each has handed off; never restart on data the record superseded; see recovery.py), or wait for a
+    complete view."""
     asg, endpoints = facts.asg, facts.endpoints
     candidates = asg.members()
     expected = tuple((i.instance_id, endpoints.peer_url(i.private_ip)) for i in candidates if i.private_ip)
-    survivors_lack_quorum = recovery.survivors_lack_quorum(facts)
-    if facts.has_local_data and not survivors_lack_quorum:
+    if facts.has_local_data and not recovery.survivors_lack_quorum(facts) and not recovery.data_superseded(facts):
         return Plan(
             Decision.RESTART,
             "no peer answers and this node has member data: etcd restarts from its data dir",
             "existing",
             expected,
         )
+    record = facts.record
+    joining = recovery.joining_restore(facts, record, tuple(sorted(expected))) if record is not None else None
+    if joining is not None and joining.decision is Decision.RESTORE:
+        # Its own members may already run the restored etcd, silent until a quorum of them does (a restored etcd
+        # 3.6 does not say on its peer port that it is forming): take part all the same.
+        return joining
     expected_urls = frozenset(url for _, url in expected)
     silent = [
         p
@@ -36,18 +42,12 @@ def _bootstrap(facts: Facts) -> Plan:
     if silent:
         names = ", ".join(f"{p.instance_id} ({p.error})" for p in silent)
         return Plan(Decision.WAIT, f"no member list yet, but etcd may be running on {names}")
+    if joining is not None:
+        return joining
     if facts.record is not None:
-        joining = recovery.joining_restore(facts, facts.record, facts.snapshots, tuple(sorted(expected)))
-        if joining is not None:
-            return joining
-        waiting = (
-            recovery.wait_for_handoffs(facts, facts.record)
-            if survivors_lack_quorum
-            else recovery.wait_for_survivors(facts, facts.record, facts.snapshots)
-        )
+        waiting = recovery.with_record(facts, facts.record)
         if waiting is not None:
             return waiting
-        recovery.require_snapshot(facts, facts.record, facts.snapshots)
     if asg.desired_capacity < 1:
         return Plan(Decision.WAIT, f"ASG {asg.name} has desired capacity {asg.desired_capacity}")
     if len(expected) != asg.desired_capacity or len(candidates) != len(expected):
@@ -110,12 +110,16 @@ def _stale_reason(facts: Facts, mine: Member | None) -> str:
         return ""
     if mine is None:
         return "this node has etcd data but is not a member of the running cluster"
-    if facts.local_ids is None or not mine.started:
+    if facts.local_ids is None:
         return ""
     local_member, local_cluster = facts.local_ids
     cluster_id = facts.view.cluster_id
+    # Data of another cluster never starts as a member of this one, whether that member has started or not (a
+    # restored cluster's member of a survivor that looked late has not).
     if cluster_id is not None and local_cluster != cluster_id:
         return f"this node's etcd data belongs to cluster {local_cluster:x}, not {cluster_id:x}"
+    if not mine.started:
+        return ""
     if local_member != mine.id:
         return f"this node's etcd data is of member {local_member:x}, not of its member {mine.hex_id}"
     return ""

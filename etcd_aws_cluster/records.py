@@ -116,9 +116,13 @@ class ClusterRecord:
     newest_snapshot: str | None
     updated_at: datetime
     lineage: str | None = None  # the data's lineage (see LINEAGE); None for a record written before lineages
+    # A restore's record (no cluster id yet): the ids of the clusters whose data it replaced. Data of those never
+    # restarts: a survivor that looks late takes part in the restore or joins the restored cluster (recovery.py).
+    replaces: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "updated_at", _utc(self.updated_at, "updated_at"))
+        object.__setattr__(self, "replaces", tuple(sorted(set(self.replaces))))
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,9 @@ SNAPSHOT_FIELDS = (
 SNAPSHOT_OPTIONAL = ("hash_trailer", "db_hash", "lineage")
 RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
 RECORD_OPTIONAL = ("lineage",)
+# Written only when a restore replaced clusters, so that every other record stays what agents before it read.
+RECORD_REPLACES = "replaces"
+MAX_REPLACED = 64
 HANDOFF_FIELDS = ("instance_id", "record_updated_at", "has_data", "revision", "cluster_id", "uploaded", "written_at")
 
 
@@ -316,14 +323,25 @@ def record_to_json(record: ClusterRecord) -> str:
             "newest_snapshot": record.newest_snapshot,
             "updated_at": format_time(record.updated_at),
             **_lineage_field(record.lineage),
+            **_replaces_to_json(record.replaces),
         },
         indent=1,
     )
 
 
+def _replaces_to_json(replaces: tuple[int, ...]) -> dict[str, list[str]]:
+    return {RECORD_REPLACES: [f"{cluster_id:x}" for cluster_id in replaces]} if replaces else {}
+
+
+def _replaces_from_json(value: object, source: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_REPLACED:
+        raise _refuse("list of replaced cluster ids", source, value)
+    return tuple(_cluster_id(item, source) for item in value)
+
+
 def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
     data = _document(text, RECORD_FORMAT, source)
-    _fields(data, RECORD_FIELDS, source, RECORD_OPTIONAL)
+    _fields(data, RECORD_FIELDS, source, (*RECORD_OPTIONAL, RECORD_REPLACES))
     newest = data["newest_snapshot"]
     return ClusterRecord(
         asg_name=validate.asg_name(data["asg_name"], source),
@@ -332,6 +350,7 @@ def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
         newest_snapshot=None if newest is None else object_key(newest, source),
         updated_at=_time(data["updated_at"], "time", source),
         lineage=_lineage(data, source),
+        replaces=_replaces_from_json(data[RECORD_REPLACES], source) if RECORD_REPLACES in data else (),
     )
 
 

@@ -16,9 +16,22 @@ newest data wins, and every instance must pick the same: each survivor publishes
 cluster id), uploading its own db as a snapshot *first* when that revision is newer than the newest snapshot.
 Every instance waits until every survivor has handed off; from then on nothing uploads, so every instance reads
 the same listing and restores the same newest snapshot (a survivor moves its own data aside first).
+
+Data a restore replaced never restarts. A restore's record names the clusters whose data it replaced (`replaces`:
+the recorded cluster, the survivors' and the restorer's own); once a member reports the restored cluster's id, any
+other cluster id is foreign. A node with such data that looks after the restore was recorded takes part in it
+while that record is followed (restores the same snapshot), waits while the restored cluster is not up, and joins
+it as a new member once it answers (plan.py's stale-data path moves the data aside). No timing is involved: an
+instance that looks again after the record changed under it comes to the same restore from the new record.
+
+A record without a cluster id is followed only while it is recent (`follow_window`: twice `timeout`, so an
+instance whose boot started up to a `timeout` after the writer's still takes part) or while an etcd of the group
+is seen forming its cluster; an older one is what it may be, a cluster that exists: its members are waited for.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from etcd_aws_cluster import validate
 from etcd_aws_cluster.errors import UnsafeError
@@ -51,19 +64,20 @@ def recovery_command(facts: Facts, snapshots: tuple[SnapshotInfo, ...]) -> str:
     )
 
 
-def joining_restore(
-    facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]
-) -> Plan | None:
+def joining_restore(facts: Facts, record: ClusterRecord, initial: tuple[tuple[str, str], ...]) -> Plan | None:
     """Another instance of this same ASG restored (or created) the cluster first and recorded it: take part.
 
     The instance that restores first writes the record at once (members: the current ASG instances, the snapshot
     it restored, no cluster id yet, as only a restore writes it). The others, booting at the same time, read that
     record; its members are their own silent peers, so without this rule they would wait for survivors that hold
     no data yet (and, if etcd starts only after every agent, wait forever). Same instances, same snapshot: restore
-    it too, so all of them start the one restored cluster."""
+    it too, so all of them start the one restored cluster. Followed only while the record is recent (`unfollowed`);
+    a recorded restore also while the restorers' etcd is already up and silent (plan.py)."""
     if record.cluster_id is not None:
         return None
     if tuple(sorted(record.members)) != initial or facts.me.instance_id not in {name for name, _ in initial}:
+        return None
+    if unfollowed(facts, record):
         return None
     if record.newest_snapshot is None:
         # Only a `new` decision writes such a record: a peer created this cluster of these very instances.
@@ -74,6 +88,7 @@ def joining_restore(
             "new",
             initial,
         )
+    snapshots = facts.snapshots
     start = next((n for n, info in enumerate(snapshots) if info.key == record.newest_snapshot), None)
     if start is None:
         return None
@@ -88,17 +103,118 @@ def joining_restore(
     )
 
 
+def follow_window(timeout: float) -> timedelta:
+    """How long a record without a cluster id is followed: twice the run's `timeout` (6 min by default), so that an
+    instance whose boot started up to a `timeout` after the writer's still takes part in what it decided."""
+    return timedelta(seconds=2 * timeout)
+
+
+def _forming(facts: Facts, record: ClusterRecord) -> bool:
+    """An etcd of the group is forming the recorded cluster: its peer port names the recorded members' peer URLs."""
+    urls = frozenset(url for _, url in record.members)
+    return any(p.bootstrapping == urls for p in facts.view.probes)
+
+
+def unfollowed(facts: Facts, record: ClusterRecord) -> str:
+    """Why a record without a cluster id (a `new` or a restore that another instance decided) is not followed, or
+    "" (it has an id, it is recent, or an etcd is seen forming its cluster)."""
+    if record.cluster_id is not None or _forming(facts, record):
+        return ""
+    now = facts.now
+    if now is not None and abs(now - record.updated_at) <= facts.follow_window:
+        return ""
+    age = "age unknown" if now is None else f"{(now - record.updated_at).total_seconds():.0f}s ago"
+    what = f"a restore of {record.newest_snapshot}" if record.newest_snapshot else "a new cluster"
+    return (
+        f"the cluster record of {what} (written {format_time(record.updated_at)}, {age}) has no cluster id yet and "
+        f"is older than {facts.follow_window.total_seconds():.0f}s (twice `timeout`) with no etcd seen forming it: "
+        "not taking part in that decision; its members are waited for as a cluster that may exist"
+    )
+
+
+def superseded(record: ClusterRecord, local_ids: tuple[int, int] | None) -> str:
+    """Why this node's data must never restart under `record`, or "": it belongs to another cluster than the
+    recorded one, or (a restore's record, no cluster id yet) to a cluster that the restore replaced."""
+    if local_ids is None:
+        return ""
+    if record.cluster_id is not None:
+        return foreign_data(record, local_ids)
+    if local_ids[1] in record.replaces:
+        return (
+            f"this node's etcd data belongs to cluster {local_ids[1]:x}, which the restore of "
+            f"{record.newest_snapshot} recorded at {format_time(record.updated_at)} replaced"
+        )
+    return ""
+
+
+def data_superseded(facts: Facts) -> str:
+    """`superseded` for this node's data under the record, "" without either."""
+    if facts.record is None or not facts.has_local_data:
+        return ""
+    return superseded(facts.record, facts.local_ids)
+
+
+def replaced_clusters(
+    record: ClusterRecord | None, handoffs: tuple[Handoff, ...] = (), local_ids: tuple[int, int] | None = None
+) -> tuple[int, ...]:
+    """The clusters a restore replaces: the recorded one (or those a recorded restore replaced), the survivors'
+    (from their hand-offs of this record) and that of this node's own data."""
+    replaced: set[int] = set()
+    if record is not None:
+        replaced.update(record.replaces if record.cluster_id is None else (record.cluster_id,))
+        replaced.update(h.cluster_id for h in current_handoffs(record, handoffs).values() if h.cluster_id)
+    if local_ids is not None:
+        replaced.add(local_ids[1])
+    return tuple(sorted(replaced))
+
+
+def never_restart(facts: Facts, record: ClusterRecord, why: str) -> Plan:
+    """No etcd answers and this node's data is not the recorded cluster's: WAIT for the recorded members to bring
+    it up (then this node joins it as a new member); refuse when no other recorded member is left."""
+    others = survivors(facts, record)
+    if not others:
+        raise UnsafeError(
+            f"{why}; no other recorded member's instance is left to bring the recorded cluster up: refusing to "
+            "restart on this data or to restore over it. If this data is the one to keep, back it up first "
+            "(the runbook's step 3); otherwise " + recovery_command(facts, facts.snapshots)
+        )
+    note = unfollowed(facts, record)
+    return Plan(
+        Decision.WAIT,
+        f"{why}: it never restarts on it. Waiting for {', '.join(others)} to bring the recorded cluster up; once "
+        "it answers, this node joins it as a new member, its data moved aside (kept)" + (f"; {note}" if note else ""),
+    )
+
+
 def wait_for_survivors(facts: Facts, record: ClusterRecord, snapshots: tuple[SnapshotInfo, ...]) -> Plan | None:
     alive = survivors(facts, record)
     if not alive:
         return None
+    note = unfollowed(facts, record)
     return Plan(
         Decision.WAIT,
         f"the cluster record names {len(record.members)} members and {', '.join(alive)} "
         f"{'is' if len(alive) == 1 else 'are'} still in the ASG: waiting for {'it' if len(alive) == 1 else 'them'} "
-        "to come back with their data and form the cluster (a new cluster would lose it). If they cannot: "
+        "to come back with their data and form the cluster (a new cluster would lose it)"
+        + (f" ({note})" if note else "")
+        + ". If they cannot: "
         + recovery_command(facts, snapshots),
     )
+
+
+def with_record(facts: Facts, record: ClusterRecord) -> Plan | None:
+    """No etcd answers, a record exists and this instance does not take part in a recorded decision
+    (`joining_restore`): never restart on data the record superseded; wait for the survivors or their hand-offs.
+    None when the newest snapshot may be restored."""
+    lacking = survivors_lack_quorum(facts)
+    why = "" if lacking else data_superseded(facts)
+    if why:
+        return never_restart(facts, record, why)
+    waiting = wait_for_handoffs(facts, record) if lacking else wait_for_survivors(facts, record, facts.snapshots)
+    if waiting is not None:
+        return waiting
+    require_snapshot(facts, record, facts.snapshots)
+    return None
 
 
 def wait_for_quorum(facts: Facts) -> Plan | None:

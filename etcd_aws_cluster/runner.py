@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etcd_aws_cluster import envfile, notify, scratch
+from etcd_aws_cluster import envfile, notify, recovery, scratch
 from etcd_aws_cluster import plan as planner
 from etcd_aws_cluster.context import Context
 from etcd_aws_cluster.deadline import Deadline, backoff
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5.0
-# After restoring the survivors' newest data, the new record waits this long since the decision: every other
-# instance looks again within one pause of `decide` (at most 3 s) and must still find the record its hand-offs
-# are keyed to. One that misses it waits for the restored cluster and joins it as a member that never ran.
-HANDOFF_SETTLE = 8.0
 
 
 @dataclass(frozen=True)
@@ -174,7 +170,14 @@ class Runner:
         ids = read_ids(data_dir) if data_dir is not None else None
         cluster = self.ctx.observe(asg)
         local_ids = (ids.member_id, ids.cluster_id) if ids else None
-        facts = Facts(me=self.ctx.me, view=cluster, has_local_data=data_dir is not None, local_ids=local_ids)
+        facts = Facts(
+            me=self.ctx.me,
+            view=cluster,
+            has_local_data=data_dir is not None,
+            local_ids=local_ids,
+            now=self.ctx.now(),
+            follow_window=recovery.follow_window(self.settings.timeout),
+        )
         found = self._recovery_facts(cluster, asg, data_dir, local_ids)
         self.lineage_hint = found.lineage_hint if found is not None else ""
         if found is None:
@@ -256,10 +259,12 @@ class Runner:
         return plan, settled, later
 
     def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
-        """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record."""
+        """Restore the plan's snapshot, a survivor's own data moved aside first; then the new record, which names
+        the clusters the restore replaced. It is written at once: an instance still waiting for the hand-offs, that
+        looks again and finds it, takes part in this restore (recovery.joining_restore), a survivor included, whose
+        data the record says was replaced."""
         from etcd_aws_cluster.backups import restore_data_dir
 
-        decided = self.ctx.deadline.elapsed()
         if plan.move_data_aside:
             backups.tool_for(plan.restore)  # the right tool or none: checked before data moves
             restore_data_dir(self.ctx)
@@ -268,10 +273,9 @@ class Runner:
                 moved = move_aside(directory, self.ctx.now())
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
         info = backups.restore(plan.restore, plan.initial_cluster)
-        if facts.handoffs:
-            self.ctx.deadline.pause(HANDOFF_SETTLE - (self.ctx.deadline.elapsed() - decided))
+        replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)
         try:
-            backups.write_record(facts.view, newest=info.key, members=plan.initial_cluster, continues=info)
+            backups.write_restore_record(facts.view, info, plan.initial_cluster, replaced)
         except RecordRaceError:
             # Another decision was recorded first: deciding again must not see this restore as "local data"
             moved = move_aside(restore_data_dir(self.ctx), self.ctx.now())

@@ -19,6 +19,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from etcd_aws_cluster import validate
@@ -245,6 +246,10 @@ class Facts:
     snapshots: tuple[SnapshotInfo, ...] = ()
     # Only when the recorded members' instances left are fewer than a quorum: their hand-offs (recovery.py)
     handoffs: tuple[Handoff, ...] = ()
+    # When this run looked, and how long a record without a cluster id is followed (recovery.follow_window);
+    # without a time no such record is followed
+    now: datetime | None = None
+    follow_window: timedelta = timedelta(minutes=6)
 
     @property
     def asg(self) -> AsgView:

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile, records, scratch
+from etcd_aws_cluster import envfile, records, recovery, scratch
 from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
 from etcd_aws_cluster.commands.backup import require_backups
 from etcd_aws_cluster.context import Context
@@ -22,6 +22,7 @@ from etcd_aws_cluster.errors import AgentError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.model import AsgView, Decision, Plan
 from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
 from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.waldata import read_ids
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,15 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     with host_lock(ctx.settings.lock_file, ctx.deadline):
         scratch.sweep(ctx.settings.data_dirs())
         existing = local_data_dir(ctx.settings.data_dirs())
+        ids = read_ids(existing) if existing is not None else None
+        local_ids = (ids.member_id, ids.cluster_id) if ids is not None else None
+        # The record names the clusters this restore replaces: an instance left out boots into the restore.
+        replaced = recovery.replaced_clusters(record, (), local_ids)
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
         info = backups.restore(candidates, initial)
         try:
-            backups.write_record(cluster, newest=info.key, members=initial, continues=info)
+            backups.write_restore_record(cluster, info, initial, replaced)
         except RecordRaceError:
             moved = move_aside(restore_data_dir(ctx), ctx.now())  # etcd must not start from a decision that lost
             raise RecordRaceError(

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from etcd_aws_cluster import view
+from etcd_aws_cluster import recovery, view
 from etcd_aws_cluster.errors import UnsafeError
 from etcd_aws_cluster.model import (
     AsgInstance,
@@ -478,12 +478,17 @@ def _record(members: tuple[int, ...], newest: str | None, cluster_id: int | None
     return ClusterRecord("etcd", cluster_id, pairs, newest, datetime(2026, 1, 1, tzinfo=timezone.utc))
 
 
+def looked_soon_after(f: Facts, record: ClusterRecord, seconds: float = 30) -> Facts:
+    """`f` with `record`, looked at `seconds` after it was written."""
+    return replace(f, record=record, now=record.updated_at + timedelta(seconds=seconds))
+
+
 def test_a_restore_recorded_by_a_faster_peer_is_joined_with_the_same_snapshot() -> None:
     """Three replacements boot together; the first restores and records it before the others decide: they restore
     the snapshot it recorded (not a corrupt newer one it skipped), rather than wait for it as a survivor."""
     snapshots = (_snapshot(9), _snapshot(5), _snapshot(3))  # 9 was found corrupt by the first restorer
     base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
-    plan = decide(replace(base, record=_record((2, 0, 1), snapshots[1].key), snapshots=snapshots))
+    plan = decide(replace(looked_soon_after(base, _record((2, 0, 1), snapshots[1].key)), snapshots=snapshots))
     assert plan.decision is Decision.RESTORE and plan.cluster_state == "new"
     assert plan.restore == snapshots[1:]
     assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
@@ -499,7 +504,7 @@ def test_a_restore_recorded_by_a_faster_peer_is_joined_with_the_same_snapshot() 
 )
 def test_a_record_of_survivors_is_waited_for(record: ClusterRecord, why: str) -> None:
     base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
-    plan = decide(replace(base, record=record, snapshots=(_snapshot(5),)))
+    plan = decide(replace(looked_soon_after(base, record), snapshots=(_snapshot(5),)))
     assert plan.decision is Decision.WAIT
     assert why in plan.reason
 
@@ -508,7 +513,7 @@ def test_a_new_cluster_recorded_by_a_faster_peer_is_joined() -> None:
     """The first of three booting instances decided `new` and wrote the record before the others looked: they
     take part in that cluster (waiting for it as a survivor would deadlock: it needs them for a quorum)."""
     base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
-    plan = decide(replace(base, record=_record((0, 1, 2), None), snapshots=()))
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), None)))
     assert plan.decision is Decision.NEW and plan.cluster_state == "new"
     assert plan.initial_cluster == tuple((IDS[n], f"http://{IPS[n]}:2380") for n in range(3))
 
@@ -523,3 +528,79 @@ def test_a_cluster_without_quorum_whose_silent_members_are_in_the_asg_is_waited_
     plan = decide(with_record(facts(3, instances, probes), record_of(0, 1, 2), (snap(9),)))
     assert plan.decision is Decision.WAIT
     assert IDS[1] in plan.reason and IDS[2] not in plan.reason  # 2 is gone: nothing to wait for there
+
+
+# -- a record without a cluster id is followed only while it is recent ---------------------------------------------
+def test_the_follow_window_is_twice_the_timeout() -> None:
+    assert recovery.follow_window(180) == timedelta(minutes=6)
+    assert recovery.follow_window(60) == timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "followed"),
+    [
+        (0, True),
+        (359, True),
+        (360, True),  # the window's edge: still followed
+        (361, False),
+        (-30, True),  # the writer's clock a little ahead of this one's
+        (-361, False),
+        (86400 * 3, False),  # days old: nothing came of it
+    ],
+)
+def test_a_new_clusters_record_is_followed_only_while_it_is_recent(seconds: float, followed: bool) -> None:
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), None), seconds))
+    assert plan.decision is (Decision.NEW if followed else Decision.WAIT)
+    if not followed:
+        assert "not taking part in that decision" in plan.reason and "older than 360s" in plan.reason
+        assert "come back with their data and form the cluster" in plan.reason  # a cluster that may exist
+
+
+def test_an_old_restore_record_is_not_followed_and_its_members_are_waited_for() -> None:
+    snapshots = (_snapshot(9), _snapshot(5))
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(looked_soon_after(base, _record((0, 1, 2), snapshots[1].key), 3600), snapshots=snapshots))
+    assert plan.decision is Decision.WAIT
+    assert "record of a restore of p/asg/snapshots/s5.db" in plan.reason and "3600s ago" in plan.reason
+
+
+def test_without_a_time_a_record_without_a_cluster_id_is_not_followed() -> None:
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(replace(base, record=_record((0, 1, 2), None)))
+    assert plan.decision is Decision.WAIT and "age unknown) has no cluster id yet" in plan.reason
+
+
+def test_an_old_record_is_followed_while_an_etcd_is_seen_forming_its_cluster() -> None:
+    """Live evidence instead of a clock: the writer's etcd is up and forming exactly the recorded cluster."""
+    record = _record((0, 1, 2), None)
+    forming = frozenset(url for _, url in record.members)
+    probes = [Probe(IDS[0], IPS[0], error="timeout", bootstrapping=forming), failed(1), failed(2)]
+    base = facts(1, [inst(0), inst(1), inst(2)], probes)
+    assert decide(looked_soon_after(base, record, 3600)).decision is Decision.NEW
+    other = frozenset({*forming, "http://10.0.0.9:2380"})
+    probes[0] = Probe(IDS[0], IPS[0], error="timeout", bootstrapping=other)
+    assert decide(looked_soon_after(facts(1, [inst(0), inst(1), inst(2)], probes), record, 3600)).decision is (
+        Decision.WAIT
+    )
+
+
+def test_a_record_with_a_cluster_id_is_never_followed_as_a_decision_whatever_its_age() -> None:
+    base = facts(1, [inst(0), inst(1), inst(2)], [failed(0), failed(1), failed(2)])
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), None, cluster_id=7), 5))
+    assert plan.decision is Decision.WAIT and "not taking part" not in plan.reason
+
+
+def test_a_recorded_restore_is_joined_while_its_restored_etcd_is_silent() -> None:
+    """The restorers started etcd before this instance looked again: their restored members are silent until a
+    quorum runs, and a restored etcd 3.6 does not say it is forming. A recorded restore is joined regardless; a
+    recorded `new` still waits for a silent etcd that does not say it forms that cluster."""
+    snapshots = (_snapshot(9), _snapshot(5))
+    probes = [failed(0, "timeout"), failed(1), failed(2, "timeout")]
+    base = replace(facts(1, [inst(0), inst(1), inst(2)], probes), snapshots=snapshots)
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), snapshots[1].key)))
+    assert plan.decision is Decision.RESTORE and plan.restore == snapshots[1:]
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), None)))
+    assert plan.decision is Decision.WAIT and "etcd may be running on" in plan.reason
+    plan = decide(looked_soon_after(base, _record((0, 1, 2), snapshots[1].key), 3600))  # not followed when old
+    assert plan.decision is Decision.WAIT and "etcd may be running on" in plan.reason

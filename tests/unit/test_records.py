@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -70,6 +71,26 @@ def test_record_round_trips_with_and_without_a_snapshot() -> None:
     assert record_from_json(record_to_json(record()), "test") == record()
     bare = ClusterRecord("g", 1, (), None, NOW)
     assert record_from_json(record_to_json(bare), "test") == bare
+
+
+def test_a_restore_record_round_trips_the_clusters_it_replaced() -> None:
+    restored = replace(record(), cluster_id=None, replaces=(0x8, 0xCDF818194E3A8C32, 0x8))
+    assert restored.replaces == (0x8, 0xCDF818194E3A8C32)  # a set, sorted: the same JSON on every instance
+    text = record_to_json(restored)
+    assert json.loads(text)["replaces"] == ["8", "cdf818194e3a8c32"]
+    assert record_from_json(text, "test") == restored
+
+
+def test_a_record_that_replaces_nothing_is_written_as_before() -> None:
+    assert "replaces" not in json.loads(record_to_json(record()))  # what agents before the field read
+
+
+@pytest.mark.parametrize("value", [[], "7", ["0"], ["xyz"], [7], ["7"] * 65, None], ids=lambda v: repr(v)[:20])
+def test_record_refuses_an_odd_list_of_replaced_clusters(value: object) -> None:
+    data = json.loads(record_to_json(record()))
+    data["replaces"] = value
+    with pytest.raises(UnsafeError, match="cluster id"):
+        record_from_json(json.dumps(data), "test")
 
 
 def test_meta_and_info_refuse_naive_times() -> None:

@@ -11,12 +11,12 @@ import pytest
 
 from etcd_aws_cluster import recovery
 from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, Decision, Plan
+from etcd_aws_cluster.model import AsgInstance, Decision, Plan, Probe
 from etcd_aws_cluster.plan import decide
-from etcd_aws_cluster.records import Handoff, SnapshotInfo
+from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo
 from etcd_aws_cluster.view import Facts
-from tests.unit.builders import IDS
-from tests.unit.test_plan import facts, failed, inst, record_of, snap, with_record
+from tests.unit.builders import IDS, member
+from tests.unit.test_plan import answered, facts, failed, inst, record_of, snap, with_record
 
 RECORDED = record_of(0, 1, 2)
 WHEN = RECORDED.updated_at
@@ -165,3 +165,122 @@ def test_waits_for_a_complete_asg_before_restoring() -> None:
     f = replace(f, view=replace(f.view, asg=replace(f.asg, desired_capacity=3)))
     plan = decide(f)
     assert plan.decision is Decision.WAIT and "incomplete" in plan.reason
+
+
+# -- after the restore was recorded: a survivor's old data never restarts -----------------------------------------
+RESTORED_ID = 0x55  # the restored cluster's id (a restore gives a new one)
+CURRENT = tuple(sorted((i.instance_id, f"http://{i.private_ip}:2380") for i in ASG))
+
+
+def restore_record(
+    cluster_id: int | None = None, replaces: tuple[int, ...] = (7,), members: tuple[tuple[str, str], ...] = CURRENT
+) -> ClusterRecord:
+    """What the first restorer writes (members: the current instances, the snapshot, no cluster id yet, the
+    clusters it replaced), or, with `cluster_id`, what a member of the restored cluster completes it to."""
+    return ClusterRecord("etcd", cluster_id, members, snap(9).key, WHEN + timedelta(minutes=1), replaces=replaces)
+
+
+def late(
+    me: int, record: ClusterRecord, probes: list[Probe] | None = None, seconds: float = 20, local_cluster: int = 7
+) -> Facts:
+    """Instance `me` looks `seconds` after `record` was written; a recorded survivor has data of `local_cluster`."""
+    local = me in (0, 1, 2)
+    f = facts(me, ASG, probes or [failed(int(i.instance_id[-2:])) for i in ASG], local=local)
+    return replace(
+        f,
+        record=record,
+        snapshots=(snap(9),),
+        local_ids=(100 + me, local_cluster) if local else None,
+        now=record.updated_at + timedelta(seconds=seconds),
+    )
+
+
+def test_without_the_replaced_cluster_in_the_record_a_late_survivor_would_restart_on_its_old_data() -> None:
+    assert decide(late(0, restore_record(replaces=()))).decision is Decision.RESTART  # the hole this closes
+
+
+def test_a_survivor_that_looks_after_the_restore_was_recorded_restores_the_same_snapshot() -> None:
+    plan = decide(late(0, restore_record()))
+    assert plan.decision is Decision.RESTORE and plan.move_data_aside  # its old data kept aside, never restarted
+    assert plan.restore[0].key == snap(9).key and plan.initial_cluster == CURRENT
+
+
+def test_the_restored_clusters_own_data_restarts_at_once_before_the_record_is_completed() -> None:
+    # a whole-cluster reboot of the restored cluster: its data is not of a cluster the restore replaced
+    assert decide(late(0, restore_record(), local_cluster=RESTORED_ID)).decision is Decision.RESTART
+
+
+def test_a_late_survivor_never_restarts_under_the_completed_record_of_the_restored_cluster() -> None:
+    plan = decide(late(0, restore_record(cluster_id=RESTORED_ID), seconds=3600))
+    assert plan.decision is Decision.WAIT
+    assert "belongs to cluster 7, not to the recorded cluster 55: it never restarts on it" in plan.reason
+    assert f"Waiting for {IDS[3]}, {IDS[4]}" in plan.reason and "joins it as a new member" in plan.reason
+
+
+def test_data_of_the_recorded_cluster_still_restarts_at_once() -> None:
+    assert decide(late(0, restore_record(cluster_id=7), seconds=3600)).decision is Decision.RESTART
+
+
+def test_a_late_survivor_waits_under_an_old_restore_record_and_says_why_it_is_not_followed() -> None:
+    plan = decide(late(0, restore_record(), seconds=3600))
+    assert plan.decision is Decision.WAIT and "it never restarts on it" in plan.reason
+    assert "which the restore of p/etcd/snapshots/2026-r9.db recorded at" in plan.reason
+    assert "(written 2026-11-01T00:01:00.000000Z, 3600s ago) has no cluster id yet" in plan.reason
+    assert "not taking part in that decision" in plan.reason
+
+
+def test_a_late_survivor_alone_in_the_record_refuses_rather_than_restart_or_restore_over_its_data() -> None:
+    alone = restore_record(cluster_id=RESTORED_ID, members=CURRENT[:1])
+    assert alone.members[0][0] == IDS[0]
+    with pytest.raises(UnsafeError, match="no other recorded member's instance is left.*refusing to restart"):
+        decide(late(0, alone))
+
+
+def test_a_late_survivor_joins_the_restored_cluster_as_a_new_member_once_it_answers() -> None:
+    # The restored cluster runs on 3 and 4; the survivor's member of it is named (a restore names every member)
+    # but has never run; the survivor's data is of the replaced cluster 7.
+    members = (member(0, started=True), member(3), member(4))
+    members = (replace(members[0], client_urls=()), *members[1:])
+    probes = [failed(0), answered(3, members, RESTORED_ID), answered(4, members, RESTORED_ID)]
+    plan = decide(late(0, restore_record(cluster_id=RESTORED_ID), probes))
+    assert plan.decision is Decision.JOIN and plan.move_data_aside and plan.add_self
+    assert [m.id for m in plan.remove] == [100]  # its never-run member is replaced by a new one
+    assert "belongs to cluster 7, not 55" in plan.reason
+
+
+def test_data_of_another_cluster_never_starts_as_an_unstarted_member_either() -> None:
+    members = (member(0, started=False), member(3), member(4))
+    probes = [failed(0), answered(3, members, RESTORED_ID), answered(4, members, RESTORED_ID)]
+    plan = decide(late(0, restore_record(cluster_id=RESTORED_ID), probes))
+    assert plan.decision is Decision.JOIN and plan.move_data_aside  # not MEMBER on the old data
+
+
+@pytest.mark.parametrize("me", [0, 3, 4])
+def test_an_instance_that_looks_again_after_the_restore_was_recorded_comes_to_the_same_restore(me: int) -> None:
+    """What the settle pause used to guarantee, without a pause: whoever decided from the hand-offs' record and
+    whoever looks again after the first restorer replaced that record restore the same snapshot, the same way."""
+    handoffs = (handoff(0, 5),)
+    restorer = case(3, handoffs)
+    first = decide(restorer)
+    assert first.decision is Decision.RESTORE
+    written = ClusterRecord(
+        "etcd",
+        None,
+        first.initial_cluster,
+        first.restore[0].key,
+        WHEN + timedelta(seconds=40),
+        replaces=recovery.replaced_clusters(restorer.record, restorer.handoffs, restorer.local_ids),
+    )
+    before = decide(case(me, handoffs))
+    after = decide(replace(case(me, ()), record=written, now=written.updated_at + timedelta(seconds=3)))
+    assert after.decision is before.decision is Decision.RESTORE
+    assert after.restore[0] == before.restore[0] and after.initial_cluster == before.initial_cluster
+    assert after.move_data_aside == before.move_data_aside == (me == 0)
+
+
+def test_a_restore_record_names_every_cluster_whose_data_it_replaced() -> None:
+    earlier = replace(handoff(1, when=WHEN - timedelta(days=1)), cluster_id=12)  # an earlier incident's: not this
+    handoffs = (replace(handoff(0), cluster_id=9), earlier)
+    assert recovery.replaced_clusters(RECORDED, handoffs, (100, 11)) == (7, 9, 11)  # recorded, hand-offs', its own
+    assert recovery.replaced_clusters(restore_record(replaces=(7, 8))) == (7, 8)  # a restore of a restore: kept on
+    assert recovery.replaced_clusters(None) == ()
