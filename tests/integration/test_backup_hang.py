@@ -145,3 +145,31 @@ def test_a_record_read_without_quorum_that_hangs_is_a_clear_refusal_by_the_deadl
     assert "no answer before the run's deadline" in err and "cluster.json" in err, err
     assert "decision=new" not in err and "decision=join" not in err
     assert "cannot be read" in err and "Refusing to decide" in err, err  # the record decides, and cannot be read
+
+
+@pytest.mark.etcd_also("3.6")
+def test_a_whole_cluster_reboot_restarts_at_once_while_s3_hangs(
+    sim: SimFactory, etcd_binary: Path, moto_url: str
+) -> None:
+    """No etcd answers and every node has data: the record read that could change the decision (a restore that
+    replaced this data) is best effort and bounded, so each node restarts from its data within seconds."""
+    backed = booted(sim, etcd_binary, moto_url)
+    asg = backed.asg
+    asg.put("/before-reboot", "kept")
+    for node in asg.nodes:
+        asg.stop_etcd(node)
+    with SilentServer() as silent:
+        hanging = {**backed.env, "AWS_ENDPOINT_URL_S3": silent.url}
+        for node in asg.nodes:
+            started = time.monotonic()
+            result = run_ok(asg, node, env=hanging, timeout=AGENT_TIMEOUT)
+            took = time.monotonic() - started
+            assert took < HEALING_BOUND, f"the restart took {took:.1f}s with S3 hanging:\n{result.stderr}"
+            assert decision(result.stderr) == "restart", result.stderr
+            assert "cannot read the cluster record" in result.stderr and "S3's first answer" in result.stderr
+            assert env(node)["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+        assert silent.connections >= len(asg.nodes)
+    for node in asg.nodes:
+        asg.start_etcd(node)
+    asg.wait_healthy(3, timeout=60)
+    assert asg.get("/before-reboot") == "kept"
