@@ -51,12 +51,18 @@ def backups_line(ctx: Context, group: str) -> str:
     backups = Backups.open(ctx, group)
     if backups is None:
         return "backups: off (backup_url is not set): nothing restores the data if every member is lost"
+    where = backups.store.where(backups.store.snapshot_prefix)
     try:
         newest = backups.newest()
+        others = 0 if newest is not None else len(backups.store.list_snapshots())  # of other lineages then
     except AgentError as exc:
-        return f"backups: cannot list {backups.store.where(backups.store.snapshot_prefix)}: {exc}"
+        return f"backups: cannot list {where}: {exc}"
     if newest is None:
-        return f"backups: none yet under {backups.store.where(backups.store.snapshot_prefix)}"
+        if others:
+            return (
+                f"backups: none yet of the record's lineage under {where}; {others} of other lineages (restore --list)"
+            )
+        return f"backups: none yet under {where}"
     age = utc_age(ctx.now(), newest.taken_at)
     return f"backups: newest {backups.store.where(newest.key)}, {age} old, revision {newest.revision}"
 

@@ -507,6 +507,8 @@ def test_a_record_whose_lineage_has_no_snapshot_is_refused_and_restore_by_hand_t
         assert not node.env_file.exists()
     listing = run_ok(asg, new[0], "restore", "--list", env=backed.env).stdout
     assert f"lineage {other}\n" in listing and info.key in listing
+    shown = asg.run_agent(new[0], "status", env=backed.env).stdout  # no etcd answers: status says so, exit != 0
+    assert "backups: none yet of the record's lineage" in shown and "1 of other lineages (restore --list)" in shown
 
     # Following the message: `restore --snapshot KEY` on every instance takes the other lineage's snapshot, and
     # the record it writes continues that lineage.
