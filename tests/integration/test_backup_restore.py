@@ -106,6 +106,20 @@ def put_keys(asg: SimulatedAsg, prefix: str, count: int) -> dict[str, str]:
     return written
 
 
+def two_snapshots(
+    backed: Backed, first_prefix: str, later_prefix: str
+) -> tuple[dict[str, str], dict[str, str], SnapshotInfo, SnapshotInfo]:
+    """Keys under `first_prefix`, a backup, keys under `later_prefix`, another backup (through another member):
+    the keys of each and the two snapshots, newest first."""
+    asg = backed.asg
+    first = put_keys(asg, first_prefix, 10)
+    backed.backup(asg.nodes[0])
+    later = put_keys(asg, later_prefix, 10)
+    backed.backup(asg.nodes[1])
+    newest, older = backed.store.list_snapshots()
+    return first, later, newest, older
+
+
 def cluster_id(asg: SimulatedAsg, node: Node | None = None) -> str:
     return str(asg.member_list(node)["header"]["cluster_id"])
 
@@ -267,11 +281,7 @@ def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
 ) -> None:
     backed = booted(sim, etcd_binary, moto_url)
     asg = backed.asg
-    older = put_keys(asg, "/older", 10)
-    backed.backup(asg.nodes[0])
-    newer = put_keys(asg, "/newer", 10)
-    backed.backup(asg.nodes[1])
-    newest, before = backed.store.list_snapshots()
+    older, newer, newest, before = two_snapshots(backed, "/older", "/newer")
     assert newest.revision > before.revision
     # The newest .db rots in place: same size, so only the checksum can tell (its manifest is untouched).
     backed.s3.put_object(
@@ -529,11 +539,7 @@ def test_a_restore_whose_record_write_lost_the_race_decides_again_and_follows_th
 ) -> None:
     backed = booted(sim, etcd_binary, moto_url)
     asg = backed.asg
-    first = put_keys(asg, "/first", 10)
-    backed.backup(asg.nodes[0])
-    later = put_keys(asg, "/later", 10)
-    backed.backup(asg.nodes[1])
-    newest, older = backed.store.list_snapshots()
+    first, later, newest, older = two_snapshots(backed, "/first", "/later")
     new = replace_everyone(asg)
     lone, *others = new
 

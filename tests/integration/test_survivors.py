@@ -84,16 +84,24 @@ def restored_everywhere(logs: dict[str, str]) -> tuple[str, int]:
     return key, int(revision)
 
 
-def test_a_survivor_with_newer_data_uploads_it_and_every_instance_restores_it(
+def survivor_ahead_of_the_snapshot(
     sim: SimFactory, etcd_binary: Path, aws: str
-) -> None:
+) -> tuple[SimulatedAsg, BackupStore, dict[str, str], Node]:
+    """A backed-up cluster with keys written after its newest snapshot: only the survivor's db (node 0) has them."""
     asg, store, extra = backed_up(sim, etcd_binary, aws)
     for i in range(20):
         asg.put(f"/before/{i}", f"b{i}")
     survivor = asg.nodes[0]
     run_ok(asg, survivor, "backup", env=extra)
-    for i in range(30):  # after the newest snapshot: only the survivor's db has these
+    for i in range(30):
         asg.put(f"/after/{i}", f"a{i}")
+    return asg, store, extra, survivor
+
+
+def test_a_survivor_with_newer_data_uploads_it_and_every_instance_restores_it(
+    sim: SimFactory, etcd_binary: Path, aws: str
+) -> None:
+    asg, store, extra, survivor = survivor_ahead_of_the_snapshot(sim, etcd_binary, aws)
     outage_replacing_all_but(asg, survivor)
 
     logs = boot(asg, asg.nodes, timeout=150, env=extra)
@@ -140,13 +148,7 @@ def test_a_survivor_with_older_data_uploads_nothing_and_the_snapshot_is_restored
 def test_another_lineages_higher_snapshot_neither_stops_the_upload_nor_wins_the_restore(
     sim: SimFactory, etcd_binary: Path, aws: str
 ) -> None:
-    asg, store, extra = backed_up(sim, etcd_binary, aws)
-    for i in range(20):
-        asg.put(f"/before/{i}", f"b{i}")
-    survivor = asg.nodes[0]
-    run_ok(asg, survivor, "backup", env=extra)
-    for i in range(30):
-        asg.put(f"/after/{i}", f"a{i}")
+    asg, store, extra, survivor = survivor_ahead_of_the_snapshot(sim, etcd_binary, aws)
     # An abandoned cluster's snapshot (another lineage) with far higher revisions: by revision alone it would
     # be "newer" than the survivor's data, which would then not be uploaded, and it would be restored instead.
     abandoned = SnapshotMeta(
