@@ -242,12 +242,12 @@ def test_config_example_is_generated_from_the_settings_model() -> None:
 
 
 # What each S3 client call in s3.py needs (upload_fileobj: PutObject for single and multipart uploads, and
-# AbortMultipartUpload when one fails; head_object and download_file: GetObject).
+# AbortMultipartUpload when one fails; head_object and download_fileobj: GetObject).
 S3_CALL_ACTIONS = {
     "upload_fileobj": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "head_object": {"s3:GetObject"},
     "get_object": {"s3:GetObject"},
-    "download_file": {"s3:GetObject"},
+    "download_fileobj": {"s3:GetObject"},
     "put_object": {"s3:PutObject"},
     "delete_objects": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
