@@ -218,10 +218,6 @@ def db_status(tool: RestoreTool, db_path: Path, timeout: float = 60.0) -> DbStat
     return DbStatus(revision, db_hash)
 
 
-def db_revision(tool: RestoreTool, db_path: Path, timeout: float = 60.0) -> int:
-    return db_status(tool, db_path, timeout).revision
-
-
 def bump_warning(tool: RestoreTool) -> str | None:
     """What a restore with `tool` cannot do, for the restore's log and `status`; None when it can bump."""
     if tool.can_bump:

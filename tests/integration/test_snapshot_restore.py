@@ -16,7 +16,7 @@ import requests
 from etcd_aws_cluster.errors import ConfigError, EtcdError, UnsafeError
 from etcd_aws_cluster.etcd import EtcdClient, Tls
 from etcd_aws_cluster.records import SnapshotMeta, newest_valid
-from etcd_aws_cluster.restore_tool import RestoreTarget, RestoreTool, db_revision, find_tool, restore
+from etcd_aws_cluster.restore_tool import RestoreTarget, RestoreTool, db_status, find_tool, restore
 from etcd_aws_cluster.s3 import BackupStore, connect_s3
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
@@ -51,7 +51,7 @@ def test_snapshot_streams_a_db_the_tools_read(sim: SimFactory, etcd_binary: Path
     assert hashlib.sha256(db[:-32]).digest() == db[-32:]
     path = tmp_path / "snap.db"
     path.write_bytes(db)
-    assert db_revision(tool_for(etcd_binary), path) == revision
+    assert db_status(tool_for(etcd_binary), path).revision == revision
 
 
 def test_revision_of_a_live_members_db_copy(sim: SimFactory, etcd_binary: Path, tmp_path: Path) -> None:
@@ -65,9 +65,9 @@ def test_revision_of_a_live_members_db_copy(sim: SimFactory, etcd_binary: Path, 
     copy = tmp_path / "db"
     shutil.copyfile(node.data_dir / "member" / "snap" / "db", copy)
     # The live copy may lag the last puts until etcd commits its batch; it is never ahead.
-    assert 1 <= db_revision(tool_for(etcd_binary), copy) <= revision
+    assert 1 <= db_status(tool_for(etcd_binary), copy).revision <= revision
     asg.stop_etcd(node)
-    assert db_revision(tool_for(etcd_binary), node.data_dir / "member" / "snap" / "db") == revision
+    assert db_status(tool_for(etcd_binary), node.data_dir / "member" / "snap" / "db").revision == revision
 
 
 def test_find_tool_prefers_the_setting_then_etcdutl_then_etcdctl(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_snapshot_to_s3_and_back_restores_a_three_node_cluster(
     assert chosen is not None and chosen.revision == revision
     snapshot_file = tmp_path / "restore.db"
     store.download(chosen, snapshot_file)
-    assert db_revision(tool, snapshot_file) == revision
+    assert db_status(tool, snapshot_file).revision == revision
     cluster = initial_cluster(asg.nodes)
     for node in asg.nodes:
         restore(tool, snapshot_file, RestoreTarget(node.data_dir, node.name, cluster, "restored", node.peer_url))
