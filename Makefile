@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ETCD_STAMP := $(VENV)/.etcd
 APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl
 
-.PHONY: all setup lint format test unit integration demo bench clean
+.PHONY: all setup lint format check test unit integration demo bench clean
 
 all: lint test
 
@@ -62,6 +62,9 @@ test: setup lint
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration"
+
+# The quick loop before a commit: lint, types and the unit tests (no etcd, no moto, no root), well under 2 minutes.
+check: lint unit
 
 integration: setup
 	$(PY) -m pytest -m integration

@@ -45,6 +45,9 @@ CHANGE_RESERVE = 30.0
 # nothing yet in this run must answer its first call within this many seconds, or it counts as silent for the rest
 # of the run: a hanging S3 costs a join this much, not a deadline. Healthy S3 answers a small request in ~0.1 s.
 S3_ANSWER_WITHIN = 0.75
+# Reading the record where no peer answers decides between a restart on local data and the survivors' hand-off:
+# a slow S3 (a loaded host, a cold connection) must still be read there, a hanging one costs the reboot seconds.
+RECORD_READ_ANSWER_WITHIN = 3.0
 RECORD_BUDGET = 10.0  # the most a record update after the change may take
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from etcd_aws_cluster import etcdbin, records, recovery, restore_tool, scratch
-from etcd_aws_cluster.backups import RECORD_BUDGET, S3_ANSWER_WITHIN, Backups
+from etcd_aws_cluster.backups import RECORD_BUDGET, RECORD_READ_ANSWER_WITHIN, Backups
 from etcd_aws_cluster.errors import AgentError
 from etcd_aws_cluster.model import AsgView
 from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
@@ -71,7 +71,7 @@ def _read_record(backups: Backups, *, best_effort: bool) -> ClusterRecord | None
         return backups.read_record()
     try:
         # Bounded like a record update after a change: a silent S3 costs a whole-cluster reboot seconds at most.
-        with backups.store.limited(RECORD_BUDGET, answer_within=S3_ANSWER_WITHIN):
+        with backups.store.limited(RECORD_BUDGET, answer_within=RECORD_READ_ANSWER_WITHIN):
             return backups.read_record()
     except AgentError as exc:
         log.warning("cannot read the cluster record (%s); deciding from local data alone", exc)

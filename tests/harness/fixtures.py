@@ -39,16 +39,6 @@ EVERY_TEST = ("3.4", etcd_binaries.etcd_provision.SID_ETCD_VERSION)
 # data, learner, leave, status, TLS, restore after full replacement, proxy mode's gateway) also run on these: an
 # old 3.5, 3.6 and 3.7. Every test on all five would not fit CI's time on 2 CPUs.
 MATRIX_ONLY = ("3.5", "3.6", "3.7")
-MARKERS = (
-    "etcd_matrix: also runs on every other etcd of the matrix (old 3.5.x, 3.6, 3.7), not only on 3.4 and 3.5.30",
-    "etcd_v2: needs etcd's v2 API or v2 proxy (removed in 3.6): runs only on the releases before 3.6",
-    "etcd_also(*labels): also runs on these releases of the matrix (e.g. '3.6', '3.7'), beside 3.4 and 3.5.30",
-)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for marker in MARKERS:
-        config.addinivalue_line("markers", marker)
 
 
 def etcd_labels(definition: pytest.Function | Any) -> list[str]:

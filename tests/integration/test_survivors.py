@@ -220,7 +220,8 @@ def restored_without_the_late_survivor(
     outage_replacing_all_but(asg, late, other)
 
     gave_up = asg.run_agent(late, env={**extra, "ETCD_AWS_CLUSTER_TIMEOUT": "6"})
-    assert gave_up.returncode != 0 and f"waiting for the hand-off of {other.instance_id}" in gave_up.stderr
+    assert gave_up.returncode != 0, gave_up.stderr
+    assert f"waiting for the hand-off of {other.instance_id}" in gave_up.stderr, gave_up.stderr
     assert (late.data_dir / "member" / "wal").is_dir()  # untouched: it only handed off
     others = [n for n in asg.nodes if n is not late]
     if start_etcd:
