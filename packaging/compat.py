@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("EAC_COMPAT_CACHE", "/var/cache/etcd-aws-cluster-tests/compat"))
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
-TEST_TOOLS = ("pytest>=7",)
+TEST_TOOLS = ("pytest>=7", "pytest-timeout>=2.1")
 
 # name: (Python minor version, pins). A pin list starting with "-r" is a lock file of the repository.
 COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
