@@ -70,7 +70,8 @@ def _read_record(backups: Backups, *, best_effort: bool) -> ClusterRecord | None
     if not best_effort:
         return backups.read_record()
     try:
-        # Bounded like a record update after a change: a silent S3 costs a whole-cluster reboot seconds at most.
+        # Within the record update's budget, with a longer first answer (backups.RECORD_READ_ANSWER_WITHIN): a slow
+        # S3 is still read, a silent one costs a whole-cluster reboot seconds at most.
         with backups.store.limited(RECORD_BUDGET, answer_within=RECORD_READ_ANSWER_WITHIN):
             return backups.read_record()
     except AgentError as exc:
