@@ -107,7 +107,8 @@ def test_a_survivor_with_newer_data_uploads_it_and_every_instance_restores_it(
     logs = boot(asg, asg.nodes, timeout=150, env=extra)
     key, revision = restored_everywhere(logs)
     assert key.endswith(f"-{survivor.instance_id}.db") and "uploaded it" in logs[survivor.instance_id]
-    assert "waiting for the hand-off of" in "".join(logs[n.instance_id] for n in asg.nodes if n is not survivor)
+    # Whether the others waited for the hand-off or found it already written depends on who looked first: either
+    # way every instance that restored chose the survivor's upload (restored_everywhere: one snapshot), not the older.
     uploaded = next(s for s in store.list_snapshots() if s.key == key)
     assert not uploaded.hash_trailer and uploaded.revision == revision
     assert list(survivor.workdir.glob("data.stale-*"))  # moved aside, never deleted
