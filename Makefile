@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check etcd_aws_cluster tests scripts
 	$(VENV)/bin/ruff format --check etcd_aws_cluster tests scripts
 	$(VENV)/bin/mypy etcd_aws_cluster
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix etcd_aws_cluster tests scripts

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from etcd_aws_cluster import __version__
-from etcd_aws_cluster.errors import EXIT_CODES, AgentError
+from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError
 
 log = logging.getLogger("etcd_aws_cluster")
 
@@ -227,17 +227,17 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
-    from etcd_aws_cluster import logs
+    from etcd_aws_cluster.adapters import journal as logs
 
     errors_on_stderr = logs.setup(getattr(args, "verbose", False))
     try:
-        from etcd_aws_cluster import settings as settings_module
+        from etcd_aws_cluster.app import settings as settings_module
 
         settings = settings_module.load(_overrides(args), getattr(args, "config", None))
         for name in settings_module.unknown_env(os.environ):
             log.warning("ignoring unknown setting %s (check its spelling)", name)
         module = importlib.import_module(f"etcd_aws_cluster.commands.{command}")
-        from etcd_aws_cluster.context import Context
+        from etcd_aws_cluster.app.context import Context
 
         code: int = module.run(Context(settings), args)
         return code

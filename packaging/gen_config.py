@@ -1,4 +1,5 @@
-"""Print packaging/config.toml: every setting of etcd_aws_cluster.settings.Settings, commented out, with its default.
+"""Print packaging/config.toml: every setting of etcd_aws_cluster.app.settings.Settings, commented out, with its
+default.
 
 Run by `make packaging-config` (uses the project's venv); tests/test_packaging.py checks the file is current.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etcd_aws_cluster.settings import Settings  # noqa: E402
+from etcd_aws_cluster.app.settings import Settings  # noqa: E402
 
 HEADER = """\
 # etcd-aws-cluster configuration. Every setting is listed below, commented out, with its default.

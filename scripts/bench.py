@@ -438,8 +438,8 @@ import etcd_aws_cluster.cli
 mark("import etcd_aws_cluster.cli")
 import requests
 mark("import requests")
-import etcd_aws_cluster.settings
-mark("import etcd_aws_cluster.settings (pydantic-settings)")
+import etcd_aws_cluster.app.settings
+mark("import etcd_aws_cluster.app.settings (pydantic-settings)")
 import boto3
 mark("import boto3")
 session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")

@@ -41,9 +41,9 @@ BACKUP = """
 import os, sys
 from datetime import datetime, timezone
 import requests
-from etcd_aws_cluster.etcd import EtcdClient, Tls
-from etcd_aws_cluster.records import SnapshotMeta
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
+from etcd_aws_cluster.core.records import SnapshotMeta
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 
 url, backup_url = sys.argv[1], sys.argv[2]
 store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench", region="us-east-1")
@@ -55,7 +55,7 @@ print(info.size)
 STREAM = """
 import sys
 import requests
-from etcd_aws_cluster.etcd import EtcdClient, Tls
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
 
 print(sum(len(chunk) for chunk in EtcdClient(requests.Session(), Tls()).snapshot(sys.argv[1], 30)))
 """
@@ -63,8 +63,8 @@ print(sum(len(chunk) for chunk in EtcdClient(requests.Session(), Tls()).snapshot
 RESTORE = """
 import os, sys
 from pathlib import Path
-from etcd_aws_cluster.restore_tool import RestoreTarget, find_tool, restore
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.adapters.restore_tool import RestoreTarget, find_tool, restore
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 
 backup_url, tool_path, work = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 store = BackupStore(connect_s3("us-east-1", os.environ, 30, 3), backup_url, "bench", region="us-east-1")

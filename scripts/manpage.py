@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etcd_aws_cluster import __version__  # noqa: E402
+from etcd_aws_cluster.app.settings import ENV_PREFIX, Settings  # noqa: E402
+from etcd_aws_cluster.base.errors import EXIT_CODES  # noqa: E402
 from etcd_aws_cluster.cli import COMMANDS, DESCRIPTION, build_parser  # noqa: E402
-from etcd_aws_cluster.errors import EXIT_CODES  # noqa: E402
-from etcd_aws_cluster.settings import ENV_PREFIX, Settings  # noqa: E402
 
 PAGE = ROOT / "docs" / "etcd-aws-cluster.8"
 

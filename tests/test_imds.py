@@ -7,9 +7,9 @@ import time
 import pytest
 import requests
 
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import MetadataError, UnsafeError
-from etcd_aws_cluster.imds import DEFAULT_ENDPOINT, MAX_ANSWER_BYTES, Imds, endpoint_from
+from etcd_aws_cluster.adapters.imds import DEFAULT_ENDPOINT, MAX_ANSWER_BYTES, Imds, endpoint_from
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import MetadataError, UnsafeError
 from tests.harness.fake_imds import DOCUMENT_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory
 

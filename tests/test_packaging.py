@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from etcd_aws_cluster import __version__
-from etcd_aws_cluster.settings import DEFAULT_DATA_DIRS, Settings
+from etcd_aws_cluster.app.settings import DEFAULT_DATA_DIRS, Settings
 from tests.packaging_helpers import (
     ALL_UNITS,
     DEBIAN_RELEASES,
@@ -255,12 +255,14 @@ S3_CALL_ACTIONS = {
 
 
 def test_iam_policy_allows_exactly_the_calls_the_agent_makes() -> None:
-    source = (REPO / "etcd_aws_cluster" / "aws.py").read_text()
+    source = (REPO / "etcd_aws_cluster" / "adapters" / "aws.py").read_text()
     calls = set(re.findall(r"self\._(autoscaling|ec2)\.(?:get_paginator\(\")?(describe_\w+)", source))
     assert calls, "no AWS calls found in etcd_aws_cluster/aws.py"
     wanted = {f"{service}:{''.join(w.title() for w in call.split('_'))}" for service, call in calls}
     s3_calls = set(
-        re.findall(r"self\._s3\.(?:get_paginator\(\")?(\w+)", (REPO / "etcd_aws_cluster" / "s3.py").read_text())
+        re.findall(
+            r"self\._s3\.(?:get_paginator\(\")?(\w+)", (REPO / "etcd_aws_cluster" / "adapters" / "s3.py").read_text()
+        )
     )
     assert s3_calls == set(S3_CALL_ACTIONS), "a new S3 call: add it and its IAM actions to S3_CALL_ACTIONS"
     wanted |= {action for actions in S3_CALL_ACTIONS.values() for action in actions}
@@ -534,7 +536,7 @@ def test_installed_agent_help_version_and_dry_run_without_metadata(installed_deb
         "/usr/bin/python3",
         "-I",
         "-c",
-        f"import sys; {path_setup}import boto3, pydantic, pydantic_settings, etcd_aws_cluster.runner as agent; "
+        f"import sys; {path_setup}import boto3, pydantic, pydantic_settings, etcd_aws_cluster.app.boot as agent; "
         "print(boto3.__file__, pydantic.__file__, agent.__file__, pydantic.VERSION)",
     )
     assert probe.returncode == 0, probe.stderr

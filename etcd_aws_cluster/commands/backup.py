@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster.backups import Backups
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import ConfigError, EtcdError
-from etcd_aws_cluster.view import ClusterView
+from etcd_aws_cluster.app.backups import Backups
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError
+from etcd_aws_cluster.core.view import ClusterView
 
 log = logging.getLogger(__name__)
 # A timer that fires a little late must not skip a period: a snapshot this much younger than the interval is due.

@@ -15,11 +15,11 @@ import re
 import sys
 from dataclasses import replace
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.backups import Backups
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import EtcdError, MetadataError, UnsafeError
-from etcd_aws_cluster.imds import Imds
+from etcd_aws_cluster.adapters.imds import Imds
+from etcd_aws_cluster.app.backups import Backups
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import EtcdError, MetadataError, UnsafeError
 
 log = logging.getLogger(__name__)
 

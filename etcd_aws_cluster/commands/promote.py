@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import EtcdError
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.errors import EtcdError
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from etcd_aws_cluster import envfile
-from etcd_aws_cluster import reconcile as reconciler
-from etcd_aws_cluster.backups import Backups
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgView
-from etcd_aws_cluster.runner import host_lock
-from etcd_aws_cluster.view import Facts, url_host
+from etcd_aws_cluster.adapters import atomic_file
+from etcd_aws_cluster.adapters.hostfs import host_lock
+from etcd_aws_cluster.app.backups import Backups
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import reconcile as reconciler
+from etcd_aws_cluster.core.model import AsgView
+from etcd_aws_cluster.core.view import Facts, url_host
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -49,7 +49,7 @@ def load_state(path: Path) -> dict[int, float]:
 
 def save_state(path: Path, since: tuple[tuple[int, float], ...]) -> None:
     record = {"version": STATE_VERSION, "unstarted_since": {f"{member_id:x}": at for member_id, at in since}}
-    envfile.write(str(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic_file.write(str(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -14,15 +14,17 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile, records, recovery, scratch
-from etcd_aws_cluster.backups import Backups, restore_data_dir, utc_age
+from etcd_aws_cluster.adapters import atomic_file, scratch
+from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.adapters.wal import read_ids
+from etcd_aws_cluster.app.backups import Backups, restore_data_dir, utc_age
+from etcd_aws_cluster.app.boot import Runner
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.errors import AgentError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.commands.backup import require_backups
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import AgentError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.model import AsgView, Decision, Plan
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, format_time
-from etcd_aws_cluster.runner import Runner, host_lock, local_data_dir, move_aside
-from etcd_aws_cluster.waldata import read_ids
+from etcd_aws_cluster.core import records, recovery
+from etcd_aws_cluster.core.model import AsgView, Decision, Plan
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, format_time
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             ) from None
         plan = Plan(Decision.RESTORE, f"restored {info.key} by hand", "new", initial, restore=(info,))
         outcome = Runner(ctx).outcome(plan)
-        envfile.write(ctx.settings.output, outcome.text)
+        atomic_file.write(ctx.settings.output, outcome.text)
     sys.stdout.write(
         f"restored {info.key} (revision {info.revision}) into {restore_data_dir(ctx)}; wrote {ctx.settings.output}. "
         "Run the same command on every other instance of the group, then start etcd everywhere.\n"

@@ -7,11 +7,14 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster import envfile, etcdbin, proxy
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.deadline import backoff
-from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError
-from etcd_aws_cluster.runner import Outcome, Runner, host_lock
+from etcd_aws_cluster.adapters import atomic_file
+from etcd_aws_cluster.adapters import local_etcd as etcdbin
+from etcd_aws_cluster.adapters.hostfs import host_lock
+from etcd_aws_cluster.app.boot import Outcome, Runner
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.deadline import backoff
+from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError
+from etcd_aws_cluster.core import proxy
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def run_proxy(ctx: Context, group: str, *, dry_run: bool = False) -> int:
         sys.stdout.write(f"# proxy mode: a client of ASG {group}, members from the {cluster.source}\n{text}")
         return 0
     with host_lock(settings.lock_file, ctx.deadline):
-        envfile.write(settings.output, text)
+        atomic_file.write(settings.output, text)
     if settings.output != "-":
         log.info("wrote %s: proxy configuration for %s", settings.output, ctx.me.instance_id)
     return 0

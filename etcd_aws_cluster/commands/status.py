@@ -15,12 +15,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
-from etcd_aws_cluster import restore_tool, status, view
-from etcd_aws_cluster.backups import Backups, utc_age
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.errors import AgentError
-from etcd_aws_cluster.model import EndpointStatus
-from etcd_aws_cluster.view import ClusterView, url_host
+from etcd_aws_cluster.adapters import restore_tool
+from etcd_aws_cluster.app.backups import Backups, utc_age
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.errors import AgentError
+from etcd_aws_cluster.core import status, view
+from etcd_aws_cluster.core.model import EndpointStatus
+from etcd_aws_cluster.core.view import ClusterView, url_host
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import pytest
 import requests
 from botocore.config import Config
 
-from etcd_aws_cluster import records
-from etcd_aws_cluster.records import SnapshotInfo, SnapshotMeta
-from etcd_aws_cluster.s3 import BackupStore
+from etcd_aws_cluster.adapters.s3 import BackupStore
+from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.records import SnapshotInfo, SnapshotMeta
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS

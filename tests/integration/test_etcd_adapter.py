@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.etcd import MAX_ANSWER_BYTES, EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.etcd import MAX_ANSWER_BYTES, EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.base.errors import UnsafeError
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import SimulatedAsg

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from etcd_aws_cluster import records
-from etcd_aws_cluster.restore_tool import BUMP_REVISION
-from etcd_aws_cluster.s3 import file_sha256
+from etcd_aws_cluster.adapters.restore_tool import BUMP_REVISION
+from etcd_aws_cluster.adapters.s3 import file_sha256
+from etcd_aws_cluster.core import records
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node

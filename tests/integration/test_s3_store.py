@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from mypy_boto3_s3 import S3Client
 
-from etcd_aws_cluster import records
-from etcd_aws_cluster.backups import Backups
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AwsError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.model import AsgView, Endpoints
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
-from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
-from etcd_aws_cluster.view import ClusterView
+from etcd_aws_cluster.adapters.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.app.backups import Backups
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.model import AsgView, Endpoints
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
+from etcd_aws_cluster.core.view import ClusterView
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.procs import ProcessRegistry
 
 if TYPE_CHECKING:
-    from etcd_aws_cluster.context import Context
+    from etcd_aws_cluster.app.context import Context
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +136,8 @@ KILLED_UPLOADER = textwrap.dedent(
     """
     import sys, time
     from datetime import datetime, timezone
-    from etcd_aws_cluster.records import SnapshotMeta
-    from etcd_aws_cluster.s3 import BackupStore, connect_s3
+    from etcd_aws_cluster.core.records import SnapshotMeta
+    from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
     import os
 
     def slow():

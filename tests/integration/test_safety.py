@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.envfile import KEYS, TEST_PAUSE_VARIABLE
-from etcd_aws_cluster.waldata import WalIds, read_ids
+from etcd_aws_cluster.adapters.atomic_file import TEST_PAUSE_VARIABLE
+from etcd_aws_cluster.adapters.wal import WalIds, read_ids
+from etcd_aws_cluster.core.envfile import KEYS
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from etcd_aws_cluster.errors import ConfigError, EtcdError, UnsafeError
-from etcd_aws_cluster.etcd import EtcdClient, Tls
-from etcd_aws_cluster.records import SnapshotMeta, newest_valid
-from etcd_aws_cluster.restore_tool import RestoreTarget, RestoreTool, db_status, find_tool, restore
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
+from etcd_aws_cluster.adapters.restore_tool import RestoreTarget, RestoreTool, db_status, find_tool, restore
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError, UnsafeError
+from etcd_aws_cluster.core.records import SnapshotMeta, newest_valid
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS

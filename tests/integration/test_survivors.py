@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from etcd_aws_cluster.records import ClusterRecord, SnapshotMeta
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
-from etcd_aws_cluster.waldata import read_ids
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.adapters.wal import read_ids
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotMeta
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcd_aws_cluster.model import Endpoints, Member
+from etcd_aws_cluster.core.model import Endpoints, Member
 
 EP = Endpoints()
 IDS = [f"i-00000000000000{n:02d}" for n in range(10)]

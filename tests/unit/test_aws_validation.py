@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from etcd_aws_cluster.aws import Aws, endpoint_url
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AwsError, UnsafeError
+from etcd_aws_cluster.adapters.aws import Aws, endpoint_url
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError, UnsafeError
 
 GOOD_ID = "i-0123456789abcdef0"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from etcd_aws_cluster.errors import EXIT_CODES
-from etcd_aws_cluster.settings import ENV_PREFIX, Settings
+from etcd_aws_cluster.app.settings import ENV_PREFIX, Settings
+from etcd_aws_cluster.base.errors import EXIT_CODES
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcd_aws_cluster.backups import CHANGE_RESERVE, insurance_budget, snapshot_seconds
+from etcd_aws_cluster.app.backups import CHANGE_RESERVE, insurance_budget, snapshot_seconds
 
 
 def test_the_insurance_gets_half_the_time_left_of_a_default_run() -> None:

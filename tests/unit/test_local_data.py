@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import runner
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import LockError, UnsafeError
-from etcd_aws_cluster.runner import host_lock, local_data_dir, move_aside
-from etcd_aws_cluster.waldata import WalIds, read_ids
+from etcd_aws_cluster.adapters import hostfs
+from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.adapters.wal import WalIds, read_ids
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import LockError, UnsafeError
 
 NOW = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc)
 
@@ -67,7 +67,7 @@ def test_an_io_error_reading_the_data_dir_is_refused(tmp_path: Path, monkeypatch
     def failing_scandir(path: object) -> object:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(runner.os, "scandir", failing_scandir)
+    monkeypatch.setattr(hostfs.os, "scandir", failing_scandir)
     with pytest.raises(UnsafeError, match="Input/output error"):
         local_data_dir((tmp_path,))
 
@@ -112,7 +112,7 @@ def test_a_data_dir_that_cannot_be_renamed_keeps_its_data_inside(
             raise OSError(code, os.strerror(code))
         real_rename(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runner.os, "rename", rename)
+    monkeypatch.setattr(hostfs.os, "rename", rename)
     moved = move_aside(data, NOW)
     assert moved == data / ".stale-20240506T070809Z"
     assert read_ids(moved) == WalIds(0x1234, 0xABCD)
@@ -128,7 +128,7 @@ def test_stale_data_that_cannot_be_moved_at_all_is_refused_and_kept(
     def rename(src: object, dst: object) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(runner.os, "rename", rename)
+    monkeypatch.setattr(hostfs.os, "rename", rename)
     with pytest.raises(UnsafeError, match="move it away by hand"):
         move_aside(data, NOW)
     assert local_data_dir((data,)) == data

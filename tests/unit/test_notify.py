@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import notify
+from etcd_aws_cluster.adapters import systemd_notify as notify
 
 
 def test_status_reaches_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from etcd_aws_cluster import recovery, view
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import (
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import recovery, view
+from etcd_aws_cluster.core.model import (
     AsgInstance,
     AsgView,
     Decision,
@@ -18,9 +18,9 @@ from etcd_aws_cluster.model import (
     MemberList,
     Probe,
 )
-from etcd_aws_cluster.plan import decide
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo
-from etcd_aws_cluster.view import Facts, quorum, render_initial_cluster
+from etcd_aws_cluster.core.plan import decide
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo
+from etcd_aws_cluster.core.view import Facts, quorum, render_initial_cluster
 from tests.unit.builders import EP, IDS, IPS, member
 
 

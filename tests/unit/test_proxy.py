@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import envfile, proxy, view
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Identity, Member, MemberList, Probe
-from etcd_aws_cluster.proxy import KEYS, Cluster, from_asg, render, variables
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import envfile, proxy, view
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.core.proxy import KEYS, Cluster, from_asg, render, variables
 
 EP = Endpoints()
 ME = Identity("i-0ffffffffffffffff", "10.1.0.9", "us-east-1")
@@ -135,7 +135,7 @@ def test_render_needs_the_client_keys() -> None:
 
 
 def test_gateway_flavour_for_etcd_36_and_later() -> None:
-    from etcd_aws_cluster.proxy import GATEWAY, V2_PROXY, flavour_for
+    from etcd_aws_cluster.core.proxy import GATEWAY, V2_PROXY, flavour_for
 
     assert [flavour_for(v) for v in [(3, 4, 23), (3, 5, 30), (3, 6, 0), (3, 7, 1), None]] == [
         V2_PROXY,

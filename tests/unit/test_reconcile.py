@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from etcd_aws_cluster import view
+from etcd_aws_cluster.app.settings import Settings, load
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import ConfigError, UnsafeError
 from etcd_aws_cluster.commands.reconcile import describe, load_state, save_state
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import ConfigError, UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
-from etcd_aws_cluster.reconcile import Policy, decide, parse_states
-from etcd_aws_cluster.settings import Settings, load
-from etcd_aws_cluster.view import ClusterView, Facts
+from etcd_aws_cluster.core import view
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.core.reconcile import Policy, decide, parse_states
+from etcd_aws_cluster.core.view import ClusterView, Facts
 from tests.packaging_helpers import SYSTEMD, entries, keys, parse_unit
 from tests.unit.builders import EP, IDS, IPS, member
 
@@ -346,7 +346,7 @@ def test_service_runs_only_where_etcd_is_active_and_the_agent_has_run() -> None:
     assert "/etc/sysconfig/etcd-cluster" in entries(service, "Unit", "ConditionPathExists")
     assert "!/etc/etcd-aws-cluster/disabled" in entries(service, "Unit", "ConditionPathExists")
     # The state file's directory is the unit's StateDirectory, writable under ProtectSystem=strict.
-    from etcd_aws_cluster.settings import Settings
+    from etcd_aws_cluster.app.settings import Settings
 
     state_dir = Settings.model_fields["reconcile_state_file"].default.parent
     assert entries(service, "Service", "ProtectSystem") == ["strict"]

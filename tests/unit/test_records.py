@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.records import (
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core.records import (
     LINEAGE,
     ClusterRecord,
     Handoff,

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import etcdbin, restore_tool, scratch
-from etcd_aws_cluster.backups import check_db
-from etcd_aws_cluster.errors import ConfigError, EtcdError, UnsafeError
-from etcd_aws_cluster.records import SnapshotInfo
-from etcd_aws_cluster.restore_tool import RestoreTarget, find_tool, holds_data
-from etcd_aws_cluster.s3 import CorruptSnapshotError
+from etcd_aws_cluster.adapters import local_etcd as etcdbin
+from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.adapters.restore_tool import RestoreTarget, find_tool, holds_data
+from etcd_aws_cluster.adapters.s3 import CorruptSnapshotError
+from etcd_aws_cluster.app.backups import check_db
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError, UnsafeError
+from etcd_aws_cluster.core.records import SnapshotInfo
 from tests.unit.test_records import snap
 
 BUMP_HELP = "  --bump-revision uint64   How much to increase the latest revision after restore\n  --mark-compacted\n"

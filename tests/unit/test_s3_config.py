@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import pytest
 
-from etcd_aws_cluster.errors import ConfigError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.records import ClusterRecord, Handoff
-from etcd_aws_cluster.s3 import BackupStore, BackupUrl, HashingReader, parse_backup_url
+from etcd_aws_cluster.adapters.s3 import BackupStore, BackupUrl, HashingReader, parse_backup_url
+from etcd_aws_cluster.base.errors import ConfigError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff
 
 
 def offline_client() -> Any:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AwsError
-from etcd_aws_cluster.records import SnapshotInfo, SnapshotMeta
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError
+from etcd_aws_cluster.core.records import SnapshotInfo, SnapshotMeta
 from tests.harness.silent_server import SilentServer
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -98,9 +98,9 @@ def test_a_multipart_upload_to_a_hanging_s3_ends_by_the_deadline(silent: SilentS
 
 ABANDONED_UPLOAD = """
 import sys
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AwsError
-from etcd_aws_cluster.s3 import BackupStore, connect_s3
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from tests.harness.silent_server import SilentServer
 from tests.unit.test_s3_deadline import META
 

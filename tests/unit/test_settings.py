@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster import settings
-from etcd_aws_cluster.errors import ConfigError
+from etcd_aws_cluster.app import settings
+from etcd_aws_cluster.base.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from etcd_aws_cluster import status, view
 from etcd_aws_cluster.commands.status import use_colour
-from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, EndpointStatus, Member, MemberList, Probe
-from etcd_aws_cluster.status import Verdict, render_text, to_json
+from etcd_aws_cluster.core import status, view
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, EndpointStatus, Member, MemberList, Probe
+from etcd_aws_cluster.core.status import Verdict, render_text, to_json
 
 
 def build(asg: AsgView, probes: Sequence[Probe], statuses: Iterable[EndpointStatus] = ()) -> status.Report:

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from etcd_aws_cluster import recovery
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, Decision, Plan, Probe
-from etcd_aws_cluster.plan import decide
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo
-from etcd_aws_cluster.view import Facts
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import recovery
+from etcd_aws_cluster.core.model import AsgInstance, Decision, Plan, Probe
+from etcd_aws_cluster.core.plan import decide
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo
+from etcd_aws_cluster.core.view import Facts
 from tests.unit.builders import IDS, member
 from tests.unit.test_plan import answered, facts, failed, inst, record_of, snap, with_record
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from etcd_aws_cluster import view
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import view
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
 from tests.unit.builders import EP, IDS, IPS, member
 
 

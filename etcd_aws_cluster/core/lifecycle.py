@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcd_aws_cluster.model import AsgView, Identity
+from etcd_aws_cluster.core.model import AsgView, Identity
 
 
 def warm_pool_boot(asg: AsgView, me: Identity) -> str | None:

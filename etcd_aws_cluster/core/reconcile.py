@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Identity, Member
-from etcd_aws_cluster.view import ClusterView, Facts, is_me, quorum
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member
+from etcd_aws_cluster.core.view import ClusterView, Facts, is_me, quorum
 
 # Lifecycle states the setting may name; InService/Pending instances are members and are never removed.
 REMOVABLE_STATES = frozenset(

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.base.errors import UnsafeError
 
 METADATA_TYPE = 1
 MAX_RECORD = 1 << 20

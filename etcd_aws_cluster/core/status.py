@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from etcd_aws_cluster.model import AsgInstance, EndpointStatus, Member
-from etcd_aws_cluster.view import ClusterView, quorum, url_host
+from etcd_aws_cluster.core.model import AsgInstance, EndpointStatus, Member
+from etcd_aws_cluster.core.view import ClusterView, quorum, url_host
 
 
 class Verdict(str, enum.Enum):

@@ -15,11 +15,13 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster import etcdbin, records, recovery, restore_tool, scratch
-from etcd_aws_cluster.backups import RECORD_BUDGET, RECORD_READ_ANSWER_WITHIN, Backups
-from etcd_aws_cluster.errors import AgentError
-from etcd_aws_cluster.model import AsgView
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.adapters import local_etcd as etcdbin
+from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.app.backups import RECORD_BUDGET, RECORD_READ_ANSWER_WITHIN, Backups
+from etcd_aws_cluster.base.errors import AgentError
+from etcd_aws_cluster.core import records, recovery
+from etcd_aws_cluster.core.model import AsgView
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 log = logging.getLogger(__name__)
 # Left free beyond the copy of the db: etcd, started after the agent, writes to the same filesystem.

@@ -6,10 +6,11 @@ reasoning about who is who and about quorum lives in `view`; this module only de
 
 from __future__ import annotations
 
-from etcd_aws_cluster import recovery, validate
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import Decision, Member, Plan
-from etcd_aws_cluster.view import ClusterView, Facts
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import recovery
+from etcd_aws_cluster.core.model import Decision, Member, Plan
+from etcd_aws_cluster.core.view import ClusterView, Facts
 
 
 def _bootstrap(facts: Facts) -> Plan:

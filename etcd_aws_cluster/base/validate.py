@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.base.errors import UnsafeError
 
 INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView, Endpoints, Identity, Member, Probe
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, Identity, Member, Probe
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo
 
 
 def quorum(voters: int) -> int:

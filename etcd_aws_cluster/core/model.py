@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from etcd_aws_cluster.records import SnapshotInfo
+    from etcd_aws_cluster.core.records import SnapshotInfo
 
 # Every lifecycle state of the Auto Scaling API (botocore's autoscaling model, shape LifecycleState), in one of
 # three classes. tests/unit/test_lifecycle.py checks that each state of the installed botocore is classified.

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import errno
-import fcntl
 import functools
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etcd_aws_cluster import envfile, notify, recovery, scratch
-from etcd_aws_cluster import plan as planner
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.deadline import Deadline, backoff
-from etcd_aws_cluster.errors import AwsError, EtcdError, LockError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.lifecycle import warm_pool_boot
-from etcd_aws_cluster.model import AsgView, Decision, Identity, Plan
-from etcd_aws_cluster.view import ClusterView, Facts, is_me
-from etcd_aws_cluster.waldata import read_ids
+from etcd_aws_cluster.adapters import atomic_file, scratch
+from etcd_aws_cluster.adapters import systemd_notify as notify
+from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
+from etcd_aws_cluster.adapters.wal import read_ids
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.deadline import backoff
+from etcd_aws_cluster.base.errors import AwsError, EtcdError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.core import envfile, recovery
+from etcd_aws_cluster.core import plan as planner
+from etcd_aws_cluster.core.lifecycle import warm_pool_boot
+from etcd_aws_cluster.core.model import AsgView, Decision, Identity, Plan
+from etcd_aws_cluster.core.view import ClusterView, Facts, is_me
 
 if TYPE_CHECKING:
-    from etcd_aws_cluster.backups import Backups
-    from etcd_aws_cluster.handoff import RecoveryFacts
+    from etcd_aws_cluster.app.backups import Backups
+    from etcd_aws_cluster.app.handoff import RecoveryFacts
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5.0
@@ -48,104 +46,6 @@ class RecordUpdate:
     update: Callable[[], object]
 
 
-# Renaming the data dir itself fails when it is a mount point (EBUSY; a bind mount such as systemd's
-# ReadWritePaths= or `docker -v`: EXDEV on some kernels) or its parent is read-only (EROFS under
-# ProtectSystem=strict; EACCES/EPERM in other sandboxes). Its contents are then moved aside inside it.
-IN_PLACE_ERRNOS = frozenset({errno.EBUSY, errno.EXDEV, errno.EROFS, errno.EACCES, errno.EPERM})
-STALE_PREFIX = ".stale-"
-
-
-def local_data_dir(candidates: tuple[Path, ...]) -> Path | None:
-    """The data dir holding etcd member data (a WAL), if any.
-
-    Fails closed: only a missing `member/wal` means "no data here"; a data dir that cannot be read (permissions,
-    I/O error, a file where a directory should be) raises UnsafeError rather than reading as empty, which would
-    turn a restart into a new cluster or a join.
-    """
-    for directory in candidates:
-        wal = directory / "member" / "wal"
-        try:
-            with os.scandir(wal) as entries:
-                if any(entry.name.endswith(".wal") for entry in entries):
-                    return directory
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise UnsafeError(
-                f"cannot read etcd data dir {wal}: {exc.strerror or exc}; refusing to decide without knowing "
-                "whether this node has member data (fix the data dir, or move it away by hand)"
-            ) from None
-    return None
-
-
-def move_aside(directory: Path, now: datetime.datetime) -> Path:
-    """Keep stale etcd data (never delete it) where etcd will not start from it; return where it went.
-
-    First choice: rename the data dir to a timestamped sibling and leave an empty one in its place. When the dir
-    itself cannot be renamed (a mount point, a read-only parent), its `member` subdir moves into a timestamped
-    `.stale-<UTC>` subdir of the data dir instead: etcd 3.4 and 3.5 start from a data dir with an extra subdir
-    (they warn "found invalid file ... under data dir" and go on; tests/integration/test_safety.py).
-    """
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    target = directory.with_name(f"{directory.name}{STALE_PREFIX}{stamp}")
-    try:
-        info = directory.stat()
-        try:
-            os.rename(directory, target)
-        except OSError as exc:
-            if exc.errno not in IN_PLACE_ERRNOS:
-                raise
-            log.info("cannot rename %s (%s); moving its member data aside inside it", directory, exc.strerror)
-            return _move_member_inside(directory, directory / f"{STALE_PREFIX}{stamp}", info)
-        directory.mkdir(mode=0o700)
-    except OSError as exc:
-        raise UnsafeError(
-            f"cannot move stale etcd data in {directory} aside: {exc.strerror or exc}; "
-            f"move it away by hand (keep it) and rerun"
-        ) from None
-    _give_back(directory, info)
-    return target
-
-
-def _move_member_inside(directory: Path, stale: Path, info: os.stat_result) -> Path:
-    stale.mkdir(mode=0o700)
-    _give_back(stale, info)
-    os.rename(directory / "member", stale / "member")
-    return stale
-
-
-def _give_back(path: Path, info: os.stat_result) -> None:
-    """Give a directory the agent made to the data dir's owner, so that etcd (not root) can use it."""
-    try:
-        os.chown(path, info.st_uid, info.st_gid)
-    except OSError as exc:
-        log.warning("could not give %s to uid %d: %s; etcd may not be able to use it", path, info.st_uid, exc)
-
-
-@contextlib.contextmanager
-def host_lock(path: Path, deadline: Deadline) -> Iterator[None]:
-    """Serialize runs on one host; wait for another run under the deadline. Never follows a symlink."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        reason = "it is a symlink" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise LockError(f"cannot open lock file {path}: {reason}") from None
-    with os.fdopen(fd, "a") as handle:
-        announced = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not announced:
-                    log.info("another run holds %s; waiting for it", path)
-                    announced = True
-                if not deadline.pause(0.1):
-                    raise LockError(f"another run held {path} until the deadline") from None
-        yield
-
-
 class Runner:
     """The boot run of one instance, over the context of this run."""
 
@@ -161,7 +61,7 @@ class Runner:
             return None
         # The backup machinery (S3, etcd's restore tool, hand-offs) is imported only when backups are on: a boot
         # without backup_url does not pay for it.
-        from etcd_aws_cluster.backups import Backups
+        from etcd_aws_cluster.app.backups import Backups
 
         return Backups.open(self.ctx, self.ctx.group)
 
@@ -191,7 +91,7 @@ class Runner:
         backups = self.backups
         if backups is None:
             return None
-        from etcd_aws_cluster import handoff
+        from etcd_aws_cluster.app import handoff
 
         if not cluster.answered:
             # Only a node that sees no cluster needs to know whether one existed, and who survives of it.
@@ -263,7 +163,7 @@ class Runner:
         the clusters the restore replaced. It is written at once: an instance still waiting for the hand-offs, that
         looks again and finds it, takes part in this restore (recovery.joining_restore), a survivor included, whose
         data the record says was replaced."""
-        from etcd_aws_cluster.backups import restore_data_dir
+        from etcd_aws_cluster.app.backups import restore_data_dir
 
         if plan.move_data_aside:
             backups.tool_for(plan.restore)  # the right tool or none: checked before data moves
@@ -353,7 +253,7 @@ class Runner:
                     raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
                 attempt += 1
             outcome = self.outcome(plan)
-            envfile.write(self.settings.output, outcome.text)
+            atomic_file.write(self.settings.output, outcome.text)
             if self.settings.output != "-":
                 log.info("wrote %s: %s, state %s", self.settings.output, self.ctx.me.instance_id, plan.cluster_state)
             if later is not None and self.backups is not None:

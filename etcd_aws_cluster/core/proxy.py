@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.model import AsgView, Endpoints, Identity
-from etcd_aws_cluster.view import ClusterView, render_initial_cluster
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity
+from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
 
 V2_PROXY, GATEWAY = "v2-proxy", "gateway"
 KEYS = ("ETCD_NAME", "ETCD_PROXY", "ETCD_INITIAL_CLUSTER", "ETCD_LISTEN_CLIENT_URLS", "ETCDCTL_ENDPOINTS")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import UnsafeError
 
 SNAPSHOT_FORMAT = "etcd-aws-cluster/snapshot"
 RECORD_FORMAT = "etcd-aws-cluster/cluster-record"

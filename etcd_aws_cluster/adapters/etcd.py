@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.bodies import TooLarge, read_capped
-from etcd_aws_cluster.errors import ConfigError, EtcdError
-from etcd_aws_cluster.model import EndpointStatus, Member, MemberList
+from etcd_aws_cluster.adapters.http_limits import TooLarge, read_capped
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError
+from etcd_aws_cluster.core.model import EndpointStatus, Member, MemberList
 
 if TYPE_CHECKING:
     import requests

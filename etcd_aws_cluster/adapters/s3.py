@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, Union, cast
 from urllib.parse import quote
 
-from etcd_aws_cluster import records, validate
-from etcd_aws_cluster.aws import NoAnswerError, bounded, make_client
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AgentError, AwsError, ConfigError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.adapters.aws import NoAnswerError, bounded, make_client
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from etcd_aws_cluster.errors import ConfigError
+from etcd_aws_cluster.base.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     @field_validator("backup_url")
     @classmethod
     def _backup_url_is_s3(cls, value: str | None) -> str | None:
-        from etcd_aws_cluster.s3 import parse_backup_url
+        from etcd_aws_cluster.adapters.s3 import parse_backup_url
 
         if value is not None:
             try:
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     @field_validator("backup_kms_key_id")
     @classmethod
     def _kms_key_needs_kms(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from etcd_aws_cluster.s3 import KMS_KEY_ID
+        from etcd_aws_cluster.adapters.s3 import KMS_KEY_ID
 
         if value is not None and info.data.get("backup_sse") != "aws:kms":
             raise ValueError("needs backup_sse = aws:kms")
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     def _known_lifecycle_states(cls, value: Any) -> Any:
         if value is None or value == "" or value == []:
             return None
-        from etcd_aws_cluster.reconcile import parse_states  # only when set: defaults are validated on every run
+        from etcd_aws_cluster.core.reconcile import parse_states  # only when set: defaults are validated on every run
 
         if not isinstance(value, (str, list, tuple)):
             raise ValueError("must be a comma-separated string or a list of lifecycle states")
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     @field_validator("proxy_asg", mode="before")
     @classmethod
     def _proxy_asg_is_a_group_name(cls, value: Any) -> Any:
-        from etcd_aws_cluster.validate import ASG_NAME
+        from etcd_aws_cluster.base.validate import ASG_NAME
 
         if value is None or value == "":
             return None
@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     @field_validator("asg_name")
     @classmethod
     def _asg_name_is_a_group_name(cls, value: str | None) -> str | None:
-        from etcd_aws_cluster.validate import ASG_NAME
+        from etcd_aws_cluster.base.validate import ASG_NAME
 
         if value is not None and not ASG_NAME.fullmatch(value):
             raise ValueError("must be an Auto Scaling group name (letters, digits, spaces and _.:/@+=-)")
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     @field_validator("asg_tag")
     @classmethod
     def _tag_has_key_and_value(cls, value: str | None) -> str | None:
-        from etcd_aws_cluster.validate import TAG_PART
+        from etcd_aws_cluster.base.validate import TAG_PART
 
         if value is None:
             return None

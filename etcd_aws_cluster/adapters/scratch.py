@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from etcd_aws_cluster.errors import UnsafeError
+from etcd_aws_cluster.base.errors import UnsafeError
 
 log = logging.getLogger(__name__)
 

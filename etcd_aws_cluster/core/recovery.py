@@ -33,11 +33,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.errors import UnsafeError
-from etcd_aws_cluster.model import AsgView, Decision, Plan
-from etcd_aws_cluster.records import ClusterRecord, Handoff, SnapshotInfo, format_time
-from etcd_aws_cluster.view import Facts, quorum
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core.model import AsgView, Decision, Plan
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, format_time
+from etcd_aws_cluster.core.view import Facts, quorum
 
 
 def survivors(facts: Facts, record: ClusterRecord) -> tuple[str, ...]:

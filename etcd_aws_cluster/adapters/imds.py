@@ -8,11 +8,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.bodies import TooLarge, read_capped
-from etcd_aws_cluster.deadline import Deadline, backoff
-from etcd_aws_cluster.errors import MetadataError
-from etcd_aws_cluster.model import Identity
+from etcd_aws_cluster.adapters.http_limits import TooLarge, read_capped
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.deadline import Deadline, backoff
+from etcd_aws_cluster.base.errors import MetadataError
+from etcd_aws_cluster.core.model import Identity
 
 if TYPE_CHECKING:
     import requests

@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from etcd_aws_cluster import records, restore_tool, scratch
-from etcd_aws_cluster.context import Context
-from etcd_aws_cluster.deadline import backoff
-from etcd_aws_cluster.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.records import ClusterRecord, SnapshotInfo, SnapshotMeta
-from etcd_aws_cluster.runner import local_data_dir
-from etcd_aws_cluster.s3 import BackupStore, CorruptSnapshotError, connect_s3
-from etcd_aws_cluster.view import ClusterView, render_initial_cluster
-from etcd_aws_cluster.waldata import read_ids
+from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.adapters.hostfs import local_data_dir
+from etcd_aws_cluster.adapters.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.adapters.wal import read_ids
+from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.base.deadline import backoff
+from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
 
 log = logging.getLogger(__name__)
 # Room a restore needs beyond twice the snapshot (the download and the restored db): etcd preallocates its first

@@ -16,18 +16,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from etcd_aws_cluster import notify, view
-from etcd_aws_cluster.deadline import Deadline, backoff
-from etcd_aws_cluster.errors import AgentError, EtcdError
-from etcd_aws_cluster.etcd import EtcdClient, EtcdRequestError, Tls
-from etcd_aws_cluster.imds import Imds, endpoint_from
-from etcd_aws_cluster.model import AsgView, Endpoints, Identity, Probe
+from etcd_aws_cluster.adapters import systemd_notify as notify
+from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.imds import Imds, endpoint_from
+from etcd_aws_cluster.base.deadline import Deadline, backoff
+from etcd_aws_cluster.base.errors import AgentError, EtcdError
+from etcd_aws_cluster.core import view
+from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity, Probe
 
 if TYPE_CHECKING:
     import requests
 
-    from etcd_aws_cluster.aws import Aws
-    from etcd_aws_cluster.settings import Settings
+    from etcd_aws_cluster.adapters.aws import Aws
+    from etcd_aws_cluster.app.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,7 +70,7 @@ class Context:
         self.now = now
 
     def _default_aws(self, region: str) -> Aws:
-        from etcd_aws_cluster.aws import Aws
+        from etcd_aws_cluster.adapters.aws import Aws
 
         return Aws.connect(
             region,

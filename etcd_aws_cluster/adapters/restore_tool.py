@@ -22,10 +22,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from etcd_aws_cluster import etcdbin, scratch, validate
-from etcd_aws_cluster.errors import ConfigError, EtcdError, UnsafeError
-from etcd_aws_cluster.etcdbin import Version
-from etcd_aws_cluster.runner import STALE_PREFIX
+from etcd_aws_cluster.adapters import local_etcd as etcdbin
+from etcd_aws_cluster.adapters import scratch
+from etcd_aws_cluster.adapters.hostfs import STALE_PREFIX
+from etcd_aws_cluster.adapters.local_etcd import Version
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError, UnsafeError
 
 log = logging.getLogger(__name__)
 TOOL_TIMEOUT = 20.0

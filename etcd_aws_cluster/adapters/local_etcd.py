@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from etcd_aws_cluster import validate
+from etcd_aws_cluster.base import validate
 
 Version = tuple[int, int, int]
 VERSION_LINE = re.compile(

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from etcd_aws_cluster import validate
-from etcd_aws_cluster.deadline import Deadline
-from etcd_aws_cluster.errors import AwsError, UnsafeError
-from etcd_aws_cluster.model import AsgInstance, AsgView
+from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError, UnsafeError
+from etcd_aws_cluster.core.model import AsgInstance, AsgView
 
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # Up to four parts (today's longest: Warmed:Terminating:Retained). A well-formed state this code does not know
 # (a future API) is neither member nor gone (model.OTHER_STATES): it never stops the boot of the others.
 LIFECYCLE_STATE = re.compile(r"[A-Za-z]{1,40}(:[A-Za-z]{1,40}){0,3}")
