@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from etcd_aws_cluster.core.records import SnapshotInfo
 
 # Every lifecycle state of the Auto Scaling API (botocore's autoscaling model, shape LifecycleState), in one of
-# three classes. tests/unit/test_lifecycle.py checks that each state of the installed botocore is classified.
+# three classes. tests/unit/core/test_lifecycle.py checks that each state of the installed botocore is classified.
 #
 # Members: the instance is, or is about to be, a cluster member. A root volume replacement keeps the instance,
 # its id and its IP: it stays a member (its data may be lost; the plan handles a member without data).

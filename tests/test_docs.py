@@ -8,7 +8,7 @@ from pathlib import Path
 from etcd_aws_cluster.app.settings import ENV_PREFIX, Settings
 from etcd_aws_cluster.base.errors import EXIT_CODES
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
@@ -37,7 +37,7 @@ def test_man_page_is_generated_from_the_code() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / "manpage.py"), "--check"], capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
 
@@ -45,6 +45,6 @@ def test_man_page_is_generated_from_the_code() -> None:
 def test_the_makefile_exports_no_variable_in_the_agents_settings_namespace() -> None:
     # The agent warns about every ETCD_AWS_CLUSTER_* variable it does not know; a test harness variable there would
     # show up in every agent run the tests make.
-    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     exported = [line for line in makefile.splitlines() if line.startswith("export ")]
     assert exported and not [line for line in exported if "ETCD_AWS_CLUSTER_" in line]

@@ -16,7 +16,7 @@ from etcd_aws_cluster.core.plan import decide
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo
 from etcd_aws_cluster.core.view import Facts
 from tests.unit.builders import IDS, member
-from tests.unit.test_plan import answered, facts, failed, inst, record_of, snap, with_record
+from tests.unit.core.test_plan import answered, facts, failed, inst, record_of, snap, with_record
 
 RECORDED = record_of(0, 1, 2)
 WHEN = RECORDED.updated_at

@@ -7,7 +7,7 @@ import pytest
 
 from etcd_aws_cluster.core.lifecycle import warm_pool_boot
 from etcd_aws_cluster.core.model import GONE_STATES, MEMBER_STATES, OTHER_STATES, AsgInstance, AsgView, Identity
-from tests.unit.test_aws_validation import GOOD_ID, aws
+from tests.unit.adapters.test_aws import GOOD_ID, aws
 
 ME = Identity(GOOD_ID, "10.0.0.1", "us-east-1")
 

@@ -19,7 +19,7 @@ from etcd_aws_cluster.adapters.s3 import CorruptSnapshotError
 from etcd_aws_cluster.app.backups import check_db
 from etcd_aws_cluster.base.errors import ConfigError, EtcdError, UnsafeError
 from etcd_aws_cluster.core.records import SnapshotInfo
-from tests.unit.test_records import snap
+from tests.unit.core.test_records import snap
 
 BUMP_HELP = "  --bump-revision uint64   How much to increase the latest revision after restore\n  --mark-compacted\n"
 

@@ -102,7 +102,7 @@ from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from tests.harness.silent_server import SilentServer
-from tests.unit.test_s3_deadline import META
+from tests.unit.adapters.test_s3_deadline import META
 
 silent = SilentServer()
 deadline = Deadline(60)
@@ -118,7 +118,7 @@ except AwsError as exc:
 
 def test_a_process_exits_at_once_after_abandoning_an_upload(silent: SilentServer) -> None:
     # No transfer thread of the abandoned upload may keep the interpreter alive for its 20 s request timeout.
-    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", ABANDONED_UPLOAD], env=env, capture_output=True, text=True, timeout=60)
     assert "no answer before this step's budget" in done.stderr, done.stderr
