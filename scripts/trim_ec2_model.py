@@ -1,8 +1,8 @@
 """Write the part of botocore's EC2 service model the agent uses (DescribeInstances) into the package.
 
 botocore loads the whole EC2 model (about 550 KB compressed, 20 MB in memory) to create an EC2 client; the agent
-calls one operation. `etcd_aws_cluster/adapters/aws.py` puts the trimmed copy first on botocore's data path, so the client is
-created from it; everything else (endpoint rules, paginators) still comes from the installed botocore.
+calls one operation. `etcd_aws_cluster/adapters/aws.py` puts the trimmed copy first on botocore's data path, so the
+client is created from it; everything else (endpoint rules, paginators) still comes from the installed botocore.
 Run `python scripts/trim_ec2_model.py` after upgrading botocore; `--check` exits 1 when the copy is out of date.
 """
 

@@ -22,8 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from etcd_aws_cluster.adapters import local_etcd as etcdbin
-from etcd_aws_cluster.adapters import scratch
+from etcd_aws_cluster.adapters import local_etcd, scratch
 from etcd_aws_cluster.adapters.hostfs import STALE_PREFIX
 from etcd_aws_cluster.adapters.local_etcd import Version
 from etcd_aws_cluster.base import validate
@@ -58,7 +57,7 @@ class RestoreTool:
         return env
 
     def __str__(self) -> str:
-        return f"{self.path} ({self.kind} {etcdbin.shown(self.version)})"
+        return f"{self.path} ({self.kind} {local_etcd.shown(self.version)})"
 
 
 def _ask(path: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -79,7 +78,7 @@ def _ask(path: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
 @functools.lru_cache(maxsize=32)
 def _identified(path: Path, _mtime_ns: int, _size: int) -> RestoreTool:
     done = _ask(path, ["version"])
-    found = [(kind, etcdbin.program_version(done.stdout, kind)) for kind in ("etcdutl", "etcdctl")]
+    found = [(kind, local_etcd.program_version(done.stdout, kind)) for kind in ("etcdutl", "etcdctl")]
     kind, version = next(((k, v) for k, v in found if v is not None), ("", None))
     if done.returncode != 0 or version is None:
         raise ConfigError(f"{path} is neither etcdutl nor etcdctl (`{path} version` said {done.stdout[:80]!r})")
@@ -101,7 +100,7 @@ def _candidates(environ: Mapping[str, str]) -> list[Path]:
     """Where to look, best first: beside the local etcd (symlink or not), then every etcdutl on PATH, then every
     etcdctl (a too-old first one must not hide a fit one later)."""
     places: list[Path] = []
-    etcd = etcdbin.on_path("etcd", environ)
+    etcd = local_etcd.on_path("etcd", environ)
     if etcd is not None:
         for directory in (etcd.parent, etcd.resolve().parent):
             places += [directory / "etcdutl", directory / "etcdctl"]
@@ -115,12 +114,12 @@ def _needed(tool_path: Path, environ: Mapping[str, str], snapshot_versions: Iter
     """The oldest major.minor a tool may have: the newest of the snapshots' etcd and this host's etcd binaries."""
     needs: list[tuple[Version, str]] = [((3, 4, 0), "etcd 3.4")]
     for text in snapshot_versions:
-        version = etcdbin.parse_version(text)
+        version = local_etcd.parse_version(text)
         if version is not None:
-            needs.append((version, f"a snapshot of etcd {etcdbin.shown(version)}"))
+            needs.append((version, f"a snapshot of etcd {local_etcd.shown(version)}"))
     for path in (tool_path, tool_path.resolve()):
-        for etcd, version in etcdbin.local_etcds(environ, beside=path).items():
-            needs.append((version, f"etcd {etcdbin.shown(version)} at {etcd}"))
+        for etcd, version in local_etcd.local_etcds(environ, beside=path).items():
+            needs.append((version, f"etcd {local_etcd.shown(version)} at {etcd}"))
     return max(needs, key=lambda need: need[0][:2])
 
 
@@ -167,7 +166,7 @@ def find_tool(
 
 
 def _what_to_install(needed: Version) -> str:
-    wanted = etcdbin.minor(needed)
+    wanted = local_etcd.minor(needed)
     if needed[:2] <= (3, 4):
         return "etcdctl 3.4 (Debian: etcd-client) or etcdutl, or set `etcdutl`"
     return (
@@ -225,7 +224,7 @@ def bump_warning(tool: RestoreTool) -> str | None:
     if tool.can_bump:
         return None
     return (
-        f"restores on this host cannot bump revisions ({tool.kind} {etcdbin.shown(tool.version)}): watchers of the "
+        f"restores on this host cannot bump revisions ({tool.kind} {local_etcd.shown(tool.version)}): watchers of the "
         "old cluster (Kubernetes informers, etcd watch clients) see revisions go backwards after a restore and must "
         "be restarted; etcdutl 3.5.30 or newer bumps them"
     )

@@ -15,8 +15,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster.adapters import local_etcd as etcdbin
-from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.adapters import local_etcd, restore_tool, scratch
 from etcd_aws_cluster.app.backups import RECORD_BUDGET, RECORD_READ_ANSWER_WITHIN, Backups
 from etcd_aws_cluster.base.errors import AgentError
 from etcd_aws_cluster.core import records, recovery
@@ -115,7 +114,7 @@ def _with_data(backups: Backups, record: ClusterRecord, data_dir: Path, cluster_
         snapshots = records.of_lineage(store.list_snapshots(), record.lineage)
         uploaded = None
         if not snapshots or status.revision > snapshots[0].revision:
-            version = etcdbin.shown(tool.version)
+            version = local_etcd.shown(tool.version)
             meta = SnapshotMeta(
                 ctx.now(),
                 status.revision,

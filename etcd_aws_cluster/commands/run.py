@@ -7,8 +7,7 @@ import argparse
 import logging
 import sys
 
-from etcd_aws_cluster.adapters import atomic_file
-from etcd_aws_cluster.adapters import local_etcd as etcdbin
+from etcd_aws_cluster.adapters import atomic_file, local_etcd
 from etcd_aws_cluster.adapters.hostfs import host_lock
 from etcd_aws_cluster.app.boot import Outcome, Runner
 from etcd_aws_cluster.app.context import Context
@@ -69,7 +68,7 @@ def _proxy_flavour(ctx: Context, cluster: proxy.Cluster) -> str:
     """v2-proxy or gateway, by the proxy_mode setting; auto: the local etcd's version, else the cluster's."""
     if ctx.settings.proxy_mode != "auto":
         return ctx.settings.proxy_mode
-    version = etcdbin.local_version()
+    version = local_etcd.local_version()
     source = "the local etcd"
     if version is None:
         source = "the cluster"
@@ -78,7 +77,7 @@ def _proxy_flavour(ctx: Context, cluster: proxy.Cluster) -> str:
                 status = ctx.etcd.endpoint_status(url, ctx.call_timeout)
             except AgentError:
                 continue
-            if status is not None and (version := etcdbin.parse_version(status.version)) is not None:
+            if status is not None and (version := local_etcd.parse_version(status.version)) is not None:
                 break
     flavour = proxy.flavour_for(version)
     shown = ".".join(map(str, version)) if version else "unknown"

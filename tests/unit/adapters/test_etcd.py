@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from etcd_aws_cluster.adapters.etcd import EtcdRequestError, _snapshot_chunks
+from etcd_aws_cluster.adapters.etcd.maintenance import EtcdRequestError, _snapshot_chunks
 
 URL = "http://127.0.0.1:2379/v3/maintenance/snapshot"
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_aws_cluster.adapters import local_etcd as etcdbin
-from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.adapters import local_etcd, restore_tool, scratch
 from etcd_aws_cluster.adapters.restore_tool import RestoreTarget, find_tool, holds_data
 from etcd_aws_cluster.adapters.s3 import CorruptSnapshotError
 from etcd_aws_cluster.app.backups import check_db
@@ -57,12 +56,12 @@ def path_of(*directories: Path) -> dict[str, str]:
 
 # --- one version parser -------------------------------------------------------------------------------------------
 def test_one_parser_reads_every_programs_version_line() -> None:
-    assert etcdbin.program_version("etcd Version: 3.7.3\nGit SHA: x\n", "etcd") == (3, 7, 3)
-    assert etcdbin.program_version("etcdutl version: 3.5.30\nAPI version: 3.5\n", "etcdutl") == (3, 5, 30)
-    assert etcdbin.program_version("etcdctl version: 3.4.23\n", "etcdctl") == (3, 4, 23)
-    assert etcdbin.program_version("etcdctl version: 3.4.23\n", "etcdutl") is None
-    assert etcdbin.parse_version("3.5.0-alpha.0") == (3, 5, 0)
-    assert etcdbin.parse_version("v3.5.0") is None
+    assert local_etcd.program_version("etcd Version: 3.7.3\nGit SHA: x\n", "etcd") == (3, 7, 3)
+    assert local_etcd.program_version("etcdutl version: 3.5.30\nAPI version: 3.5\n", "etcdutl") == (3, 5, 30)
+    assert local_etcd.program_version("etcdctl version: 3.4.23\n", "etcdctl") == (3, 4, 23)
+    assert local_etcd.program_version("etcdctl version: 3.4.23\n", "etcdutl") is None
+    assert local_etcd.parse_version("3.5.0-alpha.0") == (3, 5, 0)
+    assert local_etcd.parse_version("v3.5.0") is None
 
 
 # --- the right tool or none ---------------------------------------------------------------------------------------

@@ -1,0 +1,14 @@
+"""etcd's client API as the agent uses it, split like etcd's own client: transport (HTTP, TLS, errors), cluster
+(membership) and maintenance (status, snapshots). `EtcdClient` is all three over one session."""
+
+from __future__ import annotations
+
+from etcd_aws_cluster.adapters.etcd.cluster import ClusterApi
+from etcd_aws_cluster.adapters.etcd.maintenance import MaintenanceApi
+from etcd_aws_cluster.adapters.etcd.transport import MAX_ANSWER_BYTES, EtcdRequestError, Tls
+
+__all__ = ["MAX_ANSWER_BYTES", "EtcdClient", "EtcdRequestError", "Tls"]
+
+
+class EtcdClient(ClusterApi, MaintenanceApi):
+    """Talks to one cluster through any of its members' client URLs (membership, status, snapshots)."""
