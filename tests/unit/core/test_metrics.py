@@ -45,7 +45,7 @@ def test_render_groups_each_family_under_its_help_and_type() -> None:
         "# TYPE etcd_aws_cluster_last_run_success gauge",
         'etcd_aws_cluster_last_run_success{command="backup"} 0',
         'etcd_aws_cluster_last_run_success{command="run"} 1',
-        "# HELP etcd_aws_cluster_restores_total Snapshots restored on this host (restore, or a boot's restore decision).",
+        "# HELP etcd_aws_cluster_restores_total " + metrics.FAMILIES["etcd_aws_cluster_restores_total"].help,
         "# TYPE etcd_aws_cluster_restores_total counter",
         "etcd_aws_cluster_restores_total 2",
     ]
