@@ -32,10 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 2.0  # seconds to wait for another run's write of the metrics file
-# CloudWatch gets the time left of the run's deadline, but at least this: a boot refused at its deadline is the one
-# an operator most needs to hear of (the units' TimeoutStartSec leaves 60 s beyond the deadline).
-CLOUDWATCH_AT_LEAST = 3.0
-CLOUDWATCH_AT_MOST = 10.0
+# CloudWatch gets the time left of the run's deadline, at most CLOUDWATCH_AT_MOST (etcd starts only once the boot
+# agent has exited), but at least CLOUDWATCH_AT_LEAST: a boot refused at its deadline is the one an operator most
+# needs to hear of (the units' TimeoutStartSec leaves 60 s beyond the deadline).
+CLOUDWATCH_AT_LEAST = 2.0
+CLOUDWATCH_AT_MOST = 5.0
 
 
 @dataclass
