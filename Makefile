@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ETCD_STAMP := $(VENV)/.etcd
-APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl
+# prometheus: its promtool checks the metrics file and the example alert rules in the tests.
+APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl prometheus
 
 .PHONY: all setup lint format check test unit integration demo bench clean
 
@@ -30,8 +31,9 @@ ETCD_CACHE ?= /var/cache/etcd-aws-cluster-tests
 # Not ETCD_AWS_CLUSTER_*: that prefix is the agent's settings, and the agent warns about a name it does not know.
 export EAC_TEST_CACHE := $(ETCD_CACHE)
 $(ETCD_STAMP): $(STAMP) FORCE
-	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] || ! command -v openssl >/dev/null; }; then \
-		echo "installing Debian etcd-server/etcd-client (3.4) and openssl (apt)"; \
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] || ! command -v openssl >/dev/null || \
+		! command -v promtool >/dev/null; }; then \
+		echo "installing Debian etcd-server/etcd-client (3.4), openssl and prometheus (promtool) (apt)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 	@$(PY) -m tests.harness.etcd_provision

@@ -14,11 +14,16 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etcd_aws_cluster import __version__
 from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.app.context import Context
 
 log = logging.getLogger("etcd_aws_cluster")
 
@@ -230,6 +235,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from etcd_aws_cluster.adapters import journal as logs
 
     errors_on_stderr = logs.setup(getattr(args, "verbose", False))
+    started = time.monotonic()
+    run = _Run()
+    code = _main(args, command, errors_on_stderr, run)
+    if run.context is not None and _records_metrics(command, args):
+        from etcd_aws_cluster.app import metrics
+
+        ctx = run.context
+        end = metrics.Finish(
+            command, code, run.error, started, ctx.metrics, ctx.settings, ctx.environ, ctx.deadline.remaining()
+        )
+        metrics.finish(end)
+    return code
+
+
+class _Run:
+    """What main's hook needs to know of the run once it has ended: its context (once built) and its error."""
+
+    def __init__(self) -> None:
+        self.context: Context | None = None
+        self.error: BaseException | None = None
+
+
+def _records_metrics(command: str, args: argparse.Namespace) -> bool:
+    """Every command updates the metrics file, but those that change nothing: status, a dry run, restore --list."""
+    return command != "status" and not getattr(args, "dry_run", False) and not getattr(args, "list", False)
+
+
+def _main(args: argparse.Namespace, command: str, errors_on_stderr: bool, run: _Run) -> int:
     try:
         from etcd_aws_cluster.app import settings as settings_module
 
@@ -239,9 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"etcd_aws_cluster.commands.{command}")
         from etcd_aws_cluster.app.context import Context
 
-        code: int = module.run(Context(settings), args)
+        run.context = Context(settings)
+        code: int = module.run(run.context, args)
         return code
     except AgentError as exc:
+        run.error = exc
         return _report(f"error ({exc.kind}): {exc}", exc.exit_code, errors_on_stderr)
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)

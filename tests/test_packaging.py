@@ -24,6 +24,7 @@ import pytest
 
 from etcd_aws_cluster import __version__
 from etcd_aws_cluster.app.settings import DEFAULT_DATA_DIRS, Settings
+from tests.harness import promtool
 from tests.packaging_helpers import (
     ALL_UNITS,
     DEBIAN_RELEASES,
@@ -138,6 +139,32 @@ def test_unit_lets_the_agent_write_its_file_the_etcd_data_dir_and_its_lock() -> 
     lock = _effective_lock_file(unit)
     assert _under(lock.parent, writable), f"the agent's lock {lock} is read-only in the unit's sandbox {writable}"
     assert _under(Path("/etc/sysconfig"), writable) and not _under(Path("/etc"), writable)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "etcd-aws-cluster.service",
+        "etcd-aws-cluster-backup.service",
+        "etcd-aws-cluster-reconcile.service",
+        "etcd-aws-cluster-leave.service",
+    ],
+)
+def test_units_of_commands_that_record_metrics_may_write_the_metrics_file(name: str) -> None:
+    unit = parse_unit((SYSTEMD / name).read_text())
+    assert single(unit, "Service", "ProtectSystem") == "strict"
+    metrics_dir = Path(_settings_defaults()["metrics_file"]).parent
+    assert _under(metrics_dir, _writable_paths(unit)), f"{name}: {metrics_dir} is read-only in its sandbox"
+    # optional ('-'): a host without node_exporter has no such directory, and the unit must still start
+    assert f"-{metrics_dir}" in " ".join(values(unit, "Service", "ReadWritePaths")).split()
+
+
+def test_example_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    rules = PACKAGING / "prometheus" / "etcd-aws-cluster.rules.yml"
+    checked = promtool.run("check", "rules", rules)
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = promtool.run("test", "rules", rules.with_name("etcd-aws-cluster.rules.test.yml"), cwd=rules.parent)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
 def test_dropins_order_etcd_after_the_agent_and_make_its_file_mandatory() -> None:
@@ -266,10 +293,18 @@ def test_iam_policy_allows_exactly_the_calls_the_agent_makes() -> None:
     )
     assert s3_calls == set(S3_CALL_ACTIONS), "a new S3 call: add it and its IAM actions to S3_CALL_ACTIONS"
     wanted |= {action for actions in S3_CALL_ACTIONS.values() for action in actions}
+    cloudwatch_calls = set(
+        re.findall(r"client\.(\w+)\(", (REPO / "etcd_aws_cluster" / "adapters" / "cloudwatch.py").read_text())
+    )
+    assert cloudwatch_calls == {"put_metric_data"}, "a new CloudWatch call: add its IAM action to the policy"
+    wanted |= {"cloudwatch:PutMetricData"}
     policy = json.loads((PACKAGING / "iam-policy.json").read_text())
     granted = {action for statement in policy["Statement"] for action in statement["Action"]}
     assert granted == wanted
     for statement in policy["Statement"]:
+        if statement["Action"] == ["cloudwatch:PutMetricData"]:  # no resource-level permission: by namespace
+            assert statement["Resource"] == "*"
+            assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "NAMESPACE"}}
         if any(action.startswith("s3:") for action in statement["Action"]):
             assert statement["Resource"].startswith("arn:aws:s3:::BUCKET"), "S3 access is scoped to the bucket"
             if statement["Action"] == ["s3:ListBucket"]:
@@ -384,6 +419,7 @@ def _common_deb_checks(deb: Path, unit_dir: str, tmp_path: Path) -> str:
         f"./etc/default/{NAME}",
         f"./usr/share/man/man8/{NAME}.8.gz",
         f"./usr/share/doc/{NAME}/examples/iam-policy.json",
+        f"./usr/share/doc/{NAME}/examples/etcd-aws-cluster.rules.yml",
         f"./usr/share/doc/{NAME}/copyright",
     ):
         assert re.search(rf" {re.escape(path)}( |$)", listing, re.M), path
@@ -677,6 +713,7 @@ def test_rpm_metadata_dependencies_and_scripts(rpm_file: Path) -> None:
         f"/etc/sysconfig/{NAME}",
         f"/usr/share/man/man8/{NAME}.8.gz",
         f"/usr/share/doc/{NAME}/iam-policy.json",
+        f"/usr/share/doc/{NAME}/etcd-aws-cluster.rules.yml",
     ):
         assert path in files, path
     bundled = {p.split("/")[4] for p in files if p.startswith(f"/usr/lib64/{NAME}/") and p.count("/") >= 4}

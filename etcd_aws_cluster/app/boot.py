@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,7 +173,9 @@ class Runner:
             if directory is not None:
                 moved = move_aside(directory, self.ctx.now())
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
+        started = time.monotonic()
         info = backups.restore(plan.restore, plan.initial_cluster)
+        self.ctx.metrics.restored(info.revision, time.monotonic() - started, time.time())
         replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)
         try:
             backups.write_restore_record(facts.view, info, plan.initial_cluster, replaced)
@@ -229,6 +232,7 @@ class Runner:
         skip = warm_pool_boot(asg, self.ctx.me) if asg is not None else None
         if skip is not None:
             log.info("decision=skip reason=%s", skip)
+            self.ctx.metrics.decided("skip")
             return None
         if dry_run:
             self.publish = False
@@ -248,6 +252,7 @@ class Runner:
                     log.info("%s", exc)
                     settled, later = False, None
                 if settled:
+                    self.ctx.metrics.decided(plan.decision.value, len(plan.initial_cluster))
                     break
                 if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
                     raise EtcdError("could not join: other instances kept joining at the same time until the deadline")

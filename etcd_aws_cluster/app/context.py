@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from etcd_aws_cluster.adapters import systemd_notify as notify
 from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdRequestError, Tls
 from etcd_aws_cluster.adapters.imds import Imds, endpoint_from
+from etcd_aws_cluster.app.metrics import RunMetrics
 from etcd_aws_cluster.base.deadline import Deadline, backoff
 from etcd_aws_cluster.base.errors import AgentError, EtcdError
 from etcd_aws_cluster.core import view
@@ -68,6 +69,7 @@ class Context:
         self.etcd = EtcdClient(self.session, tls, settings.api)
         self._connect_aws = connect_aws or self._default_aws
         self.now = now
+        self.metrics = RunMetrics()  # what this run learns that is worth a metric (app/metrics.py)
 
     def _default_aws(self, region: str) -> Aws:
         from etcd_aws_cluster.adapters.aws import Aws
@@ -129,7 +131,9 @@ class Context:
         """Probe every instance's etcd and build the cluster view (with `extra` probes, e.g. this node's own)."""
         probes = self.probe_all(asg)
         known = {p.ip for p in probes}
-        return view.build(asg, (*probes, *(p for p in extra if p.ip not in known)), self.endpoints)
+        cluster = view.build(asg, (*probes, *(p for p in extra if p.ip not in known)), self.endpoints)
+        self.metrics.observed(asg, cluster, self.me.region)
+        return cluster
 
     def probe(self, instance_id: str, client_url: str, ip: str) -> Probe:
         """One member-list call, as a probe: its answer, or the kind of its failure."""

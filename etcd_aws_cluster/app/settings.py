@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.9/3.10 (the RPM's target)
 ENV_PREFIX = "ETCD_AWS_CLUSTER_"
 DEFAULT_CONFIG = Path("/etc/etcd-aws-cluster/config.toml")
 DEFAULT_DATA_DIRS = (Path("/var/lib/etcd/default"), Path("/var/lib/etcd"))
+# Where Debian's prometheus-node-exporter reads textfile metrics (--collector.textfile.directory in its defaults).
+DEFAULT_METRICS_FILE = Path("/var/lib/prometheus/node-exporter/etcd-aws-cluster.prom")
 
 
 class Settings(BaseSettings):
@@ -110,6 +112,17 @@ class Settings(BaseSettings):
         "one beside etcd, then etcdutl, then etcdctl, on PATH",
     )
 
+    metrics_file: Optional[Path] = Field(  # noqa: UP045
+        DEFAULT_METRICS_FILE,
+        description="monitoring: Prometheus metrics (node_exporter textfile format) every command but status updates; "
+        "written only when its directory exists; empty: none",
+    )
+    cloudwatch_namespace: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="monitoring: CloudWatch namespace for the backup age and the boot's exit code (PutMetricData); "
+        "empty: none",
+    )
+
     @field_validator("backup_url", "backup_kms_key_id", "etcdutl", mode="before")
     @classmethod
     def _backup_empty_is_unset(cls, value: Any) -> Any:
@@ -181,7 +194,20 @@ class Settings(BaseSettings):
             raise ValueError("must be key=value, each 1-128 of letters, digits, spaces and _.:/@+=-")
         return value
 
-    @field_validator("data_dir", "ca_file", "cert_file", "key_file", "asg_name", "asg_tag", mode="before")
+    @field_validator("cloudwatch_namespace", mode="before")
+    @classmethod
+    def _cloudwatch_namespace(cls, value: Any) -> Any:
+        from etcd_aws_cluster.adapters.cloudwatch import NAMESPACE
+
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not NAMESPACE.fullmatch(value) or value.startswith("AWS/"):
+            raise ValueError("must be a CloudWatch namespace: 1-255 of letters, digits and .-_/#:, not AWS/...")
+        return value
+
+    @field_validator(
+        "data_dir", "ca_file", "cert_file", "key_file", "asg_name", "asg_tag", "metrics_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

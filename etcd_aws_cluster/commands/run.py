@@ -112,6 +112,7 @@ def run_proxy(ctx: Context, group: str, *, dry_run: bool = False) -> int:
         return 0
     with host_lock(settings.lock_file, ctx.deadline):
         atomic_file.write(settings.output, text)
+    ctx.metrics.decided("proxy")
     if settings.output != "-":
         log.info("wrote %s: proxy configuration for %s", settings.output, ctx.me.instance_id)
     return 0

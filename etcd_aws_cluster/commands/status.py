@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from etcd_aws_cluster.adapters import restore_tool
+from etcd_aws_cluster.app import metrics
 from etcd_aws_cluster.app.backups import Backups, utc_age
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError
@@ -104,7 +105,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.group
     report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)), restores=restores_line(ctx))
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(status.to_json(report), indent=2) + "\n")
+        data = status.to_json(report)
+        data["metrics"] = metrics.recorded(settings)  # what the other commands last recorded on this host
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(status.render_text(report, colour=use_colour(sys.stdout, os.environ)))
     sys.stdout.flush()

@@ -157,6 +157,11 @@ class Node:
         return self.workdir / "lock"
 
     @property
+    def metrics_file(self) -> Path:
+        """Never the host's node_exporter directory: each node's own file, in its work dir."""
+        return self.workdir / "etcd-aws-cluster.prom"
+
+    @property
     def etcd_log(self) -> Path:
         return self.workdir / "etcd.log"
 
@@ -415,6 +420,7 @@ class SimulatedAsg:
                 "ETCD_AWS_CLUSTER_DATA_DIR": str(node.data_dir),
                 "ETCD_AWS_CLUSTER_LOCK_FILE": str(node.lock_file),
                 "ETCD_AWS_CLUSTER_OUTPUT": str(node.env_file),
+                "ETCD_AWS_CLUSTER_METRICS_FILE": str(node.metrics_file),
             }
         )
         pythonpath = env.get("PYTHONPATH")

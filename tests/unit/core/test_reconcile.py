@@ -351,4 +351,6 @@ def test_service_runs_only_where_etcd_is_active_and_the_agent_has_run() -> None:
     state_dir = Settings.model_fields["reconcile_state_file"].default.parent
     assert entries(service, "Service", "ProtectSystem") == ["strict"]
     assert Path("/var/lib") / entries(service, "Service", "StateDirectory")[0] == state_dir
-    assert "ReadWritePaths" not in keys(service)
+    # Nothing else is writable but the metrics file's directory, and only when it exists ('-').
+    metrics_dir = Settings.model_fields["metrics_file"].default.parent
+    assert entries(service, "Service", "ReadWritePaths") == [f"-{metrics_dir}"]
