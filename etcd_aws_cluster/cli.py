@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from etcd_aws_cluster import __version__
-from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError
+from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError, ErrorKind
 
 log = logging.getLogger("etcd_aws_cluster")
 
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = module.run(Context(settings), args)
         return code
     except AgentError as exc:
-        return _report(f"error ({exc.kind}): {exc}", exc.exit_code, errors_on_stderr)
+        return _report(exc.kind, str(exc), errors_on_stderr)
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
@@ -251,18 +251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except Exception as exc:  # the last line of defence: one line and exit 1, never a traceback (but with -v)
         log.debug("traceback of the unexpected error:", exc_info=True)
-        return _report(f"error ({_unexpected_kind(exc)}): {_describe_unexpected(exc)}", 1, errors_on_stderr)
+        return _report(_unexpected_kind(exc), _describe_unexpected(exc), errors_on_stderr)
 
 
-def _report(message: str, code: int, errors_on_stderr: bool) -> int:
+def _report(kind: ErrorKind, what: str, errors_on_stderr: bool) -> int:
+    message = f"error ({kind.label}): {what}"
     log.error("%s", message)
     if not errors_on_stderr:
         print(f"etcd-aws-cluster: {message}", file=sys.stderr)
-    return code
+    return kind.exit_code
 
 
-def _unexpected_kind(exc: BaseException) -> str:
-    return "system" if isinstance(exc, OSError) else "internal"
+def _unexpected_kind(exc: BaseException) -> ErrorKind:
+    return ErrorKind.SYSTEM if isinstance(exc, OSError) else ErrorKind.INTERNAL
 
 
 def _describe_unexpected(exc: BaseException) -> str:

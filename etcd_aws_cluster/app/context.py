@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from etcd_aws_cluster.adapters import systemd_notify as notify
-from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdFailure, EtcdRequestError, Tls
 from etcd_aws_cluster.adapters.imds import Imds, endpoint_from
 from etcd_aws_cluster.base.deadline import Deadline, backoff
 from etcd_aws_cluster.base.errors import AgentError, EtcdError
@@ -137,7 +137,7 @@ class Context:
             timeout = self.deadline.cap(self.settings.probe_timeout)
             return Probe(instance_id, ip, answer=self.etcd.list_members(client_url, timeout))
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.kind, detail=str(exc))
+            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc))
         except AgentError as exc:  # an invalid value in the answer
             return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
 
@@ -159,7 +159,7 @@ class Context:
             probes = tuple(a.result() for a in asks)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        tls_failures = [p for p in probes if p.error == "tls"]
+        tls_failures = [p for p in probes if p.error == EtcdFailure.TLS.value]
         if tls_failures and not any(p.answered for p in probes):
             # A TLS misconfiguration does not heal by waiting: say which file is wrong now.
             raise EtcdError(tls_failures[0].detail)
@@ -186,9 +186,9 @@ class Context:
             detail = f"{client_url} is silent; its peer port says it is forming a cluster"
             if forming is None:
                 detail = f"{client_url} did not answer within {timeout:.1f}s"
-            return Probe(instance_id, ip, error="timeout", detail=detail, bootstrapping=forming)
+            return Probe(instance_id, ip, error=EtcdFailure.TIMEOUT.value, detail=detail, bootstrapping=forming)
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.kind, detail=str(exc), bootstrapping=forming)
+            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc), bootstrapping=forming)
         except AgentError as exc:  # an invalid value in the answer
             return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
         return Probe(instance_id, ip, answer=answer)
