@@ -14,8 +14,8 @@ from etcd_aws_cluster.adapters import systemd_notify as notify
 from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.base.deadline import backoff
 from etcd_aws_cluster.base.errors import AwsError, EtcdError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.base.retry import LOOK_AGAIN, MEMBER_CHANGE, attempts
 from etcd_aws_cluster.core import envfile, recovery
 from etcd_aws_cluster.core import plan as planner
 from etcd_aws_cluster.core.lifecycle import warm_pool_boot
@@ -112,9 +112,8 @@ class Runner:
         """Gather facts (from `asg`, else a fresh look at the ASG) and decide, looking again while the plan says
         WAIT, until the deadline."""
         deadline = self.ctx.deadline
-        attempt = 0
         last_progress = -PROGRESS_EVERY
-        while True:
+        for _ in attempts(deadline, LOOK_AGAIN):
             facts = self.facts(asg or self.ctx.find_asg())
             asg = None
             try:
@@ -130,9 +129,7 @@ class Runner:
                 log.info("waiting (%.0fs of %.0fs): %s", elapsed, self.settings.timeout, plan.reason)
                 notify.status(f"waiting {elapsed:.0f}s of {self.settings.timeout:.0f}s: {plan.reason}")
                 last_progress = elapsed
-            if not deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
-                raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
-            attempt += 1
+        raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
 
     # --- act -------------------------------------------------------------------------------------------
     def act(self, plan: Plan, facts: Facts) -> tuple[Plan, bool, RecordUpdate | None]:
@@ -237,8 +234,7 @@ class Runner:
             return self.outcome(plan)
         with host_lock(self.settings.lock_file, self.ctx.deadline):
             scratch.sweep(self.settings.data_dirs())
-            attempt = 0
-            while True:
+            for _ in attempts(self.ctx.deadline, MEMBER_CHANGE):
                 plan, facts = self.decide(asg)
                 asg = None
                 self._log_plan(plan)
@@ -249,9 +245,8 @@ class Runner:
                     settled, later = False, None
                 if settled:
                     break
-                if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
-                    raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
-                attempt += 1
+            else:
+                raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
             outcome = self.outcome(plan)
             atomic_file.write(self.settings.output, outcome.text)
             if self.settings.output != "-":

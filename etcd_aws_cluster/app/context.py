@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, TypeVar
 from etcd_aws_cluster.adapters import systemd_notify as notify
 from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdFailure, EtcdRequestError, Tls
 from etcd_aws_cluster.adapters.imds import Imds, endpoint_from
-from etcd_aws_cluster.base.deadline import Deadline, backoff
+from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, EtcdError
+from etcd_aws_cluster.base.retry import ETCD_CALL, attempts
 from etcd_aws_cluster.core import view
 from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity, Probe
 
@@ -205,9 +206,9 @@ class Context:
     # --- changes ---------------------------------------------------------------------------------------
     def retry(self, what: str, call: Callable[[str], T], client_urls: list[str]) -> T:
         """Call etcd through any answering member; retry transient answers with backoff under the deadline."""
-        attempt = 0
-        while True:
-            last: EtcdRequestError | None = None
+        last: EtcdRequestError | None = None
+        for _ in attempts(self.deadline, ETCD_CALL):
+            last = None
             for url in client_urls:
                 try:
                     return call(url)
@@ -217,10 +218,7 @@ class Context:
                     last = exc
             log.info("%s: %s; retrying", what, last)
             notify.status(f"{what}: retrying ({last})")
-            # etcd 3.4 says "unhealthy cluster" for ~5 s after any change: retry often, not in long sleeps.
-            if not self.deadline.pause(backoff(attempt, base=0.25, cap=1.5)):
-                raise EtcdError(f"{what} did not succeed before the deadline: {last}")
-            attempt += 1
+        raise EtcdError(f"{what} did not succeed before the deadline: {last}")
 
     def remove_member(self, what: str, member_id: int, client_urls: list[str]) -> bool:
         """Remove a member through any of `client_urls`; False when it was already gone."""
