@@ -63,7 +63,7 @@ class Runner:
         # without backup_url does not pay for it.
         from etcd_aws_cluster.app.backups import Backups
 
-        return Backups.open(self.ctx, self.ctx.group)
+        return Backups.open(self.ctx, self.ctx.asg_name)
 
     def facts(self, asg: AsgView) -> Facts:
         data_dir = local_data_dir(self.settings.data_dirs())

@@ -88,7 +88,7 @@ class Context:
 
     # --- who and where ---------------------------------------------------------------------------------
     @functools.cached_property
-    def metadata(self) -> Imds:
+    def imds(self) -> Imds:
         """The IMDS client of this run (one token for every question)."""
         return Imds(
             self.session,
@@ -100,7 +100,7 @@ class Context:
 
     @functools.cached_property
     def me(self) -> Identity:
-        me = self.metadata.identity()
+        me = self.imds.identity()
         log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
         return me
 
@@ -109,8 +109,8 @@ class Context:
         return self._connect_aws(self.me.region)
 
     @functools.cached_property
-    def group(self) -> str:
-        """This instance's ASG, or the one the settings name."""
+    def asg_name(self) -> str:
+        """The name of this instance's ASG, or of the one the settings name (asg_name, or asg_tag to look up)."""
         if self.settings.asg_name:
             return self.settings.asg_name
         if self.settings.asg_tag:
@@ -118,9 +118,9 @@ class Context:
             return self.aws.group_by_tag(key, value)
         return self.aws.group_of(self.me.instance_id)
 
-    def find_asg(self, group: str | None = None) -> AsgView:
-        """The ASG (this instance's unless `group` names another) with its instances, as AWS lists it now."""
-        asg = self.aws.describe(group or self.group)
+    def find_asg(self, asg_name: str | None = None) -> AsgView:
+        """The ASG (this instance's unless `asg_name` names another) with its instances, as AWS lists it now."""
+        asg = self.aws.describe(asg_name or self.asg_name)
         listed = ", ".join(f"{i.instance_id} {i.lifecycle_state} {i.private_ip or '-'}" for i in asg.instances)
         log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
         return asg
