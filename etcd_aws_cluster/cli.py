@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from etcd_aws_cluster import __version__
-from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError
+from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError, ErrorKind
 
 if TYPE_CHECKING:
     from etcd_aws_cluster.app.context import Context
@@ -277,7 +277,7 @@ def _main(args: argparse.Namespace, command: str, errors_on_stderr: bool, run: _
         return code
     except AgentError as exc:
         run.error = exc
-        return _report(f"error ({exc.kind}): {exc}", exc.exit_code, errors_on_stderr)
+        return _report(exc.kind, str(exc), errors_on_stderr)
     except KeyboardInterrupt:
         print("etcd-aws-cluster: interrupted", file=sys.stderr)
         return 130
@@ -286,18 +286,19 @@ def _main(args: argparse.Namespace, command: str, errors_on_stderr: bool, run: _
         return 143
     except Exception as exc:  # the last line of defence: one line and exit 1, never a traceback (but with -v)
         log.debug("traceback of the unexpected error:", exc_info=True)
-        return _report(f"error ({_unexpected_kind(exc)}): {_describe_unexpected(exc)}", 1, errors_on_stderr)
+        return _report(_unexpected_kind(exc), _describe_unexpected(exc), errors_on_stderr)
 
 
-def _report(message: str, code: int, errors_on_stderr: bool) -> int:
+def _report(kind: ErrorKind, what: str, errors_on_stderr: bool) -> int:
+    message = f"error ({kind.label}): {what}"
     log.error("%s", message)
     if not errors_on_stderr:
         print(f"etcd-aws-cluster: {message}", file=sys.stderr)
-    return code
+    return kind.exit_code
 
 
-def _unexpected_kind(exc: BaseException) -> str:
-    return "system" if isinstance(exc, OSError) else "internal"
+def _unexpected_kind(exc: BaseException) -> ErrorKind:
+    return ErrorKind.SYSTEM if isinstance(exc, OSError) else ErrorKind.INTERNAL
 
 
 def _describe_unexpected(exc: BaseException) -> str:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster.adapters.http_limits import TooLarge, read_capped
 from etcd_aws_cluster.base import validate
-from etcd_aws_cluster.base.deadline import Deadline, backoff
+from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import MetadataError
+from etcd_aws_cluster.base.retry import IMDS, attempts
 from etcd_aws_cluster.core.model import Identity
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 # Token endpoint statuses that mean "IMDSv2 is not offered here", the only case where IMDSv1 is tried.
 NO_TOKEN_SUPPORT = frozenset({403, 404, 405})
-ATTEMPTS = 3
 # The identity document and a token are under 1 KiB; anything far larger is not IMDS.
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -63,7 +63,7 @@ class Imds:
         import requests
 
         last = "no attempt made"
-        for attempt in range(ATTEMPTS):
+        for attempt in attempts(self._deadline, IMDS):
             try:
                 timeout = self._deadline.cap(self._timeout)
                 response = self._session.request(
@@ -78,9 +78,7 @@ class Imds:
                 if response.status_code < 500 and response.status_code != 429:
                     return response
                 last = f"HTTP {response.status_code}"
-            log.debug("IMDS %s /%s failed (%s), attempt %d of %d", method, path, last, attempt + 1, ATTEMPTS)
-            if attempt + 1 < ATTEMPTS and not self._deadline.pause(backoff(attempt, base=0.2, cap=1.0)):
-                break
+            log.debug("IMDS %s /%s failed (%s), attempt %d of %d", method, path, last, attempt + 1, IMDS.max_attempts)
         raise MetadataError(f"instance metadata at {self._endpoint} did not answer {method} /{path}: {last}")
 
     def _ensure_token(self) -> None:

@@ -44,7 +44,7 @@ from urllib.parse import quote
 from etcd_aws_cluster.adapters.aws import NoAnswerError, bounded, make_client
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
-from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError, ErrorKind, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
@@ -80,8 +80,7 @@ Stream = Union[Iterable[bytes], IO[bytes]]
 class CorruptSnapshotError(AgentError):
     """A downloaded snapshot does not match the size or sha256 its manifest promises."""
 
-    exit_code = 6
-    kind = "corrupt snapshot"
+    kind = ErrorKind.CORRUPT_SNAPSHOT
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from etcd_aws_cluster.adapters.hostfs import local_data_dir
 from etcd_aws_cluster.adapters.s3 import BackupStore, CorruptSnapshotError, connect_s3
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.base.deadline import backoff
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
 from etcd_aws_cluster.core import records
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 RESTORE_HEADROOM = 128 * 1024 * 1024
 # Room a spooled backup leaves free beyond its estimate: etcd's own writes go on in the same filesystem.
 SPOOL_HEADROOM = 256 * 1024 * 1024
-# A refresh of the record that lost a race to another writer is applied again to what that writer wrote.
-RECORD_WRITE_ATTEMPTS = 4
 
 # How fast a snapshot streams through etcd's JSON gateway and up to S3, for the estimate of whether an insurance
 # snapshot fits the time left: 6-9 MB/s were measured (issue 15, 2 CPUs); the estimate assumes less, and a
@@ -266,8 +264,10 @@ class Backups:
         based on, or raises RecordRaceError (decide again) unless the winner recorded the same decision. Any
         other write is a refresh: on a lost race it is applied again to the fresh record, a few times."""
         decision = members is not None
-        attempt = 0
-        while True:
+        lost: RecordRaceError | None = None
+        for _ in attempts(self.ctx.deadline, RECORD_WRITE):
+            if lost is not None:
+                log.info("cluster record: %s; applying this change to the fresh record", lost)
             basis = self._basis if decision and self._basis is not None else self.store.read_record_tagged()
             record = self._next_record(cluster, basis[0], newest, members, cluster_id, continues, replaces)
             try:
@@ -279,14 +279,13 @@ class Backups:
                 if decision and fresh is not None and records.same_decision(fresh, record):
                     log.info("cluster record: another instance recorded the same decision first")
                     return fresh
-                attempt += 1
-                pause = backoff(attempt, base=0.2, cap=2.0)
-                if decision or attempt >= RECORD_WRITE_ATTEMPTS or not self.ctx.deadline.pause(pause):
-                    raise RecordRaceError(f"{exc}; deciding again" if decision else str(exc)) from None
-                log.info("cluster record: %s; applying this change to the fresh record", exc)
+                if decision:
+                    raise RecordRaceError(f"{exc}; deciding again") from None
+                lost = exc
                 continue
             log.info("cluster record %s: %d members", self.store.where(self.store.record_key), len(record.members))
             return record
+        raise RecordRaceError(str(lost))
 
     def _next_record(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,8 +14,8 @@ from etcd_aws_cluster.adapters import systemd_notify as notify
 from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.base.deadline import backoff
 from etcd_aws_cluster.base.errors import AwsError, EtcdError, RecordRaceError, UnsafeError
+from etcd_aws_cluster.base.retry import LOOK_AGAIN, MEMBER_CHANGE, attempts
 from etcd_aws_cluster.core import envfile, recovery
 from etcd_aws_cluster.core import plan as planner
 from etcd_aws_cluster.core.lifecycle import warm_pool_boot
@@ -64,7 +63,7 @@ class Runner:
         # without backup_url does not pay for it.
         from etcd_aws_cluster.app.backups import Backups
 
-        return Backups.open(self.ctx, self.ctx.group)
+        return Backups.open(self.ctx, self.ctx.asg_name)
 
     def facts(self, asg: AsgView) -> Facts:
         data_dir = local_data_dir(self.settings.data_dirs())
@@ -113,9 +112,8 @@ class Runner:
         """Gather facts (from `asg`, else a fresh look at the ASG) and decide, looking again while the plan says
         WAIT, until the deadline."""
         deadline = self.ctx.deadline
-        attempt = 0
         last_progress = -PROGRESS_EVERY
-        while True:
+        for _ in attempts(deadline, LOOK_AGAIN):
             facts = self.facts(asg or self.ctx.find_asg())
             asg = None
             try:
@@ -131,9 +129,7 @@ class Runner:
                 log.info("waiting (%.0fs of %.0fs): %s", elapsed, self.settings.timeout, plan.reason)
                 notify.status(f"waiting {elapsed:.0f}s of {self.settings.timeout:.0f}s: {plan.reason}")
                 last_progress = elapsed
-            if not deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
-                raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
-            attempt += 1
+        raise UnsafeError(f"gave up after {elapsed:.0f}s: {plan.reason}")
 
     # --- act -------------------------------------------------------------------------------------------
     def act(self, plan: Plan, facts: Facts) -> tuple[Plan, bool, RecordUpdate | None]:
@@ -173,9 +169,9 @@ class Runner:
             if directory is not None:
                 moved = move_aside(directory, self.ctx.now())
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
-        started = time.monotonic()
+        started = self.ctx.deadline.elapsed()
         info = backups.restore(plan.restore, plan.initial_cluster)
-        self.ctx.metrics.restored(info.revision, time.monotonic() - started, time.time())
+        self.ctx.metrics.restored(info.revision, self.ctx.deadline.elapsed() - started, self.ctx.now().timestamp())
         replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)
         try:
             backups.write_restore_record(facts.view, info, plan.initial_cluster, replaced)
@@ -241,8 +237,7 @@ class Runner:
             return self.outcome(plan)
         with host_lock(self.settings.lock_file, self.ctx.deadline):
             scratch.sweep(self.settings.data_dirs())
-            attempt = 0
-            while True:
+            for _ in attempts(self.ctx.deadline, MEMBER_CHANGE):
                 plan, facts = self.decide(asg)
                 asg = None
                 self._log_plan(plan)
@@ -254,9 +249,8 @@ class Runner:
                 if settled:
                     self.ctx.metrics.decided(plan.decision.value, len(plan.initial_cluster))
                     break
-                if not self.ctx.deadline.pause(backoff(attempt, base=1.0, cap=5.0)):
-                    raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
-                attempt += 1
+            else:
+                raise EtcdError("could not join: other instances kept joining at the same time until the deadline")
             outcome = self.outcome(plan)
             atomic_file.write(self.settings.output, outcome.text)
             if self.settings.output != "-":

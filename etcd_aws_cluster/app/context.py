@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from etcd_aws_cluster.adapters import systemd_notify as notify
-from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdFailure, EtcdRequestError, Tls
 from etcd_aws_cluster.adapters.imds import Imds, endpoint_from
 from etcd_aws_cluster.app.metrics import RunMetrics
-from etcd_aws_cluster.base.deadline import Deadline, backoff
+from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, EtcdError
+from etcd_aws_cluster.base.retry import ETCD_CALL, attempts
 from etcd_aws_cluster.core import view
 from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity, Probe
 
@@ -89,7 +90,7 @@ class Context:
 
     # --- who and where ---------------------------------------------------------------------------------
     @functools.cached_property
-    def metadata(self) -> Imds:
+    def imds(self) -> Imds:
         """The IMDS client of this run (one token for every question)."""
         return Imds(
             self.session,
@@ -101,7 +102,7 @@ class Context:
 
     @functools.cached_property
     def me(self) -> Identity:
-        me = self.metadata.identity()
+        me = self.imds.identity()
         log.info("this instance: %s, private IP %s, region %s", me.instance_id, me.private_ip, me.region)
         return me
 
@@ -110,8 +111,8 @@ class Context:
         return self._connect_aws(self.me.region)
 
     @functools.cached_property
-    def group(self) -> str:
-        """This instance's ASG, or the one the settings name."""
+    def asg_name(self) -> str:
+        """The name of this instance's ASG, or of the one the settings name (asg_name, or asg_tag to look up)."""
         if self.settings.asg_name:
             return self.settings.asg_name
         if self.settings.asg_tag:
@@ -119,9 +120,9 @@ class Context:
             return self.aws.group_by_tag(key, value)
         return self.aws.group_of(self.me.instance_id)
 
-    def find_asg(self, group: str | None = None) -> AsgView:
-        """The ASG (this instance's unless `group` names another) with its instances, as AWS lists it now."""
-        asg = self.aws.describe(group or self.group)
+    def find_asg(self, asg_name: str | None = None) -> AsgView:
+        """The ASG (this instance's unless `asg_name` names another) with its instances, as AWS lists it now."""
+        asg = self.aws.describe(asg_name or self.asg_name)
         listed = ", ".join(f"{i.instance_id} {i.lifecycle_state} {i.private_ip or '-'}" for i in asg.instances)
         log.info("ASG %s: desired %d; instances: %s", asg.name, asg.desired_capacity, listed or "none")
         return asg
@@ -141,7 +142,7 @@ class Context:
             timeout = self.deadline.cap(self.settings.probe_timeout)
             return Probe(instance_id, ip, answer=self.etcd.list_members(client_url, timeout))
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.kind, detail=str(exc))
+            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc))
         except AgentError as exc:  # an invalid value in the answer
             return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
 
@@ -163,7 +164,7 @@ class Context:
             probes = tuple(a.result() for a in asks)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        tls_failures = [p for p in probes if p.error == "tls"]
+        tls_failures = [p for p in probes if p.error == EtcdFailure.TLS.value]
         if tls_failures and not any(p.answered for p in probes):
             # A TLS misconfiguration does not heal by waiting: say which file is wrong now.
             raise EtcdError(tls_failures[0].detail)
@@ -190,9 +191,9 @@ class Context:
             detail = f"{client_url} is silent; its peer port says it is forming a cluster"
             if forming is None:
                 detail = f"{client_url} did not answer within {timeout:.1f}s"
-            return Probe(instance_id, ip, error="timeout", detail=detail, bootstrapping=forming)
+            return Probe(instance_id, ip, error=EtcdFailure.TIMEOUT.value, detail=detail, bootstrapping=forming)
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.kind, detail=str(exc), bootstrapping=forming)
+            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc), bootstrapping=forming)
         except AgentError as exc:  # an invalid value in the answer
             return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
         return Probe(instance_id, ip, answer=answer)
@@ -209,9 +210,9 @@ class Context:
     # --- changes ---------------------------------------------------------------------------------------
     def retry(self, what: str, call: Callable[[str], T], client_urls: list[str]) -> T:
         """Call etcd through any answering member; retry transient answers with backoff under the deadline."""
-        attempt = 0
-        while True:
-            last: EtcdRequestError | None = None
+        last: EtcdRequestError | None = None
+        for _ in attempts(self.deadline, ETCD_CALL):
+            last = None
             for url in client_urls:
                 try:
                     return call(url)
@@ -221,10 +222,7 @@ class Context:
                     last = exc
             log.info("%s: %s; retrying", what, last)
             notify.status(f"{what}: retrying ({last})")
-            # etcd 3.4 says "unhealthy cluster" for ~5 s after any change: retry often, not in long sleeps.
-            if not self.deadline.pause(backoff(attempt, base=0.25, cap=1.5)):
-                raise EtcdError(f"{what} did not succeed before the deadline: {last}")
-            attempt += 1
+        raise EtcdError(f"{what} did not succeed before the deadline: {last}")
 
     def remove_member(self, what: str, member_id: int, client_urls: list[str]) -> bool:
         """Remove a member through any of `client_urls`; False when it was already gone."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from etcd_aws_cluster.adapters import atomic_file
 from etcd_aws_cluster.adapters.hostfs import host_lock
 from etcd_aws_cluster.base.deadline import Deadline
-from etcd_aws_cluster.base.errors import AgentError
+from etcd_aws_cluster.base.errors import AgentError, ErrorKind
 from etcd_aws_cluster.core import metrics
 from etcd_aws_cluster.core.metrics import Sample, Update, sample
 
@@ -100,13 +100,13 @@ def run_update(
     update.put(sample("last_run_success", 1 if exit_code == 0 else 0, command=command))
     update.put(sample("last_run_exit_code", exit_code, command=command))
     update.increment(sample("runs_total", 1, command=command, result=metrics.result_of(exit_code)))
-    if exit_code == 6:
+    if exit_code == ErrorKind.REFUSED.exit_code:
         reason = metrics.refusal_reason(str(error) if error is not None else "")
         update.increment(sample("refusals_total", 1, command=command, reason=reason))
     if command == "run":
         decision = facts.boot_decision
         if exit_code != 0:
-            decision = "refused" if exit_code == 6 else "failed"
+            decision = "refused" if exit_code == ErrorKind.REFUSED.exit_code else "failed"
         if decision is not None:
             update.replace_family(
                 "boot_decision",

@@ -42,6 +42,8 @@ class Deadline:
 
 
 def backoff(attempt: int, base: float = 0.25, cap: float = 5.0, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: concurrent joiners do not retry in lockstep."""
+    """Exponential backoff with equal jitter: a pause between half the ceiling and the ceiling, min(cap, base *
+    2**attempt). The jitter keeps concurrent joiners from retrying in lockstep; the floor keeps them from hammering
+    etcd with the near-zero pauses of full jitter (0 to the ceiling)."""
     ceiling = min(cap, base * (2**attempt))
     return (rng or random).uniform(ceiling / 2, ceiling)

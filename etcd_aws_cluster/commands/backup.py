@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
 from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.app.context import Context
@@ -23,7 +22,7 @@ SCHEDULE_SLACK = 0.9
 
 
 def require_backups(ctx: Context) -> Backups:
-    backups = Backups.open(ctx, ctx.group)
+    backups = Backups.open(ctx, ctx.asg_name)
     if backups is None:
         raise ConfigError("backup_url is not set: there is nowhere to back up to or restore from")
     return backups
@@ -39,7 +38,7 @@ def _due(ctx: Context, backups: Backups) -> bool:
     if newest is None:
         return True
     age = backups.age(newest)
-    ctx.metrics.newest_snapshot(ctx.group, newest.taken_at.timestamp(), age)
+    ctx.metrics.newest_snapshot(ctx.asg_name, newest.taken_at.timestamp(), age)
     if age < ctx.settings.backup_interval * SCHEDULE_SLACK:
         log.info(
             "the newest snapshot %s is %.0fs old (backup_interval %.0fs): none due",
@@ -61,7 +60,7 @@ def _local_member(ctx: Context, cluster: ClusterView) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     backups = require_backups(ctx)
-    ctx.metrics.backup_interval(ctx.group, ctx.settings.backup_interval)
+    ctx.metrics.backup_interval(ctx.asg_name, ctx.settings.backup_interval)
     cluster = ctx.observe(ctx.find_asg())
     _local_member(ctx, cluster)
     scheduled = bool(getattr(args, "scheduled", False))
@@ -71,9 +70,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             return 0
         if not _due(ctx, backups):
             return 0
-    started = time.monotonic()
+    started = ctx.deadline.elapsed()
     info = backups.take(cluster, ctx.me.private_ip)
-    ctx.metrics.backed_up(ctx.group, info, time.monotonic() - started)
+    ctx.metrics.backed_up(ctx.asg_name, info, ctx.deadline.elapsed() - started)
     if scheduled:
         backups.prune()
     sys.stdout.write(

@@ -45,7 +45,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     me = ctx.me
     if getattr(args, "if_terminating", False):
-        state = target_lifecycle_state(ctx.metadata)
+        state = target_lifecycle_state(ctx.imds)
         if state != "Terminated":
             log.info("target lifecycle state is %s, not Terminated: staying in the cluster", state or "not set")
             return 0

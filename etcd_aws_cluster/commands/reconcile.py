@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,7 +97,7 @@ def _decide(
     ctx: Context, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
 ) -> tuple[Facts, reconciler.Reconciliation]:
     facts = Facts(me=ctx.me, view=ctx.observe(asg))
-    return facts, reconciler.decide(facts, policy, seen, time.time())
+    return facts, reconciler.decide(facts, policy, seen, ctx.now().timestamp())
 
 
 def _reconcile(

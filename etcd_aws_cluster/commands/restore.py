@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
 from etcd_aws_cluster.adapters import atomic_file, scratch
 from etcd_aws_cluster.adapters.hostfs import host_lock, local_data_dir, move_aside
@@ -128,9 +127,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         replaced = recovery.replaced_clusters(record, (), local_ids)
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
-        started = time.monotonic()
+        started = ctx.deadline.elapsed()
         info = backups.restore(candidates, initial)
-        ctx.metrics.restored(info.revision, time.monotonic() - started, time.time())
+        ctx.metrics.restored(info.revision, ctx.deadline.elapsed() - started, ctx.now().timestamp())
         try:
             backups.write_restore_record(cluster, info, initial, replaced)
         except RecordRaceError:

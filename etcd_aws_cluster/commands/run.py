@@ -11,8 +11,8 @@ from etcd_aws_cluster.adapters import atomic_file, local_etcd
 from etcd_aws_cluster.adapters.hostfs import host_lock
 from etcd_aws_cluster.app.boot import Outcome, Runner
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.base.deadline import backoff
 from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError
+from etcd_aws_cluster.base.retry import LOOK_AGAIN, attempts
 from etcd_aws_cluster.core import proxy
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def _find_cluster(ctx: Context, group: str) -> proxy.Cluster:
     """The cluster of ASG `group`, looking again (under the deadline) while it has no instance to name."""
-    attempt = 0
-    while True:
+    for _ in attempts(ctx.deadline, LOOK_AGAIN):
         asg = ctx.find_asg(group)
         mine = asg.find(ctx.me.instance_id)
         if mine is not None and not mine.is_gone:
@@ -59,9 +58,7 @@ def _find_cluster(ctx: Context, group: str) -> proxy.Cluster:
         cluster = proxy.discover(ctx.observe(asg))
         if cluster is not None:
             return cluster
-        if not ctx.deadline.pause(backoff(attempt, base=0.5, cap=3.0)):
-            raise AwsError(f"gave up: ASG {group} has no InService or Pending instance with a private IP")
-        attempt += 1
+    raise AwsError(f"gave up: ASG {group} has no InService or Pending instance with a private IP")
 
 
 def _proxy_flavour(ctx: Context, cluster: proxy.Cluster) -> str:

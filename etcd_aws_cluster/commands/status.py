@@ -102,7 +102,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         logging.getLogger("etcd_aws_cluster").setLevel(logging.WARNING)  # the table says it all
     settings = ctx.settings
     # a client of the cluster (proxy_asg) shows the cluster it uses
-    group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.group
+    group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.asg_name
     report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)), restores=restores_line(ctx))
     if getattr(args, "json", False):
         data = status.to_json(report)

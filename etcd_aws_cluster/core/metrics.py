@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from etcd_aws_cluster.base.errors import ErrorKind
+
 PREFIX = "etcd_aws_cluster_"
 # A label value longer than this is cut: an ASG name is at most 255 characters, nothing else comes close.
 MAX_LABEL_VALUE = 255
@@ -83,15 +85,9 @@ FAMILIES: dict[str, Family] = {f.full_name: f for f in _FAMILIES}
 # The values of the enum labels. A run's exit code says its result; a refusal's message says its reason.
 RESULTS: dict[int, str] = {
     0: "success",
-    1: "error",
-    2: "configuration",
-    3: "metadata",
-    4: "aws",
-    5: "etcd",
-    6: "refused",
-    7: "output",
-    8: "lock",
-    10: "degraded",
+    # The agent's own exit codes, named by the first error kind of each (base/errors.py): one table, not two.
+    **{kind.exit_code: kind.label.lower().replace(" ", "_") for kind in reversed(ErrorKind)},
+    10: "degraded",  # status's verdicts
     11: "no_quorum",
     130: "interrupted",
     143: "terminated",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from etcd_aws_cluster.adapters.etcd import MAX_ANSWER_BYTES, EtcdClient, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.etcd import MAX_ANSWER_BYTES, EtcdClient, EtcdFailure, EtcdRequestError, Tls
 from etcd_aws_cluster.base.errors import UnsafeError
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
@@ -89,7 +89,7 @@ def test_hung_peer_costs_one_timeout(silent_server: str) -> None:
     started = time.monotonic()
     with pytest.raises(EtcdRequestError) as caught:
         EtcdClient(requests.Session(), Tls(), "auto").list_members(silent_server, 0.5)
-    assert caught.value.kind == "timeout"
+    assert caught.value.failure is EtcdFailure.TIMEOUT
     assert time.monotonic() - started < 1.5
 
 
@@ -100,7 +100,7 @@ def test_refused_port_is_recognised() -> None:
     probe.close()
     with pytest.raises(EtcdRequestError) as caught:
         EtcdClient(requests.Session(), Tls(), "auto").list_members(f"http://127.0.0.1:{port}", 1)
-    assert caught.value.kind == "refused"
+    assert caught.value.failure is EtcdFailure.REFUSED
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Errors no command turned into an AgentError still end with one line and exit 1; the traceback only with -v."""
+"""How the command line reports errors: one line, "error (<label>): ..." and the exit code of the error's kind;
+errors no command turned into an AgentError end with exit 1, the traceback only with -v."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from etcd_aws_cluster import cli
+from etcd_aws_cluster.adapters.etcd import EtcdFailure, EtcdRequestError
+from etcd_aws_cluster.base.errors import EXIT_CODES, AgentError, LockError, RecordRaceError, UnsafeError
 
 
 @pytest.fixture
@@ -58,3 +61,34 @@ def test_verbose_shows_the_traceback(command_raising: list[BaseException], capsy
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert "error (system): Input/output error: /var/lib/etcd/member/wal" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "line", "code"),
+    [
+        # The failure (refused) is a detail of an etcd error: the label is the class's, never "refused" (exit 6's)
+        (
+            EtcdRequestError("http://127.0.0.9:2379 refused the connection", failure=EtcdFailure.REFUSED),
+            "error (etcd): http://127.0.0.9:2379 refused the connection",
+            5,
+        ),
+        (UnsafeError("removing it would lose quorum"), "error (refused): removing it would lose quorum", 6),
+        (RecordRaceError("the record changed"), "error (record changed): the record changed", 6),
+        (LockError("another run holds /run/lock"), "error (lock): another run holds /run/lock", 8),
+    ],
+)
+def test_an_agent_error_prints_its_kinds_label_and_exits_with_its_code(
+    command_raising: list[BaseException], capsys: pytest.CaptureFixture[str], error: AgentError, line: str, code: int
+) -> None:
+    command_raising.append(error)
+    assert cli.main(["run"]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and line in err
+
+
+def test_help_lists_every_exit_code_of_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for code, meaning in EXIT_CODES:
+        assert f"  {code}  {meaning}" in out

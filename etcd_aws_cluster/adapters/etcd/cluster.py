@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport
+from etcd_aws_cluster.adapters.etcd.transport import EtcdFailure, EtcdRequestError, Transport
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import EtcdError
 from etcd_aws_cluster.core.model import Member, MemberList
@@ -14,19 +14,21 @@ from etcd_aws_cluster.core.model import Member, MemberList
 
 def _member(raw: Any, source: str, *, hex_ids: bool) -> Member:
     if not isinstance(raw, dict):
-        raise EtcdRequestError(f"{source} sent a member that is not an object", kind="answer")
+        raise EtcdRequestError(f"{source} sent a member that is not an object", failure=EtcdFailure.ANSWER)
     raw_id: Any = raw.get("ID", raw.get("id"))
     try:
         member_id = int(raw_id, 16) if hex_ids else int(raw_id)
         if isinstance(raw_id, bool) or not 0 < member_id < 2**64:
             raise ValueError
     except (TypeError, ValueError):
-        raise EtcdRequestError(f"{source} sent member id {validate.shown(raw_id)}", kind="answer") from None
+        raise EtcdRequestError(
+            f"{source} sent member id {validate.shown(raw_id)}", failure=EtcdFailure.ANSWER
+        ) from None
     peer_urls = raw.get("peerURLs") or []
     client_urls = raw.get("clientURLs") or []
     name = raw.get("name") or ""
     if not isinstance(peer_urls, list) or not isinstance(client_urls, list) or not isinstance(name, str):
-        raise EtcdRequestError(f"{source} sent a malformed member {member_id:x}", kind="answer")
+        raise EtcdRequestError(f"{source} sent a malformed member {member_id:x}", failure=EtcdFailure.ANSWER)
     return Member(
         id=member_id,
         name=validate.member_name(name, source) if name else "",
@@ -42,7 +44,7 @@ def _flag(value: Any, what: str) -> bool:
         return value
     if value in ("true", "false"):
         return bool(value == "true")
-    raise EtcdRequestError(f"{what} is {validate.shown(value)}, not true or false", kind="answer")
+    raise EtcdRequestError(f"{what} is {validate.shown(value)}, not true or false", failure=EtcdFailure.ANSWER)
 
 
 class ClusterApi(Transport):
@@ -77,12 +79,12 @@ class ClusterApi(Transport):
                     raise
             else:
                 if not isinstance(body, dict):
-                    raise EtcdRequestError(f"{url} answered a non-object", kind="answer")
+                    raise EtcdRequestError(f"{url} answered a non-object", failure=EtcdFailure.ANSWER)
                 header = body.get("header") or {}
                 cluster_id: Any = header.get("cluster_id") if isinstance(header, dict) else None
                 raw_members = body.get("members") or []
                 if not isinstance(raw_members, list):
-                    raise EtcdRequestError(f"{url} answered a malformed member list", kind="answer")
+                    raise EtcdRequestError(f"{url} answered a malformed member list", failure=EtcdFailure.ANSWER)
                 members = tuple(_member(m, source, hex_ids=False) for m in raw_members)
                 return MemberList(members, int(cluster_id) if str(cluster_id or "").isdigit() else None)
         url = f"{client_url}/v2/members"
@@ -92,7 +94,7 @@ class ClusterApi(Transport):
         body = self._json(response, url)
         raw_members = body.get("members") if isinstance(body, dict) else None
         if not isinstance(raw_members, list):
-            raise EtcdRequestError(f"{url} answered a malformed member list", kind="answer")
+            raise EtcdRequestError(f"{url} answered a malformed member list", failure=EtcdFailure.ANSWER)
         self._prefixes = ("/v2",)
         header_id = response.headers.get("X-Etcd-Cluster-Id", "")
         cluster_id = int(header_id, 16) if header_id and all(c in "0123456789abcdef" for c in header_id) else None
@@ -111,7 +113,7 @@ class ClusterApi(Transport):
             return _member(self._json(response, url), source, hex_ids=True)
         url, body = self._v3(client_url, "add", {"peerURLs": urls, "isLearner": learner}, timeout)
         if not isinstance(body, dict):
-            raise EtcdRequestError(f"{url} answered a non-object", kind="answer")
+            raise EtcdRequestError(f"{url} answered a non-object", failure=EtcdFailure.ANSWER)
         return _member(body.get("member"), source, hex_ids=False)
 
     def remove_member(self, client_url: str, member_id: int, timeout: float) -> bool:

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64
+from etcd_aws_cluster.adapters.etcd.transport import EtcdFailure, EtcdRequestError, Transport, _uint64
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.core.model import EndpointStatus
 
@@ -30,10 +30,10 @@ class MaintenanceApi(Transport):
             body = self._json(response, url)
             header = body.get("header") if isinstance(body, dict) else None
             if not isinstance(body, dict) or not isinstance(header, dict):
-                raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
+                raise EtcdRequestError(f"{url} answered a malformed status", failure=EtcdFailure.ANSWER)
             member_id, leader = _uint64(header.get("member_id")), _uint64(body.get("leader", "0"))
             if member_id is None or leader is None:
-                raise EtcdRequestError(f"{url} answered a malformed status", kind="answer")
+                raise EtcdRequestError(f"{url} answered a malformed status", failure=EtcdFailure.ANSWER)
             revision = _uint64(header.get("revision", "0")) or 0
             version = body.get("version", "")
             if not isinstance(version, str) or not validate.ETCD_VERSION.fullmatch(version):
@@ -62,10 +62,12 @@ class MaintenanceApi(Transport):
                     yield from _snapshot_chunks(response.iter_lines(chunk_size=64 * 1024), url)
                 except requests.RequestException as exc:
                     raise EtcdRequestError(
-                        f"snapshot stream from {url} broke: {type(exc).__name__}", kind="unreachable", transient=True
+                        f"snapshot stream from {url} broke: {type(exc).__name__}",
+                        failure=EtcdFailure.UNREACHABLE,
+                        transient=True,
                     ) from None
                 return
-        raise EtcdRequestError(f"{client_url} serves no v3 gateway for snapshots", kind="http", status=404)
+        raise EtcdRequestError(f"{client_url} serves no v3 gateway for snapshots", failure=EtcdFailure.HTTP, status=404)
 
 
 # One gateway line carries one of etcd's 32 KiB chunks, base64'd; far longer lines are not etcd's.
@@ -81,28 +83,30 @@ def _snapshot_chunks(lines: Iterable[bytes], url: str) -> Iterator[bytes]:
         blob, remaining = _snapshot_message(line, url)
         if db_done:
             if blob != digest.digest():
-                raise EtcdRequestError(f"snapshot from {url} does not match its own sha256", kind="answer")
+                raise EtcdRequestError(f"snapshot from {url} does not match its own sha256", failure=EtcdFailure.ANSWER)
             yield blob
             return
         digest.update(blob)
         yield blob
         db_done = remaining == 0
-    raise EtcdRequestError(f"snapshot stream from {url} ended early", kind="answer", transient=True)
+    raise EtcdRequestError(f"snapshot stream from {url} ended early", failure=EtcdFailure.ANSWER, transient=True)
 
 
 def _snapshot_message(line: bytes, url: str) -> tuple[bytes, int]:
     if len(line) > SNAPSHOT_LINE_LIMIT:
-        raise EtcdRequestError(f"snapshot stream from {url} sent an oversized message", kind="answer")
+        raise EtcdRequestError(f"snapshot stream from {url} sent an oversized message", failure=EtcdFailure.ANSWER)
     try:
         message = json.loads(line)
     except ValueError:
-        raise EtcdRequestError(f"snapshot stream from {url} sent malformed JSON", kind="answer") from None
+        raise EtcdRequestError(f"snapshot stream from {url} sent malformed JSON", failure=EtcdFailure.ANSWER) from None
     result = message.get("result") if isinstance(message, dict) else None
     if not isinstance(result, dict):
         error = message.get("error") if isinstance(message, dict) else None
         detail = error.get("message") if isinstance(error, dict) else error
         raise EtcdRequestError(
-            f"snapshot stream from {url} failed: {validate.shown(detail, 200)}", kind="answer", transient=True
+            f"snapshot stream from {url} failed: {validate.shown(detail, 200)}",
+            failure=EtcdFailure.ANSWER,
+            transient=True,
         )
     remaining = _uint64(result.get("remaining_bytes", "0"))
     try:
@@ -110,5 +114,5 @@ def _snapshot_message(line: bytes, url: str) -> tuple[bytes, int]:
     except (ValueError, TypeError):
         blob, remaining = b"", None
     if remaining is None:
-        raise EtcdRequestError(f"snapshot stream from {url} sent a malformed chunk", kind="answer")
+        raise EtcdRequestError(f"snapshot stream from {url} sent a malformed chunk", failure=EtcdFailure.ANSWER)
     return blob, remaining

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,26 @@ TRANSIENT_MESSAGES = (
 )
 
 
-class EtcdRequestError(EtcdError):
-    """One failed etcd call: `kind` is refused, timeout, tls, http or answer."""
+class EtcdFailure(Enum):
+    """How one etcd call failed; a probe reports it by its value."""
 
-    def __init__(self, message: str, *, kind: str, status: int | None = None, transient: bool = False) -> None:
+    REFUSED = "refused"  # nothing listens on the client port (yet)
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"  # no connection for another reason (no route, reset, DNS)
+    TLS = "tls"
+    HTTP = "http"  # an HTTP error status; `status` says which
+    ANSWER = "answer"  # an answer that is not what the API promises (malformed, oversized, inconsistent)
+
+
+class EtcdRequestError(EtcdError):
+    """One failed etcd call, and how it failed. Its `kind` stays the class's (etcd, exit 5): the failure is a detail
+    of an etcd error, not a kind of error of its own."""
+
+    def __init__(
+        self, message: str, *, failure: EtcdFailure, status: int | None = None, transient: bool = False
+    ) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.failure = failure
         self.status = status
         self.transient = transient
 
@@ -125,24 +140,26 @@ class Transport:
                 read_capped(response, MAX_ANSWER_BYTES)
             return response
         except TooLarge as exc:
-            raise EtcdRequestError(f"{url}: {exc}", kind="answer") from None
+            raise EtcdRequestError(f"{url}: {exc}", failure=EtcdFailure.ANSWER) from None
         except requests.exceptions.SSLError as exc:
             tls = self._tls
             ca = f"ca_file={tls.ca_file}" if tls.ca_file else "no ca_file (system CAs)"
             cert = f"cert_file={tls.cert_file}" if tls.cert_file else "no client certificate (cert_file/key_file)"
             hint = f"; check {ca} and {cert}"
             raise EtcdRequestError(
-                f"TLS error talking to {url}: {validate.shown(exc, 160)}{hint}", kind="tls"
+                f"TLS error talking to {url}: {validate.shown(exc, 160)}{hint}", failure=EtcdFailure.TLS
             ) from None
         except requests.exceptions.Timeout:
             raise EtcdRequestError(
-                f"{url} did not answer within {timeout:.1f}s", kind="timeout", transient=True
+                f"{url} did not answer within {timeout:.1f}s", failure=EtcdFailure.TIMEOUT, transient=True
             ) from None
         except requests.RequestException as exc:
             if _caused_by_refusal(exc):
-                raise EtcdRequestError(f"{url} refused the connection", kind="refused", transient=True) from None
+                raise EtcdRequestError(
+                    f"{url} refused the connection", failure=EtcdFailure.REFUSED, transient=True
+                ) from None
             raise EtcdRequestError(
-                f"cannot reach {url}: {type(exc).__name__}", kind="unreachable", transient=True
+                f"cannot reach {url}: {type(exc).__name__}", failure=EtcdFailure.UNREACHABLE, transient=True
             ) from None
 
     def _json(self, response: requests.Response, url: str) -> Any:
@@ -150,7 +167,7 @@ class Transport:
             return response.json()
         except ValueError:
             raise EtcdRequestError(
-                f"{url} answered HTTP {response.status_code} with malformed JSON", kind="answer"
+                f"{url} answered HTTP {response.status_code} with malformed JSON", failure=EtcdFailure.ANSWER
             ) from None
 
     def _error(self, response: requests.Response, url: str) -> EtcdRequestError:
@@ -166,7 +183,7 @@ class Transport:
         )
         return EtcdRequestError(
             f"{url} answered HTTP {response.status_code}: {validate.shown(message, 200)}",
-            kind="http",
+            failure=EtcdFailure.HTTP,
             status=response.status_code,
             transient=transient,
         )
@@ -186,4 +203,4 @@ class Transport:
                 raise self._error(response, url)
             self._prefixes = (prefix,)
             return url, self._json(response, url)
-        raise last or EtcdRequestError(f"{client_url} serves no v3 gateway", kind="http", status=404)
+        raise last or EtcdRequestError(f"{client_url} serves no v3 gateway", failure=EtcdFailure.HTTP, status=404)

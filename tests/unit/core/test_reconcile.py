@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ class FakeCluster:
         self.call_timeout = 2.0
         self.etcd = self
         self.me = Identity(IDS[0], IPS[0], "us-east-1")
+        self.now = lambda: datetime.fromtimestamp(NOW, timezone.utc)
 
     # Context
     def find_asg(self) -> AsgView:
@@ -307,6 +309,15 @@ def test_command_removes_what_quorum_allows_then_refuses_the_rest(
     assert cluster.calls == [103]
     assert [m.id - 100 for m in cluster.members] == [0, 1, 2]
     assert json.loads((tmp_path / "s.json").read_text())["unstarted_since"] == {}
+
+
+def test_command_times_an_unstarted_member_by_the_contexts_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = FakeCluster("IIII", "012u3", "012")
+    assert run_command(cluster, tmp_path, monkeypatch) == 0
+    assert cluster.calls == []  # within its grace
+    assert json.loads((tmp_path / "s.json").read_text())["unstarted_since"] == {"67": NOW}
 
 
 def test_command_dry_run_changes_nothing(
