@@ -55,3 +55,28 @@ def test_sourced_by_sh_sets_exactly_the_seven_variables(tmp_path: Path) -> None:
     got = dict(line.split("=", 1) for line in env.splitlines() if line.startswith("ETCD_"))
     assert got == values()
     assert envfile.parse(path.read_text()) == values()
+
+
+def test_the_boot_file_is_byte_for_byte_what_it_has_always_been() -> None:
+    assert envfile.render(values()) == (
+        "# Written by etcd-aws-cluster at boot; changes are overwritten.\n"
+        "ETCD_NAME=i-0123456789abcdef0\n"
+        "ETCD_INITIAL_CLUSTER_STATE=new\n"
+        "ETCD_INITIAL_CLUSTER=i-0123456789abcdef0=http://10.0.0.5:2380,i-0123456789abcdef1=http://10.0.0.6:2380\n"
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.5:2380\n"
+        "ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.5:2379\n"
+        "ETCD_LISTEN_PEER_URLS=http://10.0.0.5:2380\n"
+        "ETCD_LISTEN_CLIENT_URLS=http://10.0.0.5:2379,http://127.0.0.1:2379\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {key: value for key, value in values().items() if key != "ETCD_NAME"},  # one missing
+        values(ETCD_PROXY="on"),  # one too many: a proxy file's key
+    ],
+)
+def test_render_needs_exactly_the_seven_keys(wrong: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="env file needs exactly ETCD_NAME, ETCD_INITIAL_CLUSTER_STATE"):
+        envfile.render(wrong)
