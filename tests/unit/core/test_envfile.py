@@ -80,3 +80,11 @@ def test_the_boot_file_is_byte_for_byte_what_it_has_always_been() -> None:
 def test_render_needs_exactly_the_seven_keys(wrong: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="env file needs exactly ETCD_NAME, ETCD_INITIAL_CLUSTER_STATE"):
         envfile.render(wrong)
+
+
+def test_keys_are_written_in_the_declared_order_whatever_the_order_of_the_values() -> None:
+    kind = envfile.EnvFile("test file", "# test\n", ("B", "A"), ("D", "C"))
+    assert kind.render({"C": "3", "A": "1", "B": "2"}) == "# test\nB=2\nA=1\nC=3\n"
+    assert kind.render({"D": "4", "C": "3", "A": "1", "B": "2"}) == "# test\nB=2\nA=1\nD=4\nC=3\n"
+    with pytest.raises(ValueError, match="test file needs B, A and optionally D, C"):
+        kind.render({"A": "1", "B": "2", "E": "5"})
