@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.core.envfile import EnvFile, listen_client_urls
 from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity
-from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
+from etcd_aws_cluster.core.view import ClusterView, initial_peers, ready_instances, render_initial_cluster
 
 V2_PROXY, GATEWAY = "v2-proxy", "gateway"
 KEYS = ("ETCD_NAME", "ETCD_PROXY", "ETCD_INITIAL_CLUSTER", "ETCD_LISTEN_CLIENT_URLS", "ETCDCTL_ENDPOINTS")
@@ -66,10 +66,9 @@ def from_members(view: ClusterView) -> Cluster:
 
 def from_asg(asg: AsgView, endpoints: Endpoints) -> Cluster:
     """The cluster as the ASG describes it: its InService/Pending instances with a private IP."""
-    instances = [i for i in asg.members() if i.private_ip]
     return Cluster(
-        tuple(sorted((i.instance_id, endpoints.peer_url(i.private_ip)) for i in instances if i.private_ip)),
-        tuple(sorted(endpoints.client_url(i.private_ip) for i in instances if i.private_ip)),
+        initial_peers(asg, endpoints),
+        tuple(sorted(endpoints.client_url(i.private_ip) for i in ready_instances(asg) if i.private_ip)),
         "ASG",
     )
 
