@@ -228,8 +228,8 @@ def wait_for_quorum(facts: Facts) -> Plan | None:
         return None
     silent = sorted(
         owner.instance_id
-        for m in cluster.voters
-        if not cluster.is_healthy(m) and (owner := cluster.owner(m)) is not None and owner.counts_as_member
+        for m in cluster.silent_voters
+        if (owner := cluster.owner(m)) is not None and owner.counts_as_member
     )
     if not silent:
         return None

@@ -216,6 +216,12 @@ class ClusterView:
     def voters(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if not m.is_learner)
 
+    @functools.cached_property
+    def silent_voters(self) -> tuple[Member, ...]:
+        """Voting members whose etcd did not answer this run's probe (or was not asked), unstarted ones included:
+        each counts toward quorum without adding to it, and etcd 3.4 adds no member while one is not connected."""
+        return tuple(m for m in self.voters if not self.is_healthy(m))
+
     def count(self, removed: Iterable[int] = (), added_voters: int = 0) -> Count:
         """Healthy voters out of voters, once the members with ids in `removed` are gone and `added_voters`
         (not yet started, so not healthy) have joined."""

@@ -158,3 +158,24 @@ def test_initial_peers_are_the_member_instances_with_an_ip_sorted_by_id() -> Non
     group = AsgView("etcd", 3, (inst(2, "Pending"), inst(0), no_ip(1), inst(3, "Standby"), inst(4, "Terminated")))
     assert view.initial_peers(group, EP) == ((IDS[0], EP.peer_url(IPS[0])), (IDS[2], EP.peer_url(IPS[2])))
     assert view.ready_instances(group) == (inst(0), inst(2, "Pending"))
+
+
+@pytest.mark.parametrize(
+    ("members", "answering", "silent"),
+    [
+        (THREE, "012", []),
+        (THREE, "01", [2]),  # asked, did not answer
+        (THREE, "0", [1, 2]),
+        ((member(0), member(1)), "0", [1]),
+        ((member(0), member(1), member(2, learner=True)), "0", [1]),  # a silent learner is no silent voter
+        ((member(0), member(1), member(2, started=False)), "01", [2]),  # nor does an unstarted voter answer
+        ((member(0), member(1), member(3)), "01", [3]),  # 3 was not asked (no instance of the ASG): silent too
+    ],
+)
+def test_silent_voters_are_the_voting_members_whose_etcd_did_not_answer(
+    members: tuple[Member, ...], answering: str, silent: list[int]
+) -> None:
+    probes = [up(n, members) if str(n) in answering else down(n) for n in range(3)]
+    cluster = view.build(asg(inst(0), inst(1), inst(2)), probes, EP)
+    assert [m.id - 100 for m in cluster.silent_voters] == silent
+    assert cluster.count().up == len(cluster.voters) - len(silent)
