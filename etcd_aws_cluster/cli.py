@@ -150,7 +150,8 @@ Colour only on a terminal, never with NO_COLOR set."""
 exit codes:
   0   healthy: every member reachable, a leader, each InService/Pending instance exactly one member
   10  degraded: quorum and a leader, but a member is unreachable, unstarted or belongs to no instance,
-      an instance has no member, or the group is not at its desired capacity
+      an instance has no member, or the group is not complete (its desired capacity, at least 1, of
+      InService/Pending instances, each with a private IP)
   11  no quorum: too few voting members reachable, no leader, or no etcd answers
   1-8 the agent's errors (e.g. 3 instance metadata, 4 AWS), as for run"""
     parser.add_argument("--json", action="store_true", help="print the report as JSON (member ids in hex)")

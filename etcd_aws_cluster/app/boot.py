@@ -278,7 +278,7 @@ class Runner:
 def _unhealthy_hint(error: str, plan: Plan, view: ClusterView) -> str:
     if "unhealthy cluster" not in error:
         return ""
-    silent = [m.name or m.hex_id for m in view.members if m not in plan.remove and m.started and not view.is_healthy(m)]
+    silent = [m.name or m.hex_id for m in view.silent_voters if m not in plan.remove]
     if not silent:
         return ""
     return (

@@ -22,7 +22,7 @@ from etcd_aws_cluster.app.boot import Runner
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.commands.backup import require_backups
-from etcd_aws_cluster.core import records, recovery
+from etcd_aws_cluster.core import records, recovery, view
 from etcd_aws_cluster.core.model import AsgView, Decision, Plan
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, format_time
 
@@ -75,13 +75,10 @@ def _listed_record(backups: Backups) -> ClusterRecord | None:
 
 
 def _initial_cluster(ctx: Context, asg: AsgView) -> tuple[tuple[str, str], ...]:
-    instances = asg.members()
-    pairs = tuple(sorted((i.instance_id, ctx.endpoints.peer_url(i.private_ip)) for i in instances if i.private_ip))
-    if len(pairs) != asg.desired_capacity or len(pairs) != len(instances):
-        raise UnsafeError(
-            f"ASG {asg.name} is not complete ({len(pairs)} of {asg.desired_capacity} instances InService/Pending "
-            "with an IP): every member of the restored cluster must be known; rerun when it is"
-        )
+    shortfall = view.incomplete(asg)
+    if shortfall:
+        raise UnsafeError(f"{shortfall}: every member of the restored cluster must be known; rerun when it is")
+    pairs = view.initial_peers(asg, ctx.endpoints)
     if ctx.me.instance_id not in {name for name, _ in pairs}:
         raise UnsafeError(f"this instance is not InService/Pending in ASG {asg.name}")
     return pairs

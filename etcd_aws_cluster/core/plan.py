@@ -10,7 +10,7 @@ from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core import recovery
 from etcd_aws_cluster.core.model import Decision, Member, Plan
-from etcd_aws_cluster.core.view import ClusterView, Facts
+from etcd_aws_cluster.core.view import ClusterView, Facts, incomplete, initial_peers
 
 
 def _bootstrap(facts: Facts) -> Plan:
@@ -18,9 +18,8 @@ def _bootstrap(facts: Facts) -> Plan:
     existed, wait for its survivors or restore it; when they are fewer than a quorum, restore the newest data
     once each has handed off; never restart on data the record superseded; see recovery.py), or wait for a
     complete view."""
-    asg, endpoints = facts.asg, facts.endpoints
-    candidates = asg.members()
-    expected = tuple((i.instance_id, endpoints.peer_url(i.private_ip)) for i in candidates if i.private_ip)
+    asg = facts.asg
+    expected = initial_peers(asg, facts.endpoints)
     if facts.has_local_data and not recovery.survivors_lack_quorum(facts) and not recovery.data_superseded(facts):
         return Plan(
             Decision.RESTART,
@@ -29,7 +28,7 @@ def _bootstrap(facts: Facts) -> Plan:
             expected,
         )
     record = facts.record
-    joining = recovery.joining_restore(facts, record, tuple(sorted(expected))) if record is not None else None
+    joining = recovery.joining_restore(facts, record, expected) if record is not None else None
     if joining is not None and joining.decision is Decision.RESTORE:
         # Its own members may already run the restored etcd, silent until a quorum of them does (a restored etcd
         # 3.6 does not say on its peer port that it is forming): take part all the same.
@@ -49,23 +48,18 @@ def _bootstrap(facts: Facts) -> Plan:
         waiting = recovery.with_record(facts, facts.record)
         if waiting is not None:
             return waiting
-    if asg.desired_capacity < 1:
-        return Plan(Decision.WAIT, f"ASG {asg.name} has desired capacity {asg.desired_capacity}")
-    if len(expected) != asg.desired_capacity or len(candidates) != len(expected):
-        return Plan(
-            Decision.WAIT,
-            f"ASG {asg.name} view is incomplete: {len(expected)} of {asg.desired_capacity} "
-            "desired instances are InService/Pending with a private IP",
-        )
+    shortfall = incomplete(asg)
+    if shortfall:
+        return Plan(Decision.WAIT, shortfall)
     if facts.me.instance_id not in {name for name, _ in expected}:
         return Plan(Decision.WAIT, f"this instance is not yet InService/Pending in ASG {asg.name}")
     if facts.record is not None:
-        return recovery.restore_plan(facts, facts.snapshots, tuple(sorted(expected)))
+        return recovery.restore_plan(facts, facts.snapshots, expected)
     return Plan(
         Decision.NEW,
         f"no etcd answers on any of the {len(expected)} ASG instances and the ASG is complete",
         "new",
-        tuple(sorted(expected)),
+        expected,
     )
 
 

@@ -22,7 +22,8 @@ For etcd 3.6 and later (flavour gateway; v2 proxy mode is gone there, and etcd i
 The setting proxy_mode picks the flavour; `auto` asks the local `etcd --version`, else the cluster's version.
 The members come from the member list when a member answers, else from the ASG (InService/Pending instances with
 a private IP). Pure: the command (`commands/run.py`, `run_proxy`) gathers the facts and writes the file like the
-member mode does: every value validated, written atomically, the old file untouched on failure.
+member mode does: rendered by the boot file's renderer (envfile.EnvFile: every value validated, keys in the order
+declared here), written atomically, the old file untouched on failure.
 """
 
 from __future__ import annotations
@@ -33,14 +34,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from etcd_aws_cluster.base import validate
+from etcd_aws_cluster.core.envfile import EnvFile, listen_client_urls
 from etcd_aws_cluster.core.model import AsgView, Endpoints, Identity
-from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
+from etcd_aws_cluster.core.view import ClusterView, initial_peers, ready_instances, render_initial_cluster
 
 V2_PROXY, GATEWAY = "v2-proxy", "gateway"
 KEYS = ("ETCD_NAME", "ETCD_PROXY", "ETCD_INITIAL_CLUSTER", "ETCD_LISTEN_CLIENT_URLS", "ETCDCTL_ENDPOINTS")
 GATEWAY_KEYS = ("ETCD_NAME", "ETCD_GATEWAY_ENDPOINTS", "ETCD_GATEWAY_LISTEN_ADDR", "ETCDCTL_ENDPOINTS")
 TLS_KEYS = ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY")
 HEADER = "# Written by etcd-aws-cluster at boot (proxy mode: a client of the cluster); changes are overwritten.\n"
+FILES = {
+    V2_PROXY: EnvFile("proxy env file", HEADER, KEYS, TLS_KEYS),
+    GATEWAY: EnvFile("proxy env file", HEADER, GATEWAY_KEYS, TLS_KEYS),
+}
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,9 @@ def from_members(view: ClusterView) -> Cluster:
 
 def from_asg(asg: AsgView, endpoints: Endpoints) -> Cluster:
     """The cluster as the ASG describes it: its InService/Pending instances with a private IP."""
-    instances = [i for i in asg.members() if i.private_ip]
     return Cluster(
-        tuple(sorted((i.instance_id, endpoints.peer_url(i.private_ip)) for i in instances if i.private_ip)),
-        tuple(sorted(endpoints.client_url(i.private_ip) for i in instances if i.private_ip)),
+        initial_peers(asg, endpoints),
+        tuple(sorted(endpoints.client_url(i.private_ip) for i in ready_instances(asg) if i.private_ip)),
         "ASG",
     )
 
@@ -103,14 +108,11 @@ def variables(
             "ETCDCTL_ENDPOINTS": ",".join(cluster.client_urls),
         }
     else:
-        listen_urls = [endpoints.client_url(me.private_ip)]
-        if listen_loopback:
-            listen_urls.append(endpoints.client_url("127.0.0.1"))
         values = {
             "ETCD_NAME": me.instance_id,
             "ETCD_PROXY": "on",
             "ETCD_INITIAL_CLUSTER": render_initial_cluster(cluster.initial_cluster),
-            "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_urls),
+            "ETCD_LISTEN_CLIENT_URLS": listen_client_urls(me, endpoints, listen_loopback=listen_loopback),
             "ETCDCTL_ENDPOINTS": ",".join(cluster.client_urls),
         }
     for key in TLS_KEYS:
@@ -121,13 +123,9 @@ def variables(
 
 
 def render(values: Mapping[str, str]) -> str:
-    """The file's text; raises UnsafeError naming the first value outside the allowed charset."""
-    keys = GATEWAY_KEYS if "ETCD_GATEWAY_ENDPOINTS" in values else KEYS
-    unknown = set(values) - set(keys) - set(TLS_KEYS)
-    if unknown or not set(keys) <= set(values):
-        raise ValueError(f"proxy env file needs {', '.join(keys)} and optionally {', '.join(TLS_KEYS)}")
-    lines = [f"{key}={validate.env_value(key, values[key])}" for key in (*keys, *TLS_KEYS) if key in values]
-    return HEADER + "\n".join(lines) + "\n"
+    """The file's text (`envfile.EnvFile.render`): the gateway's when the values name its endpoints, else the v2
+    proxy's."""
+    return FILES[GATEWAY if "ETCD_GATEWAY_ENDPOINTS" in values else V2_PROXY].render(values)
 
 
 def flavour_for(version: tuple[int, int, int] | None) -> str:

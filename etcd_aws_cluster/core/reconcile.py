@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member
-from etcd_aws_cluster.core.view import ClusterView, Facts, is_me, quorum
+from etcd_aws_cluster.core.view import ClusterView, Count, Facts, is_me
 
 # Lifecycle states the setting may name; InService/Pending instances are members and are never removed.
 REMOVABLE_STATES = frozenset(
@@ -94,7 +94,7 @@ class Unstarted:
 @dataclass(frozen=True)
 class Reconciliation:
     members: tuple[Member, ...]
-    healthy: frozenset[int]
+    count: Count  # answering voting members of all, before any removal
     # In order; each allowed by the quorum guard after the ones before it.
     remove: tuple[Removal, ...] = ()
     # Gone, but removing them would leave the cluster below quorum.
@@ -103,18 +103,10 @@ class Reconciliation:
     # First time each currently unstarted member was seen unstarted (member id -> seconds since the epoch).
     unstarted_since: tuple[tuple[int, float], ...] = ()
 
-    @property
-    def voters(self) -> int:
-        return sum(1 for m in self.members if not m.is_learner)
-
-    @property
-    def healthy_voters(self) -> int:
-        return sum(1 for m in self.members if not m.is_learner and m.id in self.healthy)
-
     def summary(self) -> str:
         return (
-            f"{len(self.members)} members, {self.healthy_voters} of {self.voters} voting members answer "
-            f"(quorum {quorum(self.voters)}); remove {len(self.remove)}, blocked {len(self.blocked)}, "
+            f"{len(self.members)} members, {self.count.up} of {self.count.voters} voting members answer "
+            f"(quorum {self.count.needed}); remove {len(self.remove)}, blocked {len(self.blocked)}, "
             f"unstarted within grace {len(self.waiting)}"
         )
 
@@ -132,7 +124,7 @@ def _gone_reason(member: Member, instance: AsgInstance | None, asg: AsgView, pol
     return None
 
 
-def _order(member: Member, healthy: frozenset[int]) -> tuple[int, int]:
+def _order(member: Member, view: ClusterView) -> tuple[int, int]:
     # What cannot lower the count of answering voters goes first: unstarted members, learners, silent voters;
     # answering voters (gone only by the setting) last, when the removals before them have shrunk the quorum.
     if not member.started:
@@ -140,7 +132,7 @@ def _order(member: Member, healthy: frozenset[int]) -> tuple[int, int]:
     elif member.is_learner:
         rank = 1
     else:
-        rank = 2 if member.id not in healthy else 3
+        rank = 2 if member in view.silent_voters else 3
     return (rank, member.id)
 
 
@@ -170,7 +162,7 @@ def _guarded(view: ClusterView, candidates: list[Removal]) -> tuple[list[Removal
     remove: list[Removal] = []
     blocked: list[Removal] = []
     removed: list[int] = []
-    for candidate in sorted(candidates, key=lambda r: _order(r.member, view.healthy)):
+    for candidate in sorted(candidates, key=lambda r: _order(r.member, view)):
         if candidate.member.is_learner:
             remove.append(candidate)
             continue
@@ -205,7 +197,7 @@ def decide(facts: Facts, policy: Policy, seen_unstarted: Mapping[int, float], no
     remove, blocked = _guarded(view, candidates)
     return Reconciliation(
         members=view.members,
-        healthy=view.healthy,
+        count=view.count(),
         remove=tuple(remove),
         blocked=tuple(blocked),
         waiting=tuple(waiting),

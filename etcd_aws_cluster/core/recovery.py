@@ -40,14 +40,16 @@ from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, 
 from etcd_aws_cluster.core.view import Facts, quorum
 
 
+def alive_recorded(asg: AsgView, record: ClusterRecord) -> tuple[str, ...]:
+    """Recorded members' instances still in the ASG as members (InService/Pending: `counts_as_member`), this one
+    included, each once, sorted. The one rule for who is left of the recorded cluster."""
+    alive = (i for i, _ in record.members if (found := asg.find(i)) is not None and found.counts_as_member)
+    return tuple(sorted(set(alive)))
+
+
 def survivors(facts: Facts, record: ClusterRecord) -> tuple[str, ...]:
-    """Recorded members' instances (other than this one) that are still InService/Pending in the ASG."""
-    alive = []
-    for instance_id, _ in record.members:
-        found = facts.asg.find(instance_id)
-        if found is not None and found.counts_as_member and instance_id != facts.me.instance_id:
-            alive.append(instance_id)
-    return tuple(sorted(alive))
+    """`alive_recorded` other than this instance: those it waits for."""
+    return tuple(i for i in alive_recorded(facts.asg, record) if i != facts.me.instance_id)
 
 
 def describe(info: SnapshotInfo) -> str:
@@ -226,8 +228,8 @@ def wait_for_quorum(facts: Facts) -> Plan | None:
         return None
     silent = sorted(
         owner.instance_id
-        for m in cluster.voters
-        if not cluster.is_healthy(m) and (owner := cluster.owner(m)) is not None and owner.counts_as_member
+        for m in cluster.silent_voters
+        if (owner := cluster.owner(m)) is not None and owner.counts_as_member
     )
     if not silent:
         return None
@@ -269,12 +271,6 @@ def restore_plan(facts: Facts, snapshots: tuple[SnapshotInfo, ...], initial: tup
 
 
 # -- survivors that cannot form a quorum ----------------------------------------------------------------------
-
-
-def alive_recorded(asg: AsgView, record: ClusterRecord) -> tuple[str, ...]:
-    """Recorded members' instances still InService/Pending in the ASG, this one included."""
-    alive = (i for i, _ in record.members if (found := asg.find(i)) is not None and found.counts_as_member)
-    return tuple(sorted(set(alive)))
 
 
 def lacks_quorum(alive: tuple[str, ...], record: ClusterRecord) -> bool:

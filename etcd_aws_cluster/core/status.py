@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from etcd_aws_cluster.core.model import AsgInstance, EndpointStatus, Member
-from etcd_aws_cluster.core.view import ClusterView, quorum, url_host
+from etcd_aws_cluster.core.view import ClusterView, incomplete, quorum, url_host
 
 
 class Verdict(str, enum.Enum):
@@ -156,11 +156,9 @@ def build(view: ClusterView, statuses: Iterable[EndpointStatus] = ()) -> Report:
     asg = view.asg
     no_quorum = _quorum_problems(view, leader)
     degraded = _member_problems(view) if view.members else []
-    in_service = len(asg.members())
-    if in_service != asg.desired_capacity:
-        degraded.append(
-            f"ASG {asg.name} has {in_service} InService/Pending instances of {asg.desired_capacity} desired"
-        )
+    shortfall = incomplete(asg)
+    if shortfall:
+        degraded.append(shortfall)
     count = view.count()
     return Report(
         asg=asg.name,

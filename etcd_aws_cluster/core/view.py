@@ -10,7 +10,10 @@ restore), so each rule below exists once:
   command and every node picks the same one);
 - answers from two clusters are a conflict (`require_one_cluster`);
 - a member is healthy when the etcd on one of its hosts answered this run's probe;
-- quorum counts voting members only (learners never), as etcd's IsReadyToAdd/RemoveVotingMember do.
+- quorum counts voting members only (learners never), as etcd's IsReadyToAdd/RemoveVotingMember do;
+- silent voters: voting members whose etcd did not answer this run's probe (`silent_voters`);
+- the ASG is complete (a new cluster, or a restored one, may be formed of it) when its desired capacity is at least
+  1 and exactly that many instances count as members, each with a private IP (`incomplete`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,34 @@ def member_hosts(member: Member) -> frozenset[str]:
 
 def is_me(member: Member, me: Identity, endpoints: Endpoints) -> bool:
     return member.name == me.instance_id or endpoints.peer_url(me.private_ip) in member.peer_urls
+
+
+def ready_instances(asg: AsgView) -> tuple[AsgInstance, ...]:
+    """The instances a cluster can be formed of: those that count as members (InService/Pending) and have a private
+    IP, sorted by instance id."""
+    return tuple(i for i in asg.members() if i.private_ip)
+
+
+def initial_peers(asg: AsgView, endpoints: Endpoints) -> tuple[tuple[str, str], ...]:
+    """`(instance id, peer URL)` of the ready instances, sorted: the initial cluster of a cluster formed of the ASG."""
+    ready = ready_instances(asg)
+    return tuple(sorted((i.instance_id, endpoints.peer_url(i.private_ip)) for i in ready if i.private_ip))
+
+
+def incomplete(asg: AsgView) -> str:
+    """Why the ASG is not complete enough to form a new cluster (or restore one) of its instances, or "" when it is:
+    a desired capacity of at least 1, and exactly that many instances that count as members, each with a private
+    IP. Two instances that formed a cluster from different views of the group would start two clusters that never
+    merge; `status` calls a group that is not complete degraded."""
+    if asg.desired_capacity < 1:
+        return f"ASG {asg.name} has desired capacity {asg.desired_capacity}"
+    ready = len(ready_instances(asg))
+    if ready != asg.desired_capacity or ready != len(asg.members()):
+        return (
+            f"ASG {asg.name} view is incomplete: {ready} of {asg.desired_capacity} desired instances are "
+            "InService/Pending with a private IP"
+        )
+    return ""
 
 
 def render_initial_cluster(pairs: Iterable[tuple[str, str]]) -> str:
@@ -184,6 +215,12 @@ class ClusterView:
     @property
     def voters(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if not m.is_learner)
+
+    @functools.cached_property
+    def silent_voters(self) -> tuple[Member, ...]:
+        """Voting members whose etcd did not answer this run's probe (or was not asked), unstarted ones included:
+        each counts toward quorum without adding to it, and etcd 3.4 adds no member while one is not connected."""
+        return tuple(m for m in self.voters if not self.is_healthy(m))
 
     def count(self, removed: Iterable[int] = (), added_voters: int = 0) -> Count:
         """Healthy voters out of voters, once the members with ids in `removed` are gone and `added_voters`

@@ -158,3 +158,89 @@ def test_gateway_flavour_for_etcd_36_and_later() -> None:
     text = render(values)
     assert "ETCD_PROXY" not in text and "ETCD_INITIAL_CLUSTER" not in text  # nothing that starts a member
     assert text.endswith("ETCDCTL_ENDPOINTS=http://10.0.0.1:2379,http://10.0.0.3:2379\n")
+
+
+TLS = {
+    "ETCDCTL_CACERT": Path("/etc/etcd/ca.pem"),
+    "ETCDCTL_CERT": Path("/etc/etcd/client.pem"),
+    "ETCDCTL_KEY": Path("/etc/etcd/client-key.pem"),
+}
+HTTPS = Endpoints("https", "https", 2379, 2380)
+TWO = Cluster(
+    ((IDS[0], "https://10.0.0.1:2380"), (IDS[1], "https://10.0.0.2:2380")),
+    ("https://10.0.0.1:2379", "https://10.0.0.2:2379"),
+    "member list",
+)
+HEADER = "# Written by etcd-aws-cluster at boot (proxy mode: a client of the cluster); changes are overwritten.\n"
+
+
+@pytest.mark.parametrize(
+    ("flavour", "loopback", "tls", "expected"),
+    [
+        (
+            proxy.V2_PROXY,
+            True,
+            TLS,
+            HEADER + "ETCD_NAME=i-0ffffffffffffffff\n"
+            "ETCD_PROXY=on\n"
+            "ETCD_INITIAL_CLUSTER=i-0000000000000000a=https://10.0.0.1:2380,i-0000000000000000b=https://10.0.0.2:2380\n"
+            "ETCD_LISTEN_CLIENT_URLS=https://10.1.0.9:2379,https://127.0.0.1:2379\n"
+            "ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379\n"
+            "ETCDCTL_CACERT=/etc/etcd/ca.pem\n"
+            "ETCDCTL_CERT=/etc/etcd/client.pem\n"
+            "ETCDCTL_KEY=/etc/etcd/client-key.pem\n",
+        ),
+        (
+            proxy.V2_PROXY,
+            False,
+            None,
+            HEADER + "ETCD_NAME=i-0ffffffffffffffff\n"
+            "ETCD_PROXY=on\n"
+            "ETCD_INITIAL_CLUSTER=i-0000000000000000a=https://10.0.0.1:2380,i-0000000000000000b=https://10.0.0.2:2380\n"
+            "ETCD_LISTEN_CLIENT_URLS=https://10.1.0.9:2379\n"
+            "ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379\n",
+        ),
+        (
+            proxy.GATEWAY,
+            True,
+            TLS,
+            HEADER + "ETCD_NAME=i-0ffffffffffffffff\n"
+            "ETCD_GATEWAY_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379\n"
+            "ETCD_GATEWAY_LISTEN_ADDR=0.0.0.0:2379\n"
+            "ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379\n"
+            "ETCDCTL_CACERT=/etc/etcd/ca.pem\n"
+            "ETCDCTL_CERT=/etc/etcd/client.pem\n"
+            "ETCDCTL_KEY=/etc/etcd/client-key.pem\n",
+        ),
+        (
+            proxy.GATEWAY,
+            False,
+            None,
+            HEADER + "ETCD_NAME=i-0ffffffffffffffff\n"
+            "ETCD_GATEWAY_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379\n"
+            "ETCD_GATEWAY_LISTEN_ADDR=10.1.0.9:2379\n"
+            "ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379\n",
+        ),
+    ],
+)
+def test_the_proxy_files_are_byte_for_byte_what_they_have_always_been(
+    flavour: str, loopback: bool, tls: dict[str, Path | None] | None, expected: str
+) -> None:
+    values = variables(ME, TWO, HTTPS, listen_loopback=loopback, tls_files=tls, flavour=flavour)
+    assert render(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "needs"),
+    [
+        ({"ETCD_NAME": "i-0ffffffffffffffff"}, "proxy env file needs ETCD_NAME, ETCD_PROXY"),
+        (
+            {"ETCD_NAME": "i-0ffffffffffffffff", "ETCD_GATEWAY_ENDPOINTS": "10.0.0.1:2379"},
+            "proxy env file needs ETCD_NAME, ETCD_GATEWAY_ENDPOINTS, ETCD_GATEWAY_LISTEN_ADDR, ETCDCTL_ENDPOINTS and "
+            "optionally ETCDCTL_CACERT",
+        ),
+    ],
+)
+def test_render_names_the_keys_each_proxy_file_needs(values: dict[str, str], needs: str) -> None:
+    with pytest.raises(ValueError, match=needs):
+        render(values)

@@ -61,6 +61,30 @@ def test_the_case_is_fewer_than_a_quorum_of_the_recorded_members(instances: list
     assert recovery.survivors_lack_quorum(f) is lacking
 
 
+@pytest.mark.parametrize(
+    ("instances", "alive"),
+    [
+        ([inst(0), inst(1), inst(2)], (0, 1, 2)),
+        ([inst(2), inst(0), inst(3)], (0, 2)),  # sorted; an instance the record does not name is not left of it
+        ([inst(0, "Pending"), inst(1, "Pending:Wait"), inst(2, "ReplacingRootVolume")], (0, 1, 2)),
+        ([inst(0, ip=False), inst(1)], (0, 1)),  # no IP yet: still its instance
+        ([inst(0), inst(1, "Terminating"), inst(2, "Standby")], (0,)),  # leaving, or not taking part now
+        ([inst(0, "Warmed:Running"), inst(1, "Terminated")], ()),
+        ([inst(3), inst(4)], ()),
+    ],
+)
+def test_recorded_instances_alive_are_the_recorded_ones_that_still_count_as_members(
+    instances: list[AsgInstance], alive: tuple[int, ...]
+) -> None:
+    f = case(3, (), instances=instances)
+    assert recovery.alive_recorded(f.asg, RECORDED) == tuple(IDS[n] for n in alive)
+    twice = replace(RECORDED, members=RECORDED.members + RECORDED.members[:1])
+    assert recovery.alive_recorded(f.asg, twice) == tuple(IDS[n] for n in alive)  # each once
+    for me in alive:  # the survivors one waits for: all of them but itself
+        others = recovery.survivors(replace(f, me=replace(f.me, instance_id=IDS[me])), RECORDED)
+        assert others == tuple(IDS[n] for n in alive if n != me)
+
+
 def test_a_whole_cluster_reboot_still_restarts_at_once() -> None:
     f = case(0, (), instances=[inst(0), inst(1), inst(2)])
     assert decide(f).decision is Decision.RESTART

@@ -180,7 +180,9 @@ def test_two_clusters_and_disagreeing_lists_are_degraded() -> None:
 def test_asg_below_desired_capacity_is_degraded() -> None:
     two = (member(0), member(1))
     report = build(asg(inst(0), inst(1), desired=3), [up(0, two), up(1, two)], [leads(0), leads(1)])
-    assert report.reasons == ("ASG etcd has 2 InService/Pending instances of 3 desired",)
+    assert report.reasons == (
+        "ASG etcd view is incomplete: 2 of 3 desired instances are InService/Pending with a private IP",
+    )
 
 
 def test_text_has_no_colour_unless_asked() -> None:
@@ -246,3 +248,17 @@ class _Tty(io.StringIO):
 )
 def test_colour_only_on_a_terminal(stream: io.StringIO, environ: dict[str, str], expected: bool) -> None:
     assert use_colour(stream, environ) is expected
+
+
+def test_a_member_instance_without_an_ip_or_a_desired_capacity_of_zero_is_degraded() -> None:
+    # The same rule as the one that lets a new cluster form (view.incomplete): each desired instance a member with
+    # an IP, and at least one desired.
+    two = (member(0), member(1))
+    no_ip = AsgInstance(IDS[2], "Pending", None)
+    report = build(asg(inst(0), inst(1), no_ip, desired=3), [up(0, two), up(1, two)], [leads(0), leads(1)])
+    assert report.verdict is Verdict.DEGRADED
+    assert "ASG etcd view is incomplete: 2 of 3 desired instances are InService/Pending with a private IP" in (
+        report.reasons
+    )
+    scaled_to_zero = build(asg(inst(0), inst(1), desired=0), [up(0, two), up(1, two)], [leads(0), leads(1)])
+    assert scaled_to_zero.reasons == ("ASG etcd has desired capacity 0",)

@@ -120,3 +120,62 @@ def test_client_urls_this_instance_first_the_one_being_removed_last() -> None:
     cluster = view.build(asg(inst(0), inst(1), inst(2)), [up(n, THREE) for n in range(3)], EP)
     urls = cluster.client_urls(first=IPS[2], last=[IPS[0]])
     assert urls == [EP.client_url(IPS[2]), EP.client_url(IPS[1]), EP.client_url(IPS[0])]
+
+
+def no_ip(n: int, state: str = "InService") -> AsgInstance:
+    return AsgInstance(IDS[n], state, None)
+
+
+@pytest.mark.parametrize(
+    ("desired", "instances", "shortfall"),
+    [
+        (3, [inst(0), inst(1), inst(2)], ""),
+        (3, [inst(0, "Pending"), inst(1, "Pending:Wait"), inst(2, "ReplacingRootVolume")], ""),
+        (3, [inst(0), inst(1), inst(2), inst(3, "Standby"), inst(4, "Terminating")], ""),  # neither is a member
+        (1, [inst(0)], ""),
+        (3, [inst(0), inst(1)], "view is incomplete: 2 of 3 desired instances"),
+        (3, [inst(0), inst(1), no_ip(2)], "view is incomplete: 2 of 3 desired instances"),
+        (3, [inst(0), inst(1), no_ip(2, "Pending"), no_ip(3)], "view is incomplete: 2 of 3 desired instances"),
+        (3, [inst(0), inst(1), inst(2, "Terminating")], "view is incomplete: 2 of 3 desired instances"),
+        (3, [inst(0), inst(1), inst(2, "Warmed:Running")], "view is incomplete: 2 of 3 desired instances"),
+        (2, [inst(0), inst(1), inst(2)], "view is incomplete: 3 of 2 desired instances"),  # scale-in under way
+        (0, [], "has desired capacity 0"),
+        (0, [inst(0), inst(1)], "has desired capacity 0"),
+    ],
+)
+def test_the_asg_is_complete_when_exactly_the_desired_instances_are_members_with_an_ip(
+    desired: int, instances: list[AsgInstance], shortfall: str
+) -> None:
+    group = AsgView("etcd", desired, tuple(instances))
+    got = view.incomplete(group)
+    if shortfall:
+        assert got.startswith(f"ASG etcd {shortfall}"), got
+    else:
+        assert got == ""
+
+
+def test_initial_peers_are_the_member_instances_with_an_ip_sorted_by_id() -> None:
+    group = AsgView("etcd", 3, (inst(2, "Pending"), inst(0), no_ip(1), inst(3, "Standby"), inst(4, "Terminated")))
+    assert view.initial_peers(group, EP) == ((IDS[0], EP.peer_url(IPS[0])), (IDS[2], EP.peer_url(IPS[2])))
+    assert view.ready_instances(group) == (inst(0), inst(2, "Pending"))
+
+
+@pytest.mark.parametrize(
+    ("members", "answering", "silent"),
+    [
+        (THREE, "012", []),
+        (THREE, "01", [2]),  # asked, did not answer
+        (THREE, "0", [1, 2]),
+        ((member(0), member(1)), "0", [1]),
+        ((member(0), member(1), member(2, learner=True)), "0", [1]),  # a silent learner is no silent voter
+        ((member(0), member(1), member(2, started=False)), "01", [2]),  # nor does an unstarted voter answer
+        ((member(0), member(1), member(3)), "01", [3]),  # 3 was not asked (no instance of the ASG): silent too
+    ],
+)
+def test_silent_voters_are_the_voting_members_whose_etcd_did_not_answer(
+    members: tuple[Member, ...], answering: str, silent: list[int]
+) -> None:
+    probes = [up(n, members) if str(n) in answering else down(n) for n in range(3)]
+    cluster = view.build(asg(inst(0), inst(1), inst(2)), probes, EP)
+    assert [m.id - 100 for m in cluster.silent_voters] == silent
+    assert cluster.count().up == len(cluster.voters) - len(silent)
