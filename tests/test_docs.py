@@ -48,3 +48,18 @@ def test_the_makefile_exports_no_variable_in_the_agents_settings_namespace() -> 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     exported = [line for line in makefile.splitlines() if line.startswith("export ")]
     assert exported and not [line for line in exported if "ETCD_AWS_CLUSTER_" in line]
+
+
+def test_readme_module_table_names_every_module_once_under_its_layer() -> None:
+    """ "Where the code lives" covers the package: every module in one row, in the folder of the layer it names."""
+    root = Path(__file__).resolve().parents[1]
+    package = root / "etcd_aws_cluster"
+    modules = sorted(str(path.relative_to(package)) for path in package.rglob("*.py") if path.name != "__init__.py")
+    section = README.split("Where the code lives", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    named = [(layer.strip(), name) for layer, cell in rows for name in re.findall(r"`([^`]+\.py)`", cell)]
+    assert sorted(name for _, name in named) == modules
+    for layer, name in named:
+        folder = name.split("/")[0] if "/" in name else ""
+        expected = {"commands": "face", "": "face"}.get(folder, folder)
+        assert layer == expected, f"{name} is listed under {layer}, its folder is {folder or 'the package root'}"
