@@ -142,9 +142,9 @@ class Context:
             timeout = self.deadline.cap(self.settings.probe_timeout)
             return Probe(instance_id, ip, answer=self.etcd.list_members(client_url, timeout))
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc))
+            return Probe(instance_id, ip, error=exc.failure, detail=str(exc))
         except AgentError as exc:  # an invalid value in the answer
-            return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
+            return Probe(instance_id, ip, error=EtcdFailure.INVALID_ANSWER, detail=str(exc))
 
     def probe_all(self, asg: AsgView) -> tuple[Probe, ...]:
         """Ask every ASG instance's etcd for the member list at once; a hung peer costs one probe timeout.
@@ -164,7 +164,7 @@ class Context:
             probes = tuple(a.result() for a in asks)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        tls_failures = [p for p in probes if p.error == EtcdFailure.TLS.value]
+        tls_failures = [p for p in probes if p.error is EtcdFailure.TLS]
         if tls_failures and not any(p.answered for p in probes):
             # A TLS misconfiguration does not heal by waiting: say which file is wrong now.
             raise EtcdError(tls_failures[0].detail)
@@ -172,7 +172,7 @@ class Context:
             if probe.answer is not None:
                 log.info("etcd on %s (%s) lists %d members", probe.instance_id, probe.ip, len(probe.answer.members))
             else:
-                log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.detail or probe.error)
+                log.info("etcd on %s (%s): %s", probe.instance_id, probe.ip, probe.detail or probe.failure)
         return probes
 
     def _ask(self, pool: concurrent.futures.Executor, instance_id: str, ip: str, timeout: float) -> Probe:
@@ -191,11 +191,11 @@ class Context:
             detail = f"{client_url} is silent; its peer port says it is forming a cluster"
             if forming is None:
                 detail = f"{client_url} did not answer within {timeout:.1f}s"
-            return Probe(instance_id, ip, error=EtcdFailure.TIMEOUT.value, detail=detail, bootstrapping=forming)
+            return Probe(instance_id, ip, error=EtcdFailure.TIMEOUT, detail=detail, bootstrapping=forming)
         except EtcdRequestError as exc:
-            return Probe(instance_id, ip, error=exc.failure.value, detail=str(exc), bootstrapping=forming)
+            return Probe(instance_id, ip, error=exc.failure, detail=str(exc), bootstrapping=forming)
         except AgentError as exc:  # an invalid value in the answer
-            return Probe(instance_id, ip, error="invalid answer", detail=str(exc))
+            return Probe(instance_id, ip, error=EtcdFailure.INVALID_ANSWER, detail=str(exc))
         return Probe(instance_id, ip, answer=answer)
 
     def _forming(self, ip: str, timeout: float) -> frozenset[str] | None:

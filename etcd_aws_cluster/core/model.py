@@ -153,6 +153,18 @@ class EndpointStatus:
     db_size: int = 0  # bytes of its backend db, what a snapshot streams (0: not reported)
 
 
+class EtcdFailure(enum.Enum):
+    """How one etcd call failed: the adapter raises it, a probe carries it."""
+
+    REFUSED = "refused"  # nothing listens on the client port (yet)
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"  # no connection for another reason (no route, reset, DNS)
+    TLS = "tls"
+    HTTP = "http"  # an HTTP error status; `status` says which
+    ANSWER = "answer"  # an answer that is not what the API promises (malformed, oversized, inconsistent)
+    INVALID_ANSWER = "invalid answer"  # an answer the agent refuses to use (a value failed validation)
+
+
 @dataclass(frozen=True)
 class Probe:
     """The result of asking one ASG instance's etcd for the member list."""
@@ -160,7 +172,7 @@ class Probe:
     instance_id: str
     ip: str
     answer: MemberList | None = None
-    error: str | None = None  # the kind: refused, timeout, unreachable, tls, http, answer
+    error: EtcdFailure | None = None
     detail: str = ""
     # Peer URLs this peer's etcd bootstraps with, when it is still forming a new cluster (no quorum yet):
     # its client port then accepts connections but does not answer, so the peer port is asked instead.
@@ -169,6 +181,11 @@ class Probe:
     @property
     def answered(self) -> bool:
         return self.answer is not None
+
+    @property
+    def failure(self) -> str:
+        """How the call failed, as words for a log line or a table ("" when it answered)."""
+        return self.error.value if self.error is not None else ""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core import recovery
-from etcd_aws_cluster.core.model import Decision, Member, Plan
+from etcd_aws_cluster.core.model import Decision, EtcdFailure, Member, Plan
 from etcd_aws_cluster.core.view import ClusterView, Facts, incomplete, initial_peers
 
 
@@ -37,10 +37,10 @@ def _bootstrap(facts: Facts) -> Plan:
     silent = [
         p
         for p in facts.view.probes
-        if p.error is not None and p.error != "refused" and p.bootstrapping != expected_urls
+        if p.error is not None and p.error is not EtcdFailure.REFUSED and p.bootstrapping != expected_urls
     ]
     if silent:
-        names = ", ".join(f"{p.instance_id} ({p.error})" for p in silent)
+        names = ", ".join(f"{p.instance_id} ({p.failure})" for p in silent)
         return Plan(Decision.WAIT, f"no member list yet, but etcd may be running on {names}")
     if joining is not None:
         return joining

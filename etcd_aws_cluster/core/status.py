@@ -86,7 +86,7 @@ def _rows(view: ClusterView, leader: int | None) -> list[Row]:
     rows: list[Row] = []
     for instance in asg.instances:
         probe = probe_of.get(instance.instance_id)
-        note = (probe.error or "") if probe is not None else ""
+        note = probe.failure if probe is not None else ""
         mine = view.members_of(instance.instance_id)
         if not mine:
             reach = None if probe is None else probe.answered

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from etcd_aws_cluster.adapters.etcd.cluster import ClusterApi
 from etcd_aws_cluster.adapters.etcd.maintenance import MaintenanceApi
-from etcd_aws_cluster.adapters.etcd.transport import MAX_ANSWER_BYTES, EtcdFailure, EtcdRequestError, Tls
+from etcd_aws_cluster.adapters.etcd.transport import MAX_ANSWER_BYTES, EtcdRequestError, Tls
+from etcd_aws_cluster.core.model import EtcdFailure
 
 __all__ = ["MAX_ANSWER_BYTES", "EtcdClient", "EtcdFailure", "EtcdRequestError", "Tls"]
 

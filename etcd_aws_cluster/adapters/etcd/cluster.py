@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdFailure, EtcdRequestError, Transport
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import EtcdError
-from etcd_aws_cluster.core.model import Member, MemberList
+from etcd_aws_cluster.core.model import EtcdFailure, Member, MemberList
 
 
 def _member(raw: Any, source: str, *, hex_ids: bool) -> Member:

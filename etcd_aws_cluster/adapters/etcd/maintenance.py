@@ -7,9 +7,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdFailure, EtcdRequestError, Transport, _uint64
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64
 from etcd_aws_cluster.base import validate
-from etcd_aws_cluster.core.model import EndpointStatus
+from etcd_aws_cluster.core.model import EndpointStatus, EtcdFailure
 
 
 class MaintenanceApi(Transport):

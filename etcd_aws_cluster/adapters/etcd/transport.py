@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcd_aws_cluster.adapters.http_limits import TooLarge, read_capped
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import ConfigError, EtcdError
+from etcd_aws_cluster.core.model import EtcdFailure
 
 if TYPE_CHECKING:
     import requests
@@ -32,17 +32,6 @@ TRANSIENT_MESSAGES = (
     "learner is not ready",
     "too many learner members",  # 3.6+ allows one learner at a time (--max-learners): wait for its promotion
 )
-
-
-class EtcdFailure(Enum):
-    """How one etcd call failed; a probe reports it by its value."""
-
-    REFUSED = "refused"  # nothing listens on the client port (yet)
-    TIMEOUT = "timeout"
-    UNREACHABLE = "unreachable"  # no connection for another reason (no route, reset, DNS)
-    TLS = "tls"
-    HTTP = "http"  # an HTTP error status; `status` says which
-    ANSWER = "answer"  # an answer that is not what the API promises (malformed, oversized, inconsistent)
 
 
 class EtcdRequestError(EtcdError):

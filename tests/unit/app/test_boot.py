@@ -6,7 +6,7 @@ import pytest
 
 from etcd_aws_cluster.app.boot import _unhealthy_hint
 from etcd_aws_cluster.core import view
-from etcd_aws_cluster.core.model import AsgInstance, AsgView, Decision, Member, MemberList, Plan, Probe
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Decision, EtcdFailure, Member, MemberList, Plan, Probe
 from tests.unit.builders import EP, IDS, IPS, member
 
 ASG = AsgView("etcd", 4, tuple(AsgInstance(IDS[n], "InService", IPS[n]) for n in range(4)))
@@ -25,7 +25,7 @@ def test_the_unhealthy_cluster_hint_names_the_silent_voters(
     members: tuple[Member, ...], removed: tuple[int, ...], named: list[str]
 ) -> None:
     probes = [Probe(IDS[0], IPS[0], answer=MemberList(members, 7))] + [
-        Probe(IDS[n], IPS[n], error="timeout") for n in range(1, 3)
+        Probe(IDS[n], IPS[n], error=EtcdFailure.TIMEOUT) for n in range(1, 3)
     ]
     cluster = view.build(ASG, probes, EP)
     plan = Plan(Decision.JOIN, "test", remove=tuple(m for m in members if m.id - 100 in removed), add_self=True)

@@ -13,6 +13,7 @@ from etcd_aws_cluster.core.model import (
     AsgInstance,
     AsgView,
     Decision,
+    EtcdFailure,
     Identity,
     Member,
     MemberList,
@@ -33,7 +34,7 @@ def answered(n: int, members: tuple[Member, ...], cluster_id: int = 7) -> Probe:
 
 
 def failed(n: int, error: str = "refused") -> Probe:
-    return Probe(IDS[n], IPS[n], error=error)
+    return Probe(IDS[n], IPS[n], error=EtcdFailure(error))
 
 
 def facts(
@@ -96,14 +97,14 @@ def test_never_new_while_a_peer_might_be_running(error: str) -> None:
 
 def test_new_when_the_silent_peer_bootstraps_the_same_cluster() -> None:
     urls = frozenset(EP.peer_url(ip) for ip in IPS[:3])
-    silent = Probe(IDS[1], IPS[1], error="timeout", bootstrapping=urls)
+    silent = Probe(IDS[1], IPS[1], error=EtcdFailure.TIMEOUT, bootstrapping=urls)
     plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), silent, failed(2)]))
     assert plan.decision is Decision.NEW
 
 
 def test_wait_when_the_silent_peer_bootstraps_another_cluster() -> None:
     urls = frozenset(EP.peer_url(ip) for ip in IPS[1:4])
-    silent = Probe(IDS[1], IPS[1], error="timeout", bootstrapping=urls)
+    silent = Probe(IDS[1], IPS[1], error=EtcdFailure.TIMEOUT, bootstrapping=urls)
     plan = decide(facts(0, [inst(0), inst(1), inst(2)], [failed(0), silent, failed(2)]))
     assert plan.decision is Decision.WAIT
 
@@ -575,11 +576,11 @@ def test_an_old_record_is_followed_while_an_etcd_is_seen_forming_its_cluster() -
     """Live evidence instead of a clock: the writer's etcd is up and forming exactly the recorded cluster."""
     record = _record((0, 1, 2), None)
     forming = frozenset(url for _, url in record.members)
-    probes = [Probe(IDS[0], IPS[0], error="timeout", bootstrapping=forming), failed(1), failed(2)]
+    probes = [Probe(IDS[0], IPS[0], error=EtcdFailure.TIMEOUT, bootstrapping=forming), failed(1), failed(2)]
     base = facts(1, [inst(0), inst(1), inst(2)], probes)
     assert decide(looked_soon_after(base, record, 3600)).decision is Decision.NEW
     other = frozenset({*forming, "http://10.0.0.9:2380"})
-    probes[0] = Probe(IDS[0], IPS[0], error="timeout", bootstrapping=other)
+    probes[0] = Probe(IDS[0], IPS[0], error=EtcdFailure.TIMEOUT, bootstrapping=other)
     assert decide(looked_soon_after(facts(1, [inst(0), inst(1), inst(2)], probes), record, 3600)).decision is (
         Decision.WAIT
     )

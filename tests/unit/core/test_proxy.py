@@ -8,7 +8,16 @@ import pytest
 
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core import envfile, proxy, view
-from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.core.model import (
+    AsgInstance,
+    AsgView,
+    Endpoints,
+    EtcdFailure,
+    Identity,
+    Member,
+    MemberList,
+    Probe,
+)
 from etcd_aws_cluster.core.proxy import KEYS, Cluster, from_asg, render, variables
 
 EP = Endpoints()
@@ -73,9 +82,9 @@ def test_from_the_asg_counts_only_inservice_and_pending_instances_with_an_ip() -
 
 def test_discover_prefers_the_member_list_then_the_asg() -> None:
     members = (member(0), member(1))
-    answered = [Probe(IDS[0], IPS[0], answer=MemberList(members, 7)), Probe(IDS[2], IPS[2], error="refused")]
+    answered = [Probe(IDS[0], IPS[0], answer=MemberList(members, 7)), Probe(IDS[2], IPS[2], error=EtcdFailure.REFUSED)]
     assert discover(ASG, answered, EP) == from_members(members, ASG)
-    silent = [Probe(i, ip, error="refused") for i, ip in zip(IDS, IPS)]
+    silent = [Probe(i, ip, error=EtcdFailure.REFUSED) for i, ip in zip(IDS, IPS)]
     assert discover(ASG, silent, EP) == from_asg(ASG, EP)
     assert discover(AsgView("etcd", 0, ()), [], EP) is None
 

@@ -18,7 +18,7 @@ from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import ConfigError, UnsafeError
 from etcd_aws_cluster.commands.reconcile import describe, load_state, save_state
 from etcd_aws_cluster.core import view
-from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, EtcdFailure, Identity, Member, MemberList, Probe
 from etcd_aws_cluster.core.reconcile import Policy, decide, parse_states
 from etcd_aws_cluster.core.view import ClusterView, Facts
 from tests.packaging_helpers import SYSTEMD, entries, keys, parse_unit
@@ -95,7 +95,9 @@ def facts_of(case: Case) -> Facts:
     instances = tuple(AsgInstance(IDS[n], state, IPS[n] if state != "Terminated" else None) for n, state in asg.items())
     listing = MemberList(tuple(case.member_list()), cluster_id=7)
     probes = tuple(
-        Probe(IDS[n], IPS[n], answer=listing) if str(n) in case.answer else Probe(IDS[n], IPS[n], error="refused")
+        Probe(IDS[n], IPS[n], answer=listing)
+        if str(n) in case.answer
+        else Probe(IDS[n], IPS[n], error=EtcdFailure.REFUSED)
         for n, state in asg.items()
         if state != "Terminated"
     )

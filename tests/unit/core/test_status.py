@@ -10,7 +10,16 @@ import pytest
 
 from etcd_aws_cluster.commands.status import use_colour
 from etcd_aws_cluster.core import status, view
-from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, EndpointStatus, Member, MemberList, Probe
+from etcd_aws_cluster.core.model import (
+    AsgInstance,
+    AsgView,
+    Endpoints,
+    EndpointStatus,
+    EtcdFailure,
+    Member,
+    MemberList,
+    Probe,
+)
 from etcd_aws_cluster.core.status import Verdict, render_text, to_json
 
 
@@ -47,7 +56,7 @@ def up(n: int, members: tuple[Member, ...], cluster_id: int = 7) -> Probe:
 
 
 def down(n: int, error: str = "refused") -> Probe:
-    return Probe(IDS[n], IPS[n], error=error)
+    return Probe(IDS[n], IPS[n], error=EtcdFailure(error))
 
 
 def leads(n: int, leader: int = 0x100) -> EndpointStatus:

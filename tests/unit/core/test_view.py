@@ -8,7 +8,7 @@ import pytest
 
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core import view
-from etcd_aws_cluster.core.model import AsgInstance, AsgView, Identity, Member, MemberList, Probe
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, EtcdFailure, Identity, Member, MemberList, Probe
 from tests.unit.builders import EP, IDS, IPS, member
 
 
@@ -25,7 +25,7 @@ def up(n: int, members: tuple[Member, ...], cluster_id: int = 7) -> Probe:
 
 
 def down(n: int) -> Probe:
-    return Probe(IDS[n], IPS[n], error="refused")
+    return Probe(IDS[n], IPS[n], error=EtcdFailure.REFUSED)
 
 
 THREE = (member(0), member(1), member(2))
