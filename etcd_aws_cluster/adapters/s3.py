@@ -46,6 +46,7 @@ from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError, ErrorKind, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.codec import MAX_DOCUMENT_BYTES
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
@@ -571,10 +572,10 @@ class BackupStore:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
                 raise
-            if int(answer.get("ContentLength", 0)) > records.MAX_DOCUMENT_BYTES:
+            if int(answer.get("ContentLength", 0)) > MAX_DOCUMENT_BYTES:
                 raise UnsafeError(f"refusing {self.where(key)}: too large for a manifest or record")
             etag: object = answer.get("ETag")
-            body: bytes = answer["Body"].read(records.MAX_DOCUMENT_BYTES + 1)
+            body: bytes = answer["Body"].read(MAX_DOCUMENT_BYTES + 1)
             return body, etag
 
         return self._call(f"reading {self.where(key)}", read)

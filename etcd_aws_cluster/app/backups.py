@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from etcd_aws_cluster.adapters import restore_tool, scratch
@@ -77,11 +77,12 @@ class Backups:
         self.throughput = SNAPSHOT_THROUGHPUT  # bytes per second; measured by a snapshot of this run
 
     @classmethod
-    def open(cls, ctx: Context, asg_name: str) -> Backups | None:
-        """The backups of ASG `asg_name`, or None when `backup_url` is not set."""
+    def open(cls, ctx: Context, asg_name: str) -> Backups:
+        """The backups of ASG `asg_name` under `backup_url`, with an S3 client of their own: once per run
+        (Context.backups)."""
         settings = ctx.settings
         if not settings.backup_url:
-            return None
+            raise ConfigError("backup_url is not set: there are no backups to open")
         s3 = connect_s3(ctx.me.region, ctx.environ, settings.aws_timeout, settings.aws_max_attempts, ctx.deadline)
         store = BackupStore(
             s3,
@@ -179,7 +180,27 @@ class Backups:
     def age(self, info: SnapshotInfo) -> float:
         return (self.ctx.now() - info.taken_at).total_seconds()
 
-    def insure(self, cluster: ClusterView, what: str) -> None:
+    def prune(self) -> tuple[SnapshotInfo, ...]:
+        """Delete what the retention settings do not keep (our own snapshots only); returns what went."""
+        settings = self.ctx.settings
+        doomed = records.retention(
+            self.store.list_snapshots(), self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
+        )
+        if doomed:
+            self.store.delete(doomed)
+            log.info("retention: deleted %d snapshots: %s", len(doomed), ", ".join(i.key for i in doomed))
+        return doomed
+
+    # --- around a membership change ---------------------------------------------------------------------
+    def guard_change(self, cluster: ClusterView, what: str) -> GuardedChange:
+        """The backups' rule for a membership change of `cluster` (adding or removing a member): a snapshot before
+        it when one is due and fits (snapshot_before_change, now), the cluster record brought up to date after it
+        (GuardedChange.record, once the caller has made the change). Both are best effort and bounded: the change
+        heals the cluster, and S3 must neither refuse nor delay it."""
+        self.snapshot_before_change(cluster, what)
+        return GuardedChange(self, what)
+
+    def snapshot_before_change(self, cluster: ClusterView, what: str) -> None:
         """Before a membership change: a snapshot, unless one is younger than backup_interval or it would not fit
         the time left. Best effort and bounded (insurance_budget; an S3 that does not answer is given up on at
         once): the change it guards heals the cluster, and refusing or delaying it would leave the cluster worse."""
@@ -187,11 +208,11 @@ class Backups:
         try:
             # At least the first-answer window, so that a skip can name the newest snapshot's age.
             with self.store.limited(max(budget, S3_ANSWER_WITHIN), answer_within=S3_ANSWER_WITHIN):
-                self._insure(cluster, what, budget)
+                self._snapshot_if_it_fits(cluster, what, budget)
         except AgentError as exc:
             log.warning("backup before %s skipped, going on without it (newest snapshot unknown): %s", what, exc)
 
-    def _insure(self, cluster: ClusterView, what: str, budget: float) -> None:
+    def _snapshot_if_it_fits(self, cluster: ClusterView, what: str, budget: float) -> None:
         started = self.ctx.deadline.elapsed()
         newest = self.newest()
         if newest is not None and self.age(newest) < self.ctx.settings.backup_interval:
@@ -220,24 +241,14 @@ class Backups:
         self.take(cluster, via[0])
 
     def record_after(self, what: str, update: Callable[[], object]) -> None:
-        """A record update after the change (and the env file) it records: bounded like the insurance, and never
-        fatal, since what it records has happened; the next scheduled backup writes the record again."""
+        """A record update after what it records (a membership change, a member's boot) and the env file: bounded
+        like the insurance, and never fatal, since what it records has happened; the next scheduled backup writes
+        the record again."""
         try:
             with self.store.limited(min(RECORD_BUDGET, self.ctx.deadline.remaining()), answer_within=S3_ANSWER_WITHIN):
                 update()
         except AgentError as exc:
             log.warning("cluster record not updated after %s (best effort, the next backup writes it): %s", what, exc)
-
-    def prune(self) -> tuple[SnapshotInfo, ...]:
-        """Delete what the retention settings do not keep (our own snapshots only); returns what went."""
-        settings = self.ctx.settings
-        doomed = records.retention(
-            self.store.list_snapshots(), self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
-        )
-        if doomed:
-            self.store.delete(doomed)
-            log.info("retention: deleted %d snapshots: %s", len(doomed), ", ".join(i.key for i in doomed))
-        return doomed
 
     # --- the cluster record ----------------------------------------------------------------------------
     def read_record(self) -> ClusterRecord | None:
@@ -373,6 +384,26 @@ class Backups:
             f"none of the {len(candidates)} snapshots under backup_url passes its checksum and db check; refusing "
             "to start an empty cluster. Check the bucket (`etcd-aws-cluster restore --list`)"
         )
+
+
+@dataclass(frozen=True)
+class GuardedChange:
+    """A membership change the backups guard (Backups.guard_change): its snapshot before is taken; `record` is
+    what follows it."""
+
+    backups: Backups
+    what: str
+
+    def record(self, after: ClusterView | Callable[[], ClusterView], *, what: str | None = None) -> None:
+        """Bring the cluster record up to date with the cluster `after` the change (a view, or how to look at it:
+        then looked at within the record's budget), best effort (Backups.record_after). `what`: what the record
+        follows, when that is more than the change guarded (e.g. every removal of a reconcile run)."""
+        backups = self.backups
+
+        def write() -> None:
+            backups.write_record(after if isinstance(after, ClusterView) else after())
+
+        backups.record_after(what or self.what, write)
 
 
 def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, where: str) -> None:

@@ -38,12 +38,8 @@ class Outcome:
     text: str
 
 
-@dataclass(frozen=True)
-class RecordUpdate:
-    """A cluster record update still to be made once the env file is written (best effort: Backups.record_after)."""
-
-    what: str
-    update: Callable[[], object]
+# A cluster record update still to be made once the env file is written (best effort: Backups.record_after).
+RecordUpdate = Callable[[], None]
 
 
 class Runner:
@@ -55,15 +51,10 @@ class Runner:
         self.publish = True  # hand this node's data off to S3 when survivors lack quorum (not on a dry run)
         self.lineage_hint = ""  # added to a refusal: the record's lineage has no snapshot, others have
 
-    @functools.cached_property
+    @property
     def backups(self) -> Backups | None:
-        if not self.settings.backup_url:
-            return None
-        # The backup machinery (S3, etcd's restore tool, hand-offs) is imported only when backups are on: a boot
-        # without backup_url does not pay for it.
-        from etcd_aws_cluster.app.backups import Backups
-
-        return Backups.open(self.ctx, self.ctx.asg_name)
+        """The run's backups (Context.backups: the machinery is imported only when backup_url is set)."""
+        return self.ctx.backups()
 
     def facts(self, asg: AsgView) -> Facts:
         data_dir = local_data_dir(self.settings.data_dirs())
@@ -142,17 +133,16 @@ class Runner:
             return self._restore(plan, facts, backups), True, None
         if plan.decision is Decision.NEW and backups is not None:
             backups.write_record(facts.view, members=plan.initial_cluster)
-        later = None
+        later: RecordUpdate | None = None
         if plan.decision is Decision.MEMBER and backups is not None:
-            later = RecordUpdate("this member's boot", functools.partial(backups.complete_record, facts.view))
+            complete = functools.partial(backups.complete_record, facts.view)
+            later = functools.partial(backups.record_after, "this member's boot", complete)
         if not plan.remove and not plan.add_self:
             return plan, True, later
-        if backups is not None:
-            backups.insure(facts.view, "this membership change")
+        change = backups.guard_change(facts.view, "this membership change") if backups is not None else None
         plan, settled = self._change_membership(plan, facts)
-        if settled and backups is not None:
-            after = replace(facts.view, members=plan.members)
-            later = RecordUpdate("this membership change", functools.partial(backups.write_record, after))
+        if settled and change is not None:
+            later = functools.partial(change.record, replace(facts.view, members=plan.members))
         return plan, settled, later
 
     def _restore(self, plan: Plan, facts: Facts, backups: Backups) -> Plan:
@@ -255,8 +245,8 @@ class Runner:
             atomic_file.write(self.settings.output, outcome.text)
             if self.settings.output != "-":
                 log.info("wrote %s: %s, state %s", self.settings.output, self.ctx.me.instance_id, plan.cluster_state)
-            if later is not None and self.backups is not None:
-                self.backups.record_after(later.what, later.update)
+            if later is not None:
+                later()
         return outcome
 
     def outcome(self, plan: Plan) -> Outcome:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import requests
 
     from etcd_aws_cluster.adapters.aws import Aws
+    from etcd_aws_cluster.app.backups import Backups
     from etcd_aws_cluster.app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Context:
         self._connect_aws = connect_aws or self._default_aws
         self.now = now
         self.metrics = RunMetrics()  # what this run learns that is worth a metric (app/metrics.py)
+        self._backups: Backups | None = None
 
     def _default_aws(self, region: str) -> Aws:
         from etcd_aws_cluster.adapters.aws import Aws
@@ -119,6 +121,22 @@ class Context:
             key, value = self.settings.asg_tag.split("=", 1)
             return self.aws.group_by_tag(key, value)
         return self.aws.group_of(self.me.instance_id)
+
+    def backups(self, asg_name: str | None = None) -> Backups | None:
+        """The backups of this run's ASG (of `asg_name` when a command looks at another: status of a proxy's cluster),
+        or None when backup_url is not set. One per run, made on first use: every command shares its S3 client and
+        what it measured, and a run without backup_url never imports the backup machinery (S3, etcd's restore
+        tool), nor pays for it."""
+        if not self.settings.backup_url:
+            return None
+        name = asg_name or self.asg_name
+        if self._backups is None:
+            from etcd_aws_cluster.app.backups import Backups
+
+            self._backups = Backups.open(self, name)
+        elif self._backups.store.asg_name != name:
+            raise ValueError(f"this run's backups are ASG {self._backups.store.asg_name}'s, not {name}'s")
+        return self._backups
 
     def find_asg(self, asg_name: str | None = None) -> AsgView:
         """The ASG (this instance's unless `asg_name` names another) with its instances, as AWS lists it now."""

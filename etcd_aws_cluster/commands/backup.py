@@ -22,7 +22,7 @@ SCHEDULE_SLACK = 0.9
 
 
 def require_backups(ctx: Context) -> Backups:
-    backups = Backups.open(ctx, ctx.asg_name)
+    backups = ctx.backups()
     if backups is None:
         raise ConfigError("backup_url is not set: there is nowhere to back up to or restore from")
     return backups

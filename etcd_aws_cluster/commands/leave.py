@@ -9,14 +9,12 @@ member's etcd shuts itself down, and cannot restart on its old data (the next bo
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import re
 import sys
 from dataclasses import replace
 
 from etcd_aws_cluster.adapters.imds import Imds
-from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import EtcdError, MetadataError, UnsafeError
@@ -73,13 +71,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if dry_run:
         sys.stdout.write(f"# would remove {label} from a cluster of {len(cluster.members)} members\n")
         return 0
-    backups = Backups.open(ctx, cluster.asg.name)
-    if backups is not None:
-        backups.insure(cluster, f"removing {label}")
+    backups = ctx.backups(cluster.asg.name)
+    change = backups.guard_change(cluster, f"removing {label}") if backups is not None else None
     # Through the other members first: this node's etcd stops itself once it sees its own removal.
     removed = ctx.remove_member(f"removing {label}", member.id, cluster.client_urls(last=[me.private_ip]))
-    if backups is not None:
-        left = replace(cluster, members=tuple(m for m in cluster.members if m.id != member.id))
-        backups.record_after(f"removing {label}", functools.partial(backups.write_record, left))
+    if change is not None:
+        change.record(replace(cluster, members=tuple(m for m in cluster.members if m.id != member.id)))
     log.info("removed %s; stop etcd on this instance now" if removed else "%s was already gone", label)
     return 0

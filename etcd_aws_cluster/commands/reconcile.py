@@ -16,15 +16,18 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etcd_aws_cluster.adapters import atomic_file
 from etcd_aws_cluster.adapters.hostfs import host_lock
-from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core import reconcile as reconciler
 from etcd_aws_cluster.core.model import AsgView
 from etcd_aws_cluster.core.view import Facts, url_host
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.app.backups import GuardedChange
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -81,10 +84,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if dry_run:
             sys.stdout.write(describe(_decide(ctx, asg, policy, seen)[1], asg))
             return 0
-        result, removed = _reconcile(ctx, asg, policy, seen)
+        result, change = _reconcile(ctx, asg, policy, seen)
         save_state(state_file, result.unstarted_since)
-        if removed and (backups := Backups.open(ctx, asg.name)) is not None:
-            backups.record_after("reconcile's removals", lambda: backups.write_record(ctx.observe(asg)))
+        if change is not None:
+            change.record(lambda: ctx.observe(asg), what="reconcile's removals")
     for pending in result.waiting:
         log.info("%s", pending.describe())
     if result.blocked:
@@ -102,10 +105,12 @@ def _decide(
 
 def _reconcile(
     ctx: Context, asg: AsgView, policy: reconciler.Policy, seen: dict[int, float]
-) -> tuple[reconciler.Reconciliation, bool]:
+) -> tuple[reconciler.Reconciliation, GuardedChange | None]:
     """Remove one member at a time, deciding again from a fresh probe before each removal. Returns the last
-    decision and whether anything was removed (the last decision, after the removals, has none left)."""
+    decision (after the removals, it has none left) and, when anything was removed with backups on, the change the
+    backups guarded: the record is brought up to date after it."""
     done: set[int] = set()
+    change = None
     first = True
     while True:
         facts, result = _decide(ctx, asg, policy, seen)
@@ -117,10 +122,10 @@ def _reconcile(
         if not todo:
             if not done:
                 log.info("reconcile: nothing to remove")
-            return result, bool(done)
+            return result, change
         removal = todo[0]
-        if not done and (backups := Backups.open(ctx, asg.name)) is not None:
-            backups.insure(facts.view, f"removing member {removal.member.hex_id}")
+        if not done and (backups := ctx.backups(asg.name)) is not None:
+            change = backups.guard_change(facts.view, f"removing member {removal.member.hex_id}")
         remover = _Remover(ctx, removal.member.id)
         hosts = [url_host(u) for u in removal.member.peer_urls]
         client_urls = facts.view.client_urls(first=ctx.me.private_ip, last=hosts)

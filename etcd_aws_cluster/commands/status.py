@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from etcd_aws_cluster.adapters import restore_tool
 from etcd_aws_cluster.app import metrics
-from etcd_aws_cluster.app.backups import Backups, utc_age
+from etcd_aws_cluster.app.backups import utc_age
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError
 from etcd_aws_cluster.core import status, view
@@ -50,7 +50,7 @@ def _outside_probes(ctx: Context, first: ClusterView, pool: concurrent.futures.E
 
 def backups_line(ctx: Context, group: str) -> str:
     """What protects the data: the newest snapshot under backup_url, or that nothing does."""
-    backups = Backups.open(ctx, group)
+    backups = ctx.backups(group)
     if backups is None:
         return "backups: off (backup_url is not set): nothing restores the data if every member is lost"
     where = backups.store.where(backups.store.snapshot_prefix)

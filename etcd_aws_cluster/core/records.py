@@ -6,23 +6,21 @@ version is refused, so a stray or tampered object can never steer a restore.
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core.codec import Codec, Document, Field, refuse
 
 SNAPSHOT_FORMAT = "etcd-aws-cluster/snapshot"
 RECORD_FORMAT = "etcd-aws-cluster/cluster-record"
 HANDOFF_FORMAT = "etcd-aws-cluster/handoff"
-FORMAT_VERSION = 1
-# Largest manifest or record we read back: a few hundred members would still fit; anything bigger is not ours.
-MAX_DOCUMENT_BYTES = 256 * 1024
 
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -35,10 +33,7 @@ ETCD_VERSION = validate.ETCD_VERSION
 LINEAGE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 # S3 keys we write: our own layout only, so nothing from a listing can smuggle in odd characters.
 OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/%-]{1,1024}")
-
-
-def _refuse(what: str, source: str, value: object) -> UnsafeError:
-    return UnsafeError(f"refusing {what} from {source}: {validate.shown(value)} is not a valid {what}")
+MAX_REPLACED = 64  # clusters a restore's record names as replaced
 
 
 def _utc(value: datetime, what: str) -> datetime:
@@ -162,64 +157,40 @@ def format_time(value: datetime) -> str:
     return _utc(value, "time").strftime(TIMESTAMP_FORMAT)
 
 
-def _document(text: str | bytes, expected_format: str, source: str) -> dict[str, Any]:
-    if len(text) > MAX_DOCUMENT_BYTES:
-        raise UnsafeError(f"refusing {source}: {len(text)} bytes is larger than any {expected_format} document")
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise UnsafeError(f"refusing {source}: not valid JSON") from None
-    if not isinstance(data, dict) or data.get("format") != expected_format:
-        raise UnsafeError(f"refusing {source}: not an {expected_format} document")
-    if data.get("version") != FORMAT_VERSION:
-        raise UnsafeError(
-            f"refusing {source}: {expected_format} version {validate.shown(data.get('version'))} is not "
-            f"{FORMAT_VERSION} (written by a newer agent? upgrade this one)"
-        )
-    return data
-
-
-def _fields(data: Mapping[str, Any], names: tuple[str, ...], source: str, optional: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(data) - {"format", "version", *names, *optional})
-    missing = sorted(set(names) - set(data))
-    if unknown or missing:
-        raise UnsafeError(f"refusing {source}: unknown fields {unknown} / missing fields {missing}")
-
-
 def _matching(pattern: re.Pattern[str], what: str, value: object, source: str) -> str:
     if isinstance(value, str) and pattern.fullmatch(value):
         return value
-    raise _refuse(what, source, value)
+    raise refuse(what, source, value)
 
 
 def _count(value: object, what: str, source: str, upper: int = 2**63) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < upper:
         return value
-    raise _refuse(what, source, value)
+    raise refuse(what, source, value)
 
 
-def _time(value: object, what: str, source: str) -> datetime:
-    text = _matching(TIMESTAMP, what, value, source)
+def _time(value: object, source: str) -> datetime:
+    text = _matching(TIMESTAMP, "time", value, source)
     try:
         return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:
-        raise _refuse(what, source, value) from None
+        raise refuse("time", source, value) from None
 
 
 def _cluster_id(value: object, source: str) -> int:
     number = int(_matching(CLUSTER_ID_HEX, "cluster id", value, source), 16)
     if number == 0:
-        raise _refuse("cluster id", source, value)
+        raise refuse("cluster id", source, value)
     return number
 
 
-def _pairs(value: object, first: Any, source: str) -> tuple[tuple[str, str], ...]:
+def _pairs(first: Callable[[object, str], str], value: object, source: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, list) or len(value) > 1000:
-        raise _refuse("member list", source, value)
+        raise refuse("member list", source, value)
     pairs = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
-            raise _refuse("member", source, item)
+            raise refuse("member", source, item)
         pairs.append((first(item[0], source), validate.url(item[1], source)))
     return tuple(pairs)
 
@@ -231,164 +202,133 @@ def _member_name(value: object, source: str) -> str:
 def object_key(value: object, source: str) -> str:
     key = _matching(OBJECT_KEY, "object key", value, source)
     if key.startswith("/") or "//" in key or any(part in (".", "..") for part in key.split("/")):
-        raise _refuse("object key", source, value)
+        raise refuse("object key", source, value)
     return key
 
 
-SNAPSHOT_FIELDS = (
-    "key",
-    "taken_at",
-    "revision",
-    "cluster_id",
-    "etcd_version",
-    "sha256",
-    "size",
-    "members",
-    "source_instance",
-)
-# Written only when false (hash_trailer) or known (db_hash, lineage), so that a manifest stays what earlier agents
-# read (documents written before lineages have none).
-SNAPSHOT_OPTIONAL = ("hash_trailer", "db_hash", "lineage")
-RECORD_FIELDS = ("asg_name", "cluster_id", "members", "newest_snapshot", "updated_at")
-RECORD_OPTIONAL = ("lineage",)
-# Written only when a restore replaced clusters, so that every other record stays what agents before it read.
-RECORD_REPLACES = "replaces"
-MAX_REPLACED = 64
-HANDOFF_FIELDS = ("instance_id", "record_updated_at", "has_data", "revision", "cluster_id", "uploaded", "written_at")
-
-
-def _lineage_field(lineage: str | None) -> dict[str, str]:
-    return {} if lineage is None else {"lineage": lineage}
-
-
-def _lineage(data: Mapping[str, Any], source: str) -> str | None:
-    value = data.get("lineage")
-    return None if value is None and "lineage" not in data else _matching(LINEAGE, "lineage", value, source)
-
-
-def snapshot_to_json(info: SnapshotInfo) -> str:
-    optional: dict[str, Any] = {} if info.hash_trailer else {"hash_trailer": False}
-    if info.db_hash is not None:
-        optional["db_hash"] = info.db_hash
-    optional.update(_lineage_field(info.lineage))
-    return json.dumps(
-        {
-            "format": SNAPSHOT_FORMAT,
-            "version": FORMAT_VERSION,
-            "key": info.key,
-            "taken_at": format_time(info.taken_at),
-            "revision": info.revision,
-            "cluster_id": f"{info.cluster_id:x}",
-            "etcd_version": info.etcd_version,
-            "sha256": info.sha256,
-            "size": info.size,
-            "members": [list(pair) for pair in info.members],
-            "source_instance": info.source_instance,
-            **optional,
-        },
-        indent=1,
-    )
-
-
-def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
-    data = _document(text, SNAPSHOT_FORMAT, source)
-    _fields(data, SNAPSHOT_FIELDS, source, SNAPSHOT_OPTIONAL)
-    hash_trailer = data.get("hash_trailer", True)
-    if not isinstance(hash_trailer, bool):
-        raise _refuse("hash_trailer flag", source, hash_trailer)
-    return SnapshotInfo(
-        key=object_key(data["key"], source),
-        taken_at=_time(data["taken_at"], "time", source),
-        revision=_count(data["revision"], "revision", source),
-        cluster_id=_cluster_id(data["cluster_id"], source),
-        etcd_version=_matching(ETCD_VERSION, "etcd version", data["etcd_version"], source),
-        sha256=_matching(SHA256_HEX, "sha256", data["sha256"], source),
-        size=_count(data["size"], "size", source, upper=2**44),
-        members=_pairs(data["members"], _member_name, source),
-        source_instance=validate.instance_id(data["source_instance"], source),
-        hash_trailer=hash_trailer,
-        db_hash=_count(data["db_hash"], "db hash", source, upper=2**32) if "db_hash" in data else None,
-        lineage=_lineage(data, source),
-    )
-
-
-def record_to_json(record: ClusterRecord) -> str:
-    return json.dumps(
-        {
-            "format": RECORD_FORMAT,
-            "version": FORMAT_VERSION,
-            "asg_name": record.asg_name,
-            "cluster_id": None if record.cluster_id is None else f"{record.cluster_id:x}",
-            "members": [list(pair) for pair in record.members],
-            "newest_snapshot": record.newest_snapshot,
-            "updated_at": format_time(record.updated_at),
-            **_lineage_field(record.lineage),
-            **_replaces_to_json(record.replaces),
-        },
-        indent=1,
-    )
-
-
-def _replaces_to_json(replaces: tuple[int, ...]) -> dict[str, list[str]]:
-    return {RECORD_REPLACES: [f"{cluster_id:x}" for cluster_id in replaces]} if replaces else {}
-
-
-def _replaces_from_json(value: object, source: str) -> tuple[int, ...]:
+def _replaced(value: object, source: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not 0 < len(value) <= MAX_REPLACED:
-        raise _refuse("list of replaced cluster ids", source, value)
+        raise refuse("list of replaced cluster ids", source, value)
     return tuple(_cluster_id(item, source) for item in value)
 
 
+def _text(pattern: re.Pattern[str], what: str) -> Codec[str]:
+    return Codec(functools.partial(_matching, pattern, what))
+
+
+def _number(what: str, upper: int = 2**63) -> Codec[int]:
+    return Codec(lambda value, source: _count(value, what, source, upper))
+
+
+def _flag(what: str) -> Codec[bool]:
+    def decode(value: object, source: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise refuse(what, source, value)
+
+    return Codec(decode)
+
+
+def _members(first: Callable[[object, str], str]) -> Codec[tuple[tuple[str, str], ...]]:
+    return Codec(functools.partial(_pairs, first), lambda pairs: [list(pair) for pair in pairs])
+
+
+def _hex(number: int) -> str:
+    return f"{number:x}"
+
+
+TIME = Codec(_time, format_time)
+CLUSTER_ID = Codec(_cluster_id, _hex)
+OBJECT_KEY_TEXT = Codec(object_key)
+LINEAGE_TEXT = _text(LINEAGE, "lineage")
+REVISION = _number("revision")
+
+# The fields of each document in the order they are written. The optional ones are written only when they differ
+# from their default, so that a document without them stays what agents from before them read: a manifest's
+# hash_trailer (written only when false), db_hash and lineage (only when known); a record's lineage, and the
+# clusters a restore replaced (only when it replaced some).
+SNAPSHOT = Document(
+    SNAPSHOT_FORMAT,
+    (
+        Field("key", OBJECT_KEY_TEXT),
+        Field("taken_at", TIME),
+        Field("revision", REVISION),
+        Field("cluster_id", CLUSTER_ID),
+        Field("etcd_version", _text(ETCD_VERSION, "etcd version")),
+        Field("sha256", _text(SHA256_HEX, "sha256")),
+        Field("size", _number("size", upper=2**44)),
+        Field("members", _members(_member_name)),
+        Field("source_instance", Codec(validate.instance_id)),
+        Field("hash_trailer", _flag("hash_trailer flag"), optional=True, default=True),
+        Field("db_hash", _number("db hash", upper=2**32), optional=True),
+        Field("lineage", LINEAGE_TEXT, optional=True),
+    ),
+    SnapshotInfo,
+)
+RECORD = Document(
+    RECORD_FORMAT,
+    (
+        Field("asg_name", Codec(validate.asg_name)),
+        Field("cluster_id", CLUSTER_ID, nullable=True),
+        Field("members", _members(validate.instance_id)),
+        Field("newest_snapshot", OBJECT_KEY_TEXT, nullable=True),
+        Field("updated_at", TIME),
+        Field("lineage", LINEAGE_TEXT, optional=True),
+        Field("replaces", Codec(_replaced, lambda ids: [_hex(i) for i in ids]), optional=True, default=()),
+    ),
+    ClusterRecord,
+)
+
+
+def _handoff_data(values: Mapping[str, Any], source: str) -> None:
+    """A hand-off with data names its revision and cluster id; one without names neither, nor an upload."""
+    if not values["has_data"]:
+        if (values["revision"], values["cluster_id"], values["uploaded"]) != (None, None, None):
+            raise UnsafeError(f"refusing {source}: a hand-off without data names a revision, cluster id or upload")
+    elif values["revision"] is None:
+        raise refuse("revision", source, None)
+    elif values["cluster_id"] is None:
+        raise refuse("cluster id", source, None)
+
+
+HANDOFF = Document(
+    HANDOFF_FORMAT,
+    (
+        Field("instance_id", Codec(validate.instance_id)),
+        Field("record_updated_at", TIME),
+        Field("has_data", _flag("has_data flag"), derived=True),
+        Field("revision", REVISION, nullable=True),
+        Field("cluster_id", CLUSTER_ID, nullable=True),
+        Field("uploaded", OBJECT_KEY_TEXT, nullable=True),
+        Field("written_at", TIME),
+    ),
+    Handoff,
+    _handoff_data,
+)
+
+
+def snapshot_to_json(info: SnapshotInfo) -> str:
+    return SNAPSHOT.write(info)
+
+
+def snapshot_from_json(text: str | bytes, source: str) -> SnapshotInfo:
+    return SNAPSHOT.read(text, source)
+
+
+def record_to_json(record: ClusterRecord) -> str:
+    return RECORD.write(record)
+
+
 def record_from_json(text: str | bytes, source: str) -> ClusterRecord:
-    data = _document(text, RECORD_FORMAT, source)
-    _fields(data, RECORD_FIELDS, source, (*RECORD_OPTIONAL, RECORD_REPLACES))
-    newest = data["newest_snapshot"]
-    return ClusterRecord(
-        asg_name=validate.asg_name(data["asg_name"], source),
-        cluster_id=None if data["cluster_id"] is None else _cluster_id(data["cluster_id"], source),
-        members=_pairs(data["members"], validate.instance_id, source),
-        newest_snapshot=None if newest is None else object_key(newest, source),
-        updated_at=_time(data["updated_at"], "time", source),
-        lineage=_lineage(data, source),
-        replaces=_replaces_from_json(data[RECORD_REPLACES], source) if RECORD_REPLACES in data else (),
-    )
+    return RECORD.read(text, source)
 
 
 def handoff_to_json(handoff: Handoff) -> str:
-    return json.dumps(
-        {
-            "format": HANDOFF_FORMAT,
-            "version": FORMAT_VERSION,
-            "instance_id": handoff.instance_id,
-            "record_updated_at": format_time(handoff.record_updated_at),
-            "has_data": handoff.has_data,
-            "revision": handoff.revision,
-            "cluster_id": None if handoff.cluster_id is None else f"{handoff.cluster_id:x}",
-            "uploaded": handoff.uploaded,
-            "written_at": format_time(handoff.written_at),
-        },
-        indent=1,
-    )
+    return HANDOFF.write(handoff)
 
 
 def handoff_from_json(text: str | bytes, source: str) -> Handoff:
-    data = _document(text, HANDOFF_FORMAT, source)
-    _fields(data, HANDOFF_FIELDS, source)
-    has_data = data["has_data"]
-    if not isinstance(has_data, bool):
-        raise _refuse("has_data flag", source, has_data)
-    known = (data["revision"], data["cluster_id"], data["uploaded"])
-    if not has_data and known != (None, None, None):
-        raise UnsafeError(f"refusing {source}: a hand-off without data names a revision, cluster id or upload")
-    uploaded = data["uploaded"]
-    return Handoff(
-        instance_id=validate.instance_id(data["instance_id"], source),
-        record_updated_at=_time(data["record_updated_at"], "time", source),
-        revision=_count(data["revision"], "revision", source) if has_data else None,
-        cluster_id=_cluster_id(data["cluster_id"], source) if has_data else None,
-        uploaded=None if uploaded is None else object_key(uploaded, source),
-        written_at=_time(data["written_at"], "time", source),
-    )
+    return HANDOFF.read(text, source)
 
 
 # -- choices --------------------------------------------------------------------------------------------------

@@ -1,20 +1,27 @@
-"""The insurance snapshot's budget: a share of the time left, never the time the change itself needs; the cluster
+"""The insurance snapshot's budget (a share of the time left, never the time the change itself needs), and the rule
+around a membership change: a snapshot before it when one is due, the record after it, both best effort; the cluster
 record write's retries."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from etcd_aws_cluster.app.backups import CHANGE_RESERVE, Backups, insurance_budget, snapshot_seconds
-from etcd_aws_cluster.base.errors import RecordRaceError
-from etcd_aws_cluster.core.model import AsgView, Endpoints
-from etcd_aws_cluster.core.records import ClusterRecord
+from etcd_aws_cluster.base.deadline import Deadline
+from etcd_aws_cluster.base.errors import AwsError, RecordRaceError
+from etcd_aws_cluster.core import view
+from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, MemberList, Probe
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.core.view import ClusterView
 from tests.unit.base.clock import FakeClock
+from tests.unit.builders import EP, IDS, IPS, member
 
 if TYPE_CHECKING:
     from etcd_aws_cluster.adapters.s3 import BackupStore
@@ -58,8 +65,101 @@ class _AlwaysRaced:
         self.writes += 1
         raise RecordRaceError("the cluster record changed since this run read it: another instance wrote it first")
 
+
+# -- the rule around a membership change: a snapshot before it when one is due, the record after it, best effort ---
+class MemoryStore:
+    """The record and the snapshots of one ASG, in memory; `failing` makes every call fail as a silent S3 does."""
+
+    asg_name = "etcd"
+    record_key = "p/etcd/cluster.json"
+
+    def __init__(self, snapshots: tuple[SnapshotInfo, ...] = ()) -> None:
+        self.record: ClusterRecord | None = None
+        self.snapshots = snapshots
+        self.failing = False
+
+    @contextlib.contextmanager
+    def limited(self, seconds: float, *, answer_within: float | None = None) -> Iterator[None]:
+        yield
+
     def where(self, key: str) -> str:
         return f"s3://bucket/{key}"
+
+    def _answer(self) -> None:
+        if self.failing:
+            raise AwsError("S3 did not answer")
+
+    def list_snapshots(self) -> tuple[SnapshotInfo, ...]:
+        self._answer()
+        return self.snapshots
+
+    def read_record(self) -> ClusterRecord | None:
+        self._answer()
+        return self.record
+
+    def read_record_tagged(self) -> tuple[ClusterRecord | None, str | None]:
+        return self.read_record(), None
+
+    def write_record(self, record: ClusterRecord, expected_etag: str | None) -> str | None:
+        self._answer()
+        self.record = record
+        return None
+
+
+NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def _cluster(*indexes: int) -> ClusterView:
+    members = tuple(member(n) for n in indexes)
+    instances = tuple(AsgInstance(IDS[n], "InService", IPS[n]) for n in range(3))
+    probes = tuple(Probe(IDS[n], IPS[n], answer=MemberList(members, cluster_id=7)) for n in indexes)
+    return view.build(AsgView("etcd", 3, instances), probes, EP)
+
+
+def _backups(store: MemoryStore) -> Backups:
+    settings = SimpleNamespace(backup_interval=3600.0)
+    ctx = SimpleNamespace(settings=settings, deadline=Deadline(60), now=lambda: NOW)
+    return Backups(cast("Context", ctx), cast("BackupStore", store))
+
+
+def _young_snapshot() -> SnapshotInfo:
+    meta = SnapshotMeta(NOW - timedelta(minutes=5), 42, 7, "3.5.17", (), IDS[0])
+    return SnapshotInfo.of("p/etcd/snapshots/a.db", meta, "ab" * 32, 100)
+
+
+def test_the_record_after_a_change_names_the_members_after_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="etcd_aws_cluster")
+    store = MemoryStore((_young_snapshot(),))
+    change = _backups(store).guard_change(_cluster(0, 1, 2), "removing member 66")
+    assert "backup before removing member 66: the newest snapshot is 300s old; none needed" in caplog.text
+    change.record(_cluster(0, 1))
+    assert store.record is not None
+    assert store.record.members == ((IDS[0], EP.peer_url(IPS[0])), (IDS[1], EP.peer_url(IPS[1])))
+    assert (store.record.cluster_id, store.record.updated_at) == (7, NOW)
+
+
+def test_a_cluster_looked_at_after_the_change_is_looked_at_when_the_record_is_written() -> None:
+    store = MemoryStore((_young_snapshot(),))
+    change = _backups(store).guard_change(_cluster(0, 1, 2), "removing member 66")
+    looks: list[ClusterView] = []
+
+    def look() -> ClusterView:
+        looks.append(_cluster(0))
+        return looks[-1]
+
+    assert not looks
+    change.record(look, what="reconcile's removals")
+    assert store.record is not None and store.record.members == ((IDS[0], EP.peer_url(IPS[0])),)
+
+
+def test_a_silent_s3_neither_stops_the_change_nor_fails_it(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    store.failing = True
+    change = _backups(store).guard_change(_cluster(0, 1, 2), "removing member 66")
+    assert "backup before removing member 66 skipped, going on without it" in caplog.text
+    change.record(_cluster(0, 1), what="reconcile's removals")
+    assert "cluster record not updated after reconcile's removals (best effort" in caplog.text
+    assert store.record is None
 
 
 def _raced(seconds: float) -> tuple[Backups, _AlwaysRaced, FakeClock]:

@@ -264,6 +264,9 @@ class FakeCluster:
         self.case.members = list(self.members)
         return facts_of(self.case).view
 
+    def backups(self, asg_name: str | None = None) -> None:
+        return None  # backup_url is not set
+
     def retry(self, what: str, call: Callable[[str], bool], client_urls: list[str]) -> bool:
         assert client_urls[0] == EP.client_url(IPS[0]), client_urls  # this instance's etcd first
         return call(client_urls[0])

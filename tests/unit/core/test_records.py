@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -411,3 +413,62 @@ def test_retention_never_deletes_the_current_lineage_to_keep_another() -> None:
 def test_retention_within_one_lineage_is_what_it_was() -> None:
     one = [of(info, LINE_A) for info in _hourly(3)]
     assert [i.key for i in retention(one, NOW, 5, 2)] == [i.key for i in retention(_hourly(3), NOW, 5, 2)]
+
+
+# -- the stored JSON, byte for byte -------------------------------------------------------------------------------
+# Texts written by the encoders before the documents shared one codec (tests/unit/core/documents): agents of every
+# release read what the others write, so each must read back to the same value and be written again unchanged.
+DOCUMENTS = Path(__file__).parent / "documents"
+T1 = datetime(2024, 5, 10, 12, 0, 0, 123456, tzinfo=UTC)
+T2 = datetime(2024, 5, 10, 12, 0, 1, tzinfo=UTC)
+SHA_HEX = "0123456789abcdef" * 4
+PAIRS = (("i-0123456789abcdef0", "https://10.0.0.1:2380"), ("", "http://10.0.0.2:2380"))
+TWO = (("i-0123456789abcdef0", "https://10.0.0.1:2380"), ("i-0fedcba9876543210", "https://10.0.0.2:2380"))
+STORED: dict[str, SnapshotInfo | ClusterRecord | Handoff] = {
+    "snapshot-before-options": SnapshotInfo(
+        "backups/g/snapshots/a.db", T1, 42, 0xCDF818194E3A8C32, "3.5.17", SHA_HEX, 20480, PAIRS, "i-0123456789abcdef0"
+    ),
+    "snapshot-raw-db-with-hash-and-lineage": SnapshotInfo(
+        "backups/g/snapshots/raw.db",
+        T1,
+        7,
+        0x8,
+        "3.4.23",
+        SHA_HEX,
+        9,
+        (),
+        "i-0fedcba9876543210",
+        hash_trailer=False,
+        db_hash=2241994221,
+        lineage=LINE_A,
+    ),
+    "snapshot-db-hash-only": SnapshotInfo(
+        "p/b.db", T2, 0, 1, "3.6.1", SHA_HEX, 0, (("etcd-1", "http://h:1"),), "i-0123456789abcdef0", db_hash=0
+    ),
+    "record-before-options": ClusterRecord(
+        "etcd prod", 0xCDF818194E3A8C32, TWO[:1], "backups/etcd%20prod/snapshots/x.db", T1
+    ),
+    "record-new-cluster-with-lineage": ClusterRecord("g", None, TWO, None, T2, LINE_B),
+    "record-restore-replacing": ClusterRecord("g", None, (), "p/a.db", T1, LINE_A, (0xCDF818194E3A8C32, 0x8)),
+    "handoff-with-upload": Handoff("i-0123456789abcdef0", T1, 42, 0xCDF818194E3A8C32, "p/g/snapshots/x.db", T2),
+    "handoff-data-no-upload": Handoff("i-0123456789abcdef0", T1, 0, 1, None, T2),
+    "handoff-no-data": Handoff("i-0fedcba9876543210", T1, None, None, None, T2),
+}
+CODECS: dict[str, tuple[Callable[[Any], str], Callable[[str, str], Any]]] = {
+    "snapshot": (snapshot_to_json, snapshot_from_json),
+    "record": (record_to_json, record_from_json),
+    "handoff": (handoff_to_json, handoff_from_json),
+}
+
+
+def test_every_stored_text_has_its_value() -> None:
+    assert sorted(path.stem for path in DOCUMENTS.glob("*.json")) == sorted(STORED)
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_a_stored_text_reads_back_to_its_value_and_is_written_again_byte_for_byte(name: str) -> None:
+    text = (DOCUMENTS / f"{name}.json").read_text(encoding="ascii")
+    write, read = CODECS[name.split("-")[0]]
+    assert read(text, "stored") == STORED[name]
+    assert write(STORED[name]) == text
+    assert write(read(text, "stored")) == text
