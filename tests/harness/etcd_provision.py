@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,7 +218,7 @@ def _provision(version: str, how: str, make: Callable[[Path], None]) -> None:
     print(f"etcd {version}: done in {time.monotonic() - started:.0f}s -> {release_dir(version)}", flush=True)
 
 
-def _provision_in_turn(jobs: list[tuple[str, str, Callable[[Path], None]]]) -> list[str]:
+def _provision_in_turn(jobs: Sequence[tuple[str, str, Callable[[Path], None]]]) -> list[str]:
     """Provision each release of ``jobs`` one after the other; the error of each one that failed."""
     errors = []
     for version, how, make in jobs:
