@@ -75,7 +75,7 @@ COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def log(message: str) -> None:
-    print(f"compat: {message}", flush=True)
+    print(f"compat: {message}\n", end="", flush=True)  # one write: the threads' lines do not run into each other
 
 
 def interpreter(minor: str) -> Path:
