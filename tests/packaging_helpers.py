@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -210,7 +212,8 @@ def snapshot(root: Path, tops: Iterable[str] = SNAPSHOT_ROOTS) -> set[str]:
 
 # --- Debian roots: the .deb is installed, upgraded, purged and booted in these, never on this machine ---------
 
-ROOT_CACHE = Path(os.environ.get("ETCD_AWS_CLUSTER_ROOT_CACHE", "/var/cache/etcd-aws-cluster-tests/roots"))
+TEST_CACHE = Path(os.environ.get("EAC_TEST_CACHE", "/var/cache/etcd-aws-cluster-tests"))
+ROOT_CACHE = Path(os.environ.get("ETCD_AWS_CLUSTER_ROOT_CACHE", TEST_CACHE / "roots"))
 DEBIAN_RELEASES = {"bookworm": "12", "trixie": "13"}
 # What every root holds: a bootable systemd, Debian's etcd, man, and the Debian packages the suite's .deb
 # depends on, so that `dpkg -i` works offline. trixie's .deb takes pydantic 2 from Debian too.
@@ -264,3 +267,23 @@ def in_root(
         line for line in result.stderr.splitlines(keepends=True) if "/run/systemd/nspawn/propagate/" not in line
     )
     return result
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m tests.packaging_helpers SUITE...`: build the cached roots ahead (`make test` does it at setup,
+    while etcd builds); prints where each is, fails on the first that cannot be built."""
+    for suite in argv or DEBIAN_RELEASES:
+        if suite not in DEBIAN_RELEASES:
+            raise SystemExit(f"unknown Debian suite {suite!r}: one of {', '.join(DEBIAN_RELEASES)}")
+        started = time.monotonic()
+        try:
+            tarball = base_root(suite)
+        except AssertionError as error:
+            print(f"Debian {suite} root: FAILED: {error}", file=sys.stderr, flush=True)
+            return 1
+        print(f"Debian {suite} root: {tarball} [{time.monotonic() - started:.0f} s]", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

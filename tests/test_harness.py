@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -386,3 +387,41 @@ def test_sid_sources_come_from_the_system_sources_with_only_the_suite_changed() 
     )
     with pytest.raises(etcd_provision.ProvisionError):
         etcd_provision._sid_sources("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n")
+
+
+def test_provisioning_fetches_from_sid_while_go_builds_and_reports_each_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAC_TEST_CACHE", str(tmp_path))
+    builds = [etcd_provision.GoBuild(etcd_provision.GO_BUILD_DIR / d, f"{d[1:]}.99") for d in ("v3.6", "v3.7")]
+    monkeypatch.setattr(etcd_provision, "go_builds", lambda: builds)
+    monkeypatch.setattr(etcd_provision, "download_modules", lambda build: None)
+    # the fetch from sid and the first build wait for each other: one after the other, they would break the barrier
+    together = threading.Barrier(2, timeout=10)
+    building: list[str] = []
+
+    def fake_build(build: etcd_provision.GoBuild, scratch: Path) -> None:
+        building.append(build.version)
+        assert building == ["3.6.99"] or etcd_provision.is_provisioned("3.6.99"), "the builds go one at a time"
+        if build.version == "3.6.99":
+            together.wait()
+        out = scratch / "bin"
+        out.mkdir()
+        for tool in etcd_provision.TOOLS:
+            (out / tool).write_text(f"#!/bin/sh\necho 'etcd Version: {build.version}'\n")
+            (out / tool).chmod(0o755)
+        etcd_provision._install_release(build.version, out)
+
+    def failing_fetch(scratch: Path) -> None:
+        together.wait()
+        raise etcd_provision.ProvisionError("sid is unreachable")
+
+    monkeypatch.setattr(etcd_provision, "build_with_go", fake_build)
+    monkeypatch.setattr(etcd_provision, "fetch_from_sid", failing_fetch)
+
+    errors = etcd_provision.provision_all()
+
+    assert errors == [f"etcd {etcd_provision.SID_ETCD_VERSION}: FAILED: sid is unreachable"]
+    assert building == ["3.6.99", "3.7.99"]
+    assert etcd_provision.is_provisioned("3.6.99") and etcd_provision.is_provisioned("3.7.99")
+    assert sorted(p.name for p in etcd_provision.cache_root().iterdir()) == [".lock", "3.6.99", "3.7.99"]
