@@ -160,7 +160,9 @@ def test_an_aws_call_ends_at_the_runs_deadline_not_after_its_retries(slow_aws: S
     started = time.monotonic()
     with pytest.raises(AwsError, match="no answer before the run's deadline"):
         client.describe("etcd")
-    assert time.monotonic() - started < 1.5  # 5 attempts of up to 10 s each, without the deadline
+    # Without the deadline: 5 attempts of up to 10 s each. The margin over the 1 s deadline is for a loaded machine
+    # (compat runs two interpreters at once beside other work); anything near 10 s would be the bug.
+    assert time.monotonic() - started < 3.0
 
 
 def test_no_aws_request_starts_after_the_deadline(slow_aws: SlowAws) -> None:

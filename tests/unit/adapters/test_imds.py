@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -16,8 +17,22 @@ from tests.harness.fixtures import ImdsFactory
 ID, IP = "i-0123456789abcdef0", "127.0.3.9"
 
 
+_sessions: list[requests.Session] = []
+
+
+@pytest.fixture(autouse=True)
+def _sessions_closed() -> Iterator[None]:
+    """Each test's HTTP sessions are closed after it: an old urllib3 (Debian 12's) warns about a pooled socket
+    left to the garbage collector, and warnings are errors here."""
+    yield
+    while _sessions:
+        _sessions.pop().close()
+
+
 def client(imds: FakeImds, *, allow_v1: bool = True, timeout: float = 0.5, deadline: float = 10) -> Imds:
-    return Imds(requests.Session(), Deadline(deadline), endpoint=imds.url, timeout=timeout, allow_v1=allow_v1)
+    session = requests.Session()
+    _sessions.append(session)
+    return Imds(session, Deadline(deadline), endpoint=imds.url, timeout=timeout, allow_v1=allow_v1)
 
 
 def test_identity_with_one_token_reused(fake_imds: ImdsFactory) -> None:

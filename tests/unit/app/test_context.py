@@ -70,12 +70,21 @@ def test_transient_answers_until_the_deadline_end_with_the_last_one() -> None:
     assert len(call.calls) == 2 * len(clock.sleeps)  # a round before each pause; none after the last
 
 
-# Credentials and an endpoint that nothing listens on: making the S3 client sends nothing.
+# Credentials and an endpoint that nothing listens on: making the S3 client sends nothing. botocore reads the
+# credentials from the process's environment (the context's environ gives the endpoints), and without them it would
+# ask the instance metadata service.
 ENVIRON = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
+
+
+@pytest.fixture(autouse=True)
+def _aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENVIRON.items():
+        monkeypatch.setenv(name, value)
 
 
 def context(tmp_path: Path, **overrides: object) -> Context:

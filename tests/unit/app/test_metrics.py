@@ -161,7 +161,7 @@ def _hammer(path: str, command: str, times: int) -> None:
 
 def test_concurrent_commands_lose_no_update(tmp_path: Path) -> None:
     path = tmp_path / "m.prom"
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork warns (an error here) once any thread runs
     workers = [context.Process(target=_hammer, args=(str(path), c, 40)) for c in ("backup", "reconcile", "leave")]
     for worker in workers:
         worker.start()
