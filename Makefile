@@ -7,8 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ETCD_STAMP := $(VENV)/.etcd
-# prometheus: its promtool checks the metrics file and the example alert rules in the tests.
-APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl prometheus
+APT_PACKAGES := etcd-server etcd-client libsystemd-dev pkg-config openssl
 
 .PHONY: all setup apt-deps etcd-provision test-prereqs compat-venvs lint format check test unit integration demo bench \
 	clean
@@ -54,12 +53,22 @@ $(UV): | $(STAMP)
 ETCD_CACHE ?= /var/cache/etcd-aws-cluster-tests
 # Not ETCD_AWS_CLUSTER_*: that prefix is the agent's settings, and the agent warns about a name it does not know.
 export EAC_TEST_CACHE := $(ETCD_CACHE)
+PROMTOOL := $(ETCD_CACHE)/promtool/promtool
 etcd-provision:
 	@$(PYTHON) -m tests.harness.etcd_provision
 
-$(ETCD_STAMP): $(STAMP) etcd-provision | apt-deps
+$(ETCD_STAMP): $(STAMP) etcd-provision $(PROMTOOL) | apt-deps
 	@$(PY) -m tests.harness.etcd_binaries
 	@touch $@
+
+# promtool judges the metrics file and the example alert rules in the tests (tests/harness/promtool.py). It comes
+# out of Debian's prometheus package, unpacked into the cache: installing the package would also install (and on a
+# systemd host start) a Prometheus server.
+$(PROMTOOL): | apt-deps
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && cd "$$scratch" && \
+		{ apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+		dpkg-deb -x prometheus_*.deb root && mkdir -p $(dir $@) && \
+		install -m 0755 root/usr/bin/promtool $@.tmp && mv $@.tmp $@ && echo "promtool: $$($@ --version 2>&1 | head -1)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check etcd_aws_cluster tests scripts

@@ -1,8 +1,9 @@
-"""Prometheus's promtool (Debian's `prometheus` package; `make setup` installs it as root): the judge of the metrics
-file and the example alert rules. A test that needs it fails without it, never skips."""
+"""Prometheus's promtool (from Debian's `prometheus` package, unpacked by `make setup` into the test cache): the judge
+of the metrics file and the example alert rules. A test that needs it fails without it, never skips."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
+    cached = Path(os.environ.get("EAC_TEST_CACHE", "/var/cache/etcd-aws-cluster-tests")) / "promtool" / "promtool"
+    found = str(cached) if os.access(cached, os.X_OK) else shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool is missing: install Debian's prometheus package (make setup does, as root)")
+        pytest.fail(f"promtool is missing: `make setup` unpacks it to {cached} from Debian's prometheus package")
     return found
 
 
