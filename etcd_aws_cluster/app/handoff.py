@@ -17,7 +17,7 @@ from pathlib import Path
 
 from etcd_aws_cluster.adapters import local_etcd, restore_tool, scratch
 from etcd_aws_cluster.app.backups import RECORD_BUDGET, RECORD_READ_ANSWER_WITHIN, Backups
-from etcd_aws_cluster.base.errors import AgentError
+from etcd_aws_cluster.base.errors import AgentError, UnsafeError
 from etcd_aws_cluster.core import records, recovery
 from etcd_aws_cluster.core.model import AsgView
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
@@ -76,6 +76,13 @@ def _read_record(backups: Backups, *, best_effort: bool) -> ClusterRecord | None
         with backups.store.limited(RECORD_BUDGET, answer_within=RECORD_READ_ANSWER_WITHIN):
             return backups.read_record()
     except AgentError as exc:
+        if backups.ctx.deadline.expired:
+            # Not a silent S3 but the end of the run: this look may follow a wait for a restore (hand-offs) whose
+            # record would forbid a restart on this data. Give up; the next run looks again.
+            raise UnsafeError(
+                f"the run's deadline passed before the cluster record could be read ({exc}); not restarting on "
+                "local data that a recorded restore may have replaced"
+            ) from None
         log.warning("cannot read the cluster record (%s); deciding from local data alone", exc)
         return None
 
