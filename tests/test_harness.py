@@ -177,6 +177,37 @@ def test_process_registry(tmp_path: Path) -> None:
     assert 1024 < port < 65536
 
 
+_BUSY_THREADS = """
+import threading
+def spin():
+    while True:
+        pass
+for _ in range(4):
+    threading.Thread(target=spin, daemon=True).start()
+print("up", flush=True)
+threading.Event().wait()
+"""
+
+
+def _thread_states(pid: int) -> list[str]:
+    return [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+def test_pause_returns_once_every_thread_is_stopped(tmp_path: Path) -> None:
+    # SIGSTOP is only queued when kill() returns: a thread busy on another CPU runs on for a moment, as an etcd
+    # "paused" by a test once answered a health check.
+    with ProcessRegistry() as registry:
+        busy = registry.start([sys.executable, "-c", _BUSY_THREADS], log_path=tmp_path / "busy.log")
+        deadline = time.monotonic() + 10
+        while "up" not in (tmp_path / "busy.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(20):
+            registry.pause(busy.pid)
+            states = _thread_states(busy.pid)
+            assert len(states) == 5 and set(states) == {"T"}, states
+            registry.resume(busy.pid)
+
+
 # -- moto + SimulatedAsg -----------------------------------------------------------------------------------
 def test_moto_server_starts_and_resets(tmp_path: Path) -> None:
     with MotoServer(log_dir=tmp_path) as moto:

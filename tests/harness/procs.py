@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -131,10 +132,20 @@ class ProcessRegistry:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
 
-    def pause(self, pid: int) -> None:
-        """SIGSTOP the process group: the process keeps its sockets open but answers nothing (a hung etcd)."""
+    def pause(self, pid: int, timeout: float = 10.0) -> None:
+        """SIGSTOP the process group: the process keeps its sockets open but answers nothing (a hung etcd).
+
+        Returns once every thread of the process is stopped: kill() only queues the stop, and a thread running on
+        another CPU can still answer a request for a moment (seen with etcd on a loaded machine)."""
         proc = self._require(pid)
         self._signal_group(proc, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _all_threads_stopped(pid):
+            if proc.poll() is not None:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {pid} not stopped {timeout}s after SIGSTOP")
+            time.sleep(0.005)
 
     def resume(self, pid: int) -> None:
         """SIGCONT the process group."""
@@ -204,6 +215,17 @@ def _stop_everything_at_exit() -> None:
     for registry in list(_OPEN_REGISTRIES):
         with contextlib.suppress(Exception):
             registry.close()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in state T (stopped by a signal), as /proc shows it."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        # the state follows the ")" that ends the command name, which may itself hold spaces or parentheses
+        states = [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in tasks]
+    except (OSError, IndexError):
+        return False
+    return bool(states) and all(state == "T" for state in states)
 
 
 def _ephemeral_range() -> tuple[int, int]:
