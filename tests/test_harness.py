@@ -16,7 +16,7 @@ import pytest
 import requests
 from botocore.utils import InstanceMetadataRegionFetcher
 
-from tests.harness import etcd_binaries, etcd_provision
+from tests.harness import etcd_binaries, etcd_provision, workers
 from tests.harness.fake_imds import DOCUMENT_PATH, LIFECYCLE_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory, SimFactory
 from tests.harness.moto_server import MotoServer
@@ -208,6 +208,26 @@ def test_pause_returns_once_every_thread_is_stopped(tmp_path: Path) -> None:
             registry.resume(busy.pid)
 
 
+@pytest.mark.parametrize("count", [1, 2, 4, 7])
+def test_xdist_workers_get_their_own_addresses_and_ports(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    serial = (workers.second_octet(), workers.port_slice(20000, 32768))
+    assert serial == (0, (20000, 32768))
+    octets, slices = [], []
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(count))
+    for worker in range(count):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        octets.append(workers.second_octet())
+        slices.append(workers.port_slice(20000, 32768))
+    assert octets == list(range(1, count + 1))  # a worker never uses a serial run's 127.0.K.L either
+    ports = [set(range(*piece)) for piece in slices]
+    assert all(len(piece) >= (32768 - 20000) // (count + 1) for piece in ports)  # a slice is left for serial runs
+    for i, piece in enumerate(ports):
+        assert piece and min(piece) >= 20000 and max(piece) < 32768
+        assert all(not piece & other for other in ports[i + 1 :])
+
+
 # -- moto + SimulatedAsg -----------------------------------------------------------------------------------
 def test_moto_server_starts_and_resets(tmp_path: Path) -> None:
     with MotoServer(log_dir=tmp_path) as moto:
@@ -238,6 +258,8 @@ def test_sim_instances_have_distinct_loopback_ips(sim: SimFactory) -> None:
     ips = [n.ip for n in nodes]
     assert len(set(ips)) == 4
     assert all(ipaddress.ip_address(ip).is_loopback for ip in ips)
+    # this xdist worker's own /16 (127.0.0.0/16 in a serial run): the workers' sims never meet
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(f"127.{workers.second_octet()}.0.0/16") for ip in ips)
     assert len({n.instance_id for n in nodes}) == 4
     assert all(n.lifecycle_state == "InService" for n in nodes)
     assert asg.client_port != asg.peer_port

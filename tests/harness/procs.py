@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests.harness import workers
+
 _OPEN_REGISTRIES: set[ProcessRegistry] = set()
 
 
@@ -249,13 +251,15 @@ def free_port(host: str = "127.0.0.1", *, also_free_on: Sequence[str] = (), excl
     """A TCP port that can be bound on ``host`` (and on every address in ``also_free_on``) right now.
 
     Ports are picked below the kernel's ephemeral range, so an outgoing connection cannot grab the port
-    between this check and the server binding it.
+    between this check and the server binding it, and from this xdist worker's slice of that range, so two
+    workers of a run cannot both pick a port between the check and the bind.
     """
     low, _ = _ephemeral_range()
+    start, stop = workers.port_slice(20000, max(20001, low))
     rng = random.Random()
     hosts = [host, *also_free_on]
     for _ in range(200):
-        port = rng.randrange(20000, max(20001, low))
+        port = rng.randrange(start, stop)
         if port not in exclude and all(_can_bind(h, port) for h in hosts):
             return port
     # Fall back on the kernel's choice.
