@@ -27,7 +27,7 @@ from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.sim import REGION, Node, SimulatedAsg
-from tests.integration.helpers import boot, decision, env, run_ok
+from tests.integration.helpers import boot, decision, env, run_ok, wait_for_exit, wait_for_log, wait_listening
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -225,19 +225,25 @@ def test_outage_with_one_instance_replaced_joins_the_original_cluster(
     *survivors, victim = asg.nodes
     (replacement,) = asg.terminate(victim)
 
-    proc = asg.start_agent(replacement, env=backed.env)  # the replacement boots first
-    time.sleep(8)
+    log = replacement.workdir / "agent.log"
+    proc = asg.start_agent(replacement, env=backed.env, log_path=log)  # the replacement boots first
+    wait_for_log(proc, log, "still in the ASG: waiting for them")
     assert proc.poll() is None, "the replacement's agent did not wait for the survivors"
     assert not replacement.env_file.exists()
     for node in survivors:  # the survivors come back (slower: they replay their WAL)
         result = run_ok(asg, node, env=backed.env)
         assert decision(result.stderr) == "restart"
-    # One at a time: while only one answers (etcd 3.5 lists members without a quorum) the replacement keeps waiting
+    # One at a time: while only one answers (etcd 3.5 lists members without a quorum) the replacement keeps waiting:
+    # once a look of it found that etcd up (answering, or silent until a quorum), it starts another.
+    seen = len(log.read_text(errors="replace"))
     asg.start_etcd(survivors[0])
-    time.sleep(4)
+    wait_listening(survivors[0])
+    up = rf"etcd on {survivors[0].instance_id} .*: (?!.*refused the connection)"
+    probed = wait_for_log(proc, log, up, after=seen)
+    wait_for_log(proc, log, rf"ASG {asg.name}: desired", after=probed)
     assert proc.poll() is None, "the replacement's agent stopped waiting while the cluster had no quorum"
     asg.start_etcd(survivors[1])
-    _, err = proc.communicate(timeout=AGENT_TIMEOUT)
+    err = wait_for_exit(proc, log, timeout=AGENT_TIMEOUT)
     asg.registry.forget(proc.pid)
     assert proc.returncode == 0, err
     assert "waiting" in err and "still in the ASG" in err, err
