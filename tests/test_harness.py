@@ -21,6 +21,7 @@ from tests.harness.fake_imds import DOCUMENT_PATH, LIFECYCLE_PATH, TOKEN_PATH, F
 from tests.harness.fixtures import ImdsFactory, SimFactory
 from tests.harness.moto_server import MotoServer
 from tests.harness.procs import ProcessRegistry, free_port
+from tests.harness.scheduling import unit_of_work
 from tests.harness.sim import parse_env_file, write_env_file
 
 pytestmark = pytest.mark.integration
@@ -439,3 +440,10 @@ def test_sid_sources_come_from_the_system_sources_with_only_the_suite_changed() 
     )
     with pytest.raises(etcd_provision.ProvisionError):
         etcd_provision._sid_sources("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n")
+
+
+def test_xdist_schedule_keeps_packaging_on_one_worker_and_spreads_the_rest() -> None:
+    packaging = {unit_of_work(f"tests/test_packaging.py::{name}") for name in ("test_a", "test_b[trixie]")}
+    others = {unit_of_work(f"tests/integration/test_agent.py::{name}") for name in ("test_a", "test_b[etcd3.4]")}
+    assert packaging == {"tests/test_packaging.py"}
+    assert len(others) == 2
