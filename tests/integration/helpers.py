@@ -52,6 +52,11 @@ def decision(stderr: str) -> str:
     raise AssertionError(f"no decision line in:\n{stderr}")
 
 
+def decisions(stderr: str) -> list[str]:
+    """Every decision an agent logged, in order (it decides again after losing the cluster record's race)."""
+    return [line.split("decision=", 1)[1].split()[0] for line in stderr.splitlines() if "decision=" in line]
+
+
 def env(node: Node) -> dict[str, str]:
     return parse_env_file(node.env_file)
 

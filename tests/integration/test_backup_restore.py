@@ -27,7 +27,16 @@ from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.sim import REGION, Node, SimulatedAsg
-from tests.integration.helpers import boot, decision, env, run_ok, wait_for_exit, wait_for_log, wait_listening
+from tests.integration.helpers import (
+    boot,
+    decision,
+    decisions,
+    env,
+    run_ok,
+    wait_for_exit,
+    wait_for_log,
+    wait_listening,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -174,7 +183,11 @@ def full_replacement_restores(backed: Backed) -> tuple[dict[str, str], str]:
     for node in new:
         code, err = results[node.instance_id]
         assert code == 0, f"agent on {node} exited {code}:\n{err}"
-        assert decision(err) == "restore", err
+        # An agent that decided before another's record write landed lost the record's conditional write and
+        # decided again (seen on a loaded machine: it read the new layout's key just before the other wrote it).
+        made = decisions(err)
+        assert made[-1] == "restore", err
+        assert err.count("another instance wrote it first); deciding again") == len(made) - 1, err
         assert env(node)["ETCD_INITIAL_CLUSTER_STATE"] == "new"
         logs[node.instance_id] = err
     chosen = {restored_key(err) for err in logs.values()}
@@ -415,7 +428,9 @@ def test_a_start_over_followed_by_a_second_loss_restores_the_new_clusters_data(
     new = replace_everyone(asg)
     backed.s3.delete_object(Bucket=BUCKET, Key=backed.store.record_key)
     logs = boot(asg, new, env=backed.env)
-    assert {decision(err) for err in logs.values()} == {"new"}, logs
+    # An agent that runs once two etcds formed the cluster (a loaded machine) finds it answering: "member" is right
+    made = {decision(err) for err in logs.values()}
+    assert "new" in made and made <= {"new", "member"}, logs
     asg.wait_healthy(3, timeout=60)
     assert all(asg.get(key) is None for key in abandoned)
     started = backed.store.read_record()
