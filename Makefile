@@ -80,11 +80,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix etcd_aws_cluster tests scripts
 	$(VENV)/bin/ruff format etcd_aws_cluster tests scripts
 
+# pytest-xdist workers for `make test` and `make integration`: the integration tests mostly wait (etcd start-up, agents'
+# retries and deadlines), so more workers than CPUs pay; tests/conftest.py keeps tests/test_packaging.py (it builds
+# into this clone) on one worker. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS)
+
 # As root (CI), also the Debian packages the packaging tests need, the boot test of both .debs in Debian 12 and
 # 13 roots, and the unit tests under each Python/library combination the packages pull in (make compat).
 test: setup lint
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory packaging-deps; fi
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory boot-test compat; \
 	else echo "not root: boot-test and compat need root (systemd-nspawn, /var/cache)" >&2; fi
 
@@ -95,7 +101,7 @@ unit: $(STAMP)
 check: lint unit
 
 integration: setup
-	$(PY) -m pytest -m integration
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m integration
 
 # make demo ETCD_VERSION=3.4|3.5|3.5.30|3.6|3.7 (default: the newest)
 demo: setup

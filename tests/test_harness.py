@@ -17,11 +17,12 @@ import pytest
 import requests
 from botocore.utils import InstanceMetadataRegionFetcher
 
-from tests.harness import etcd_binaries, etcd_provision
+from tests.harness import etcd_binaries, etcd_provision, workers
 from tests.harness.fake_imds import DOCUMENT_PATH, LIFECYCLE_PATH, TOKEN_PATH, FakeImds
 from tests.harness.fixtures import ImdsFactory, SimFactory
 from tests.harness.moto_server import MotoServer
 from tests.harness.procs import ProcessRegistry, free_port
+from tests.harness.scheduling import unit_of_work
 from tests.harness.sim import parse_env_file, write_env_file
 
 pytestmark = pytest.mark.integration
@@ -178,6 +179,57 @@ def test_process_registry(tmp_path: Path) -> None:
     assert 1024 < port < 65536
 
 
+_BUSY_THREADS = """
+import threading
+def spin():
+    while True:
+        pass
+for _ in range(4):
+    threading.Thread(target=spin, daemon=True).start()
+print("up", flush=True)
+threading.Event().wait()
+"""
+
+
+def _thread_states(pid: int) -> list[str]:
+    return [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+def test_pause_returns_once_every_thread_is_stopped(tmp_path: Path) -> None:
+    # SIGSTOP is only queued when kill() returns: a thread busy on another CPU runs on for a moment, as an etcd
+    # "paused" by a test once answered a health check.
+    with ProcessRegistry() as registry:
+        busy = registry.start([sys.executable, "-c", _BUSY_THREADS], log_path=tmp_path / "busy.log")
+        deadline = time.monotonic() + 10
+        while "up" not in (tmp_path / "busy.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(20):
+            registry.pause(busy.pid)
+            states = _thread_states(busy.pid)
+            assert len(states) == 5 and set(states) == {"T"}, states
+            registry.resume(busy.pid)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 7])
+def test_xdist_workers_get_their_own_addresses_and_ports(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    serial = (workers.second_octet(), workers.port_slice(20000, 32768))
+    assert serial == (0, (20000, 32768))
+    octets, slices = [], []
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(count))
+    for worker in range(count):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        octets.append(workers.second_octet())
+        slices.append(workers.port_slice(20000, 32768))
+    assert octets == list(range(1, count + 1))  # a worker never uses a serial run's 127.0.K.L either
+    ports = [set(range(*piece)) for piece in slices]
+    assert all(len(piece) >= (32768 - 20000) // (count + 1) for piece in ports)  # a slice is left for serial runs
+    for i, piece in enumerate(ports):
+        assert piece and min(piece) >= 20000 and max(piece) < 32768
+        assert all(not piece & other for other in ports[i + 1 :])
+
+
 # -- moto + SimulatedAsg -----------------------------------------------------------------------------------
 def test_moto_server_starts_and_resets(tmp_path: Path) -> None:
     with MotoServer(log_dir=tmp_path) as moto:
@@ -208,6 +260,8 @@ def test_sim_instances_have_distinct_loopback_ips(sim: SimFactory) -> None:
     ips = [n.ip for n in nodes]
     assert len(set(ips)) == 4
     assert all(ipaddress.ip_address(ip).is_loopback for ip in ips)
+    # this xdist worker's own /16 (127.0.0.0/16 in a serial run): the workers' sims never meet
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(f"127.{workers.second_octet()}.0.0/16") for ip in ips)
     assert len({n.instance_id for n in nodes}) == 4
     assert all(n.lifecycle_state == "InService" for n in nodes)
     assert asg.client_port != asg.peer_port
@@ -425,3 +479,10 @@ def test_provisioning_fetches_from_sid_while_go_builds_and_reports_each_failure(
     assert building == ["3.6.99", "3.7.99"]
     assert etcd_provision.is_provisioned("3.6.99") and etcd_provision.is_provisioned("3.7.99")
     assert sorted(p.name for p in etcd_provision.cache_root().iterdir()) == [".lock", "3.6.99", "3.7.99"]
+
+
+def test_xdist_schedule_keeps_packaging_on_one_worker_and_spreads_the_rest() -> None:
+    packaging = {unit_of_work(f"tests/test_packaging.py::{name}") for name in ("test_a", "test_b[trixie]")}
+    others = {unit_of_work(f"tests/integration/test_agent.py::{name}") for name in ("test_a", "test_b[etcd3.4]")}
+    assert packaging == {"tests/test_packaging.py"}
+    assert len(others) == 2

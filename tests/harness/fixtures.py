@@ -87,6 +87,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 @pytest.fixture
 def moto_url(moto_server: MotoServer) -> str:
     """URL of the session's moto server, emptied for this test."""
+    if moto_server.pid is None or not moto_server.registry.is_running(moto_server.pid):
+        # say why, with its log, rather than "connection refused" (a baseline run lost its moto midway)
+        raise RuntimeError(f"the session's moto server is gone; its log:\n{moto_server.log_tail()}")
     moto_server.reset()
     return moto_server.url
 

@@ -17,8 +17,11 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tests.harness import workers
 
 _OPEN_REGISTRIES: set[ProcessRegistry] = set()
 
@@ -131,10 +134,20 @@ class ProcessRegistry:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
 
-    def pause(self, pid: int) -> None:
-        """SIGSTOP the process group: the process keeps its sockets open but answers nothing (a hung etcd)."""
+    def pause(self, pid: int, timeout: float = 10.0) -> None:
+        """SIGSTOP the process group: the process keeps its sockets open but answers nothing (a hung etcd).
+
+        Returns once every thread of the process is stopped: kill() only queues the stop, and a thread running on
+        another CPU can still answer a request for a moment (seen with etcd on a loaded machine)."""
         proc = self._require(pid)
         self._signal_group(proc, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _all_threads_stopped(pid):
+            if proc.poll() is not None:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {pid} not stopped {timeout}s after SIGSTOP")
+            time.sleep(0.005)
 
     def resume(self, pid: int) -> None:
         """SIGCONT the process group."""
@@ -206,6 +219,17 @@ def _stop_everything_at_exit() -> None:
             registry.close()
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in state T (stopped by a signal), as /proc shows it."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        # the state follows the ")" that ends the command name, which may itself hold spaces or parentheses
+        states = [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in tasks]
+    except (OSError, IndexError):
+        return False
+    return bool(states) and all(state == "T" for state in states)
+
+
 def _ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -227,13 +251,15 @@ def free_port(host: str = "127.0.0.1", *, also_free_on: Sequence[str] = (), excl
     """A TCP port that can be bound on ``host`` (and on every address in ``also_free_on``) right now.
 
     Ports are picked below the kernel's ephemeral range, so an outgoing connection cannot grab the port
-    between this check and the server binding it.
+    between this check and the server binding it, and from this xdist worker's slice of that range, so two
+    workers of a run cannot both pick a port between the check and the bind.
     """
     low, _ = _ephemeral_range()
+    start, stop = workers.port_slice(20000, max(20001, low))
     rng = random.Random()
     hosts = [host, *also_free_on]
     for _ in range(200):
-        port = rng.randrange(20000, max(20001, low))
+        port = rng.randrange(start, stop)
         if port not in exclude and all(_can_bind(h, port) for h in hosts):
             return port
     # Fall back on the kernel's choice.

@@ -8,13 +8,15 @@ standard environment variables.
 
 What moto 5.2 does (verified on this machine with moto 5.2.5 in server mode; the tests rely on it):
 
-* **IPs.** A VPC ``127.0.0.0/16`` with a subnet ``127.0.K.0/24`` is accepted, and instances launched into
-  it get private IPs handed out *sequentially* from ``127.0.K.4`` (``.0``-``.3`` are reserved as on AWS):
+* **IPs.** A VPC ``127.W.0.0/16`` with a subnet ``127.W.K.0/24`` is accepted, and instances launched into
+  it get private IPs handed out *sequentially* from ``127.W.K.4`` (``.0``-``.3`` are reserved as on AWS):
   ``.4, .5, .6, ...``. Linux routes all of 127.0.0.0/8 to ``lo``, so etcd can bind every one of them.
   IPs of terminated instances are not handed out again in practice (moto only frees an IP when the
   Python object is garbage collected, and terminated instances stay listed), so a replacement gets a new
-  IP. Overlapping VPCs (several ``127.0.0.0/16``) are accepted, so each ``SimulatedAsg`` makes its own VPC
-  and picks its own subnet ``K`` (from a per-process counter) to keep IPs apart.
+  IP. Overlapping VPCs (several ``127.W.0.0/16``) are accepted, so each ``SimulatedAsg`` makes its own VPC
+  and picks its own subnet ``K`` (from a per-process counter) to keep IPs apart. ``W`` is 0 in a serial run
+  and differs for each pytest-xdist worker (:mod:`tests.harness.workers`), so the workers of one run, each
+  with its own moto handing out the same ``.4, .5, ...``, never meet.
 * **Lifecycle states.** Every instance is ``InService`` / ``Healthy`` immediately after
   ``CreateAutoScalingGroup`` or a scale-out: moto never shows ``Pending``, ``Pending:Wait``,
   ``Terminating`` or ``Detaching`` (lifecycle hooks are stored but have no effect). ``EnterStandby`` gives
@@ -62,7 +64,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from tests.harness import etcd_binaries
+from tests.harness import etcd_binaries, workers
 from tests.harness.fake_imds import FakeImds
 from tests.harness.procs import ProcessRegistry, free_port
 
@@ -87,7 +89,8 @@ def _close_open_sims() -> None:  # runs before procs.py's hook (atexit is LIFO):
 
 
 def _next_subnet_octet() -> int:
-    """Third octet for the next simulated subnet: 1..250, spread by PID so parallel runs rarely meet."""
+    """Third octet for the next simulated subnet: 1..250, spread by PID so that separate runs (another clone's, a
+    demo) rarely meet; the workers of one run never do, having each their own second octet."""
     return 1 + (os.getpid() * 37 + next(_subnet_counter)) % 250
 
 
@@ -216,7 +219,8 @@ class SimulatedAsg:
         self.etcd_binary = binary
         self.etcd_version = etcd_binaries.version_of(binary)
         octet = _next_subnet_octet()
-        self.subnet_cidr = subnet_cidr or f"127.0.{octet}.0/24"
+        self.subnet_cidr = subnet_cidr or f"127.{workers.second_octet()}.{octet}.0/24"
+        self.vpc_cidr = str(ipaddress.ip_network(self.subnet_cidr).supernet(new_prefix=16))
         self.name = name or f"etcd-sim-{os.getpid()}-{octet}"
         self.tags = {"Name": self.name, "etcd-aws-cluster": self.name, **(tags or {})}
         self.etcd_env = dict(etcd_env or {})
@@ -261,7 +265,7 @@ class SimulatedAsg:
 
     # -- AWS side ---------------------------------------------------------------------------------------
     def _create_asg(self, size: int) -> None:
-        vpc_id = self.ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+        vpc_id = self.ec2.create_vpc(CidrBlock=self.vpc_cidr)["Vpc"]["VpcId"]
         self.vpc_id: str = vpc_id
         self.subnet_id: str = self.ec2.create_subnet(
             VpcId=vpc_id, CidrBlock=self.subnet_cidr, AvailabilityZone=f"{REGION}a"
@@ -441,10 +445,15 @@ class SimulatedAsg:
             self.agent_argv(*args), timeout=timeout, env=self.agent_env(node, env), cwd=node.workdir
         )
 
-    def start_agent(self, node: Node, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    def start_agent(
+        self, node: Node, *args: str, env: Mapping[str, str] | None = None, log_path: Path | None = None
+    ) -> subprocess.Popen[str]:
         """Start the agent for ``node`` without waiting (for concurrent runs); ``.communicate(timeout=...)``
-        it. It is registered, so ``close()`` stops it if it is still running."""
-        return self.registry.start(self.agent_argv(*args), env=self.agent_env(node, env), cwd=node.workdir)
+        it. With ``log_path`` its stdout and stderr go to that file instead, to be read while it runs. It is
+        registered, so ``close()`` stops it if it is still running."""
+        return self.registry.start(
+            self.agent_argv(*args), env=self.agent_env(node, env), cwd=node.workdir, log_path=log_path
+        )
 
     # -- etcd -------------------------------------------------------------------------------------------
     def etcd_environment(

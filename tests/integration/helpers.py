@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -49,6 +52,11 @@ def decision(stderr: str) -> str:
     raise AssertionError(f"no decision line in:\n{stderr}")
 
 
+def decisions(stderr: str) -> list[str]:
+    """Every decision an agent logged, in order (it decides again after losing the cluster record's race)."""
+    return [line.split("decision=", 1)[1].split()[0] for line in stderr.splitlines() if "decision=" in line]
+
+
 def env(node: Node) -> dict[str, str]:
     return parse_env_file(node.env_file)
 
@@ -63,3 +71,39 @@ def member_change(sim: SimulatedAsg, node: Node, action: str, body: dict[str, An
             assert response.status_code == 200, response.text
             return response.json()
         time.sleep(0.5)
+
+
+def wait_for_log(proc: subprocess.Popen[str], log: Path, pattern: str, *, after: int = 0, timeout: float = 60) -> int:
+    """Wait until the agent started with ``log_path=log`` has logged a match of the regular expression ``pattern``
+    (multi-line) past offset ``after`` of its log: the state a test checks next, instead of a fixed sleep. Fails if
+    the agent exits first. Returns the offset where the match ends."""
+    expression = re.compile(pattern, re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = log.read_text(errors="replace") if log.exists() else ""
+        found = expression.search(logged, after)
+        if found:
+            return found.end()
+        assert proc.poll() is None, f"agent exited {proc.returncode} before logging {pattern!r}:\n{logged}"
+        assert time.monotonic() < deadline, f"agent did not log {pattern!r} within {timeout}s:\n{logged}"
+        time.sleep(0.05)
+
+
+def wait_for_exit(proc: subprocess.Popen[str], log: Path, timeout: float) -> str:
+    """Wait for an agent started with ``log_path=log`` to exit; returns its log (its stdout and stderr)."""
+    proc.wait(timeout=timeout)
+    return log.read_text(errors="replace")
+
+
+def wait_listening(node: Node, *ports: int, timeout: float = 30) -> None:
+    """Wait until ``node``'s ``ports`` (default: its etcd client and peer ports) accept connections: its etcd is up,
+    whether or not it answers (a member waiting for quorum accepts and stays silent)."""
+    deadline = time.monotonic() + timeout
+    for port in ports or (node.client_port, node.peer_port):
+        while True:
+            try:
+                socket.create_connection((node.ip, port), timeout=1).close()
+                break
+            except OSError as exc:
+                assert time.monotonic() < deadline, f"nothing listens on {node.ip}:{port} after {timeout}s: {exc}"
+                time.sleep(0.05)

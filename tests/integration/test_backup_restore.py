@@ -27,7 +27,16 @@ from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.moto_server import FAKE_CREDENTIALS
 from tests.harness.sim import REGION, Node, SimulatedAsg
-from tests.integration.helpers import boot, decision, env, run_ok
+from tests.integration.helpers import (
+    boot,
+    decision,
+    decisions,
+    env,
+    run_ok,
+    wait_for_exit,
+    wait_for_log,
+    wait_listening,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -174,7 +183,11 @@ def full_replacement_restores(backed: Backed) -> tuple[dict[str, str], str]:
     for node in new:
         code, err = results[node.instance_id]
         assert code == 0, f"agent on {node} exited {code}:\n{err}"
-        assert decision(err) == "restore", err
+        # An agent that decided before another's record write landed lost the record's conditional write and
+        # decided again (seen on a loaded machine: it read the new layout's key just before the other wrote it).
+        made = decisions(err)
+        assert made[-1] == "restore", err
+        assert err.count("another instance wrote it first); deciding again") == len(made) - 1, err
         assert env(node)["ETCD_INITIAL_CLUSTER_STATE"] == "new"
         logs[node.instance_id] = err
     chosen = {restored_key(err) for err in logs.values()}
@@ -225,19 +238,25 @@ def test_outage_with_one_instance_replaced_joins_the_original_cluster(
     *survivors, victim = asg.nodes
     (replacement,) = asg.terminate(victim)
 
-    proc = asg.start_agent(replacement, env=backed.env)  # the replacement boots first
-    time.sleep(8)
+    log = replacement.workdir / "agent.log"
+    proc = asg.start_agent(replacement, env=backed.env, log_path=log)  # the replacement boots first
+    wait_for_log(proc, log, "still in the ASG: waiting for them")
     assert proc.poll() is None, "the replacement's agent did not wait for the survivors"
     assert not replacement.env_file.exists()
     for node in survivors:  # the survivors come back (slower: they replay their WAL)
         result = run_ok(asg, node, env=backed.env)
         assert decision(result.stderr) == "restart"
-    # One at a time: while only one answers (etcd 3.5 lists members without a quorum) the replacement keeps waiting
+    # One at a time: while only one answers (etcd 3.5 lists members without a quorum) the replacement keeps waiting:
+    # once a look of it found that etcd up (answering, or silent until a quorum), it starts another.
+    seen = len(log.read_text(errors="replace"))
     asg.start_etcd(survivors[0])
-    time.sleep(4)
+    wait_listening(survivors[0])
+    up = rf"etcd on {survivors[0].instance_id} .*: (?!.*refused the connection)"
+    probed = wait_for_log(proc, log, up, after=seen)
+    wait_for_log(proc, log, rf"ASG {asg.name}: desired", after=probed)
     assert proc.poll() is None, "the replacement's agent stopped waiting while the cluster had no quorum"
     asg.start_etcd(survivors[1])
-    _, err = proc.communicate(timeout=AGENT_TIMEOUT)
+    err = wait_for_exit(proc, log, timeout=AGENT_TIMEOUT)
     asg.registry.forget(proc.pid)
     assert proc.returncode == 0, err
     assert "waiting" in err and "still in the ASG" in err, err
@@ -409,7 +428,9 @@ def test_a_start_over_followed_by_a_second_loss_restores_the_new_clusters_data(
     new = replace_everyone(asg)
     backed.s3.delete_object(Bucket=BUCKET, Key=backed.store.record_key)
     logs = boot(asg, new, env=backed.env)
-    assert {decision(err) for err in logs.values()} == {"new"}, logs
+    # An agent that runs once two etcds formed the cluster (a loaded machine) finds it answering: "member" is right
+    made = {decision(err) for err in logs.values()}
+    assert "new" in made and made <= {"new", "member"}, logs
     asg.wait_healthy(3, timeout=60)
     assert all(asg.get(key) is None for key in abandoned)
     started = backed.store.read_record()

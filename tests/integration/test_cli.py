@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
-from tests.integration.helpers import boot, decision
+from tests.integration.helpers import boot, decision, wait_for_exit, wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -179,12 +179,13 @@ def test_a_second_run_on_one_host_waits_for_the_lock(sim: SimFactory) -> None:
     asg.wait_healthy(3)
     node = asg.nodes[0]
     with_old_file(node)
+    log = node.workdir / "agent.log"
     with lock_held(node.lock_file):
-        proc = asg.start_agent(node)
-        time.sleep(3)
-        assert proc.poll() is None, proc.communicate()[1]  # still waiting: it has not decided or written
+        proc = asg.start_agent(node, log_path=log)
+        wait_for_log(proc, log, "another run holds")
+        assert proc.poll() is None  # still waiting: it has not decided or written
         assert node.env_file.read_text() == OLD
-    _, err = proc.communicate(timeout=60)
+    err = wait_for_exit(proc, log, timeout=60)
     assert proc.returncode == 0, err
     assert "another run holds" in err and decision(err) == "member"
     assert err.index("another run holds") < err.index("decision=")

@@ -19,7 +19,7 @@ from etcd_aws_cluster.core.envfile import KEYS
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
-from tests.integration.helpers import boot, decision, env, member_change, run_ok
+from tests.integration.helpers import boot, decision, env, member_change, run_ok, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_nodes_started_seconds_apart_form_one_cluster(sim: SimFactory, etcd_bina
     asg = sim(3, etcd_binary)
     first, *rest = asg.nodes
     boot(asg, [first])  # its etcd now waits for quorum: client port open but silent
-    time.sleep(2)
+    wait_listening(first)
     started = time.monotonic()
     logs = boot(asg, rest, env={"ETCD_AWS_CLUSTER_PROBE_TIMEOUT": "10"})
     elapsed = time.monotonic() - started

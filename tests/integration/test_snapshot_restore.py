@@ -59,13 +59,20 @@ def test_revision_of_a_live_members_db_copy(sim: SimFactory, etcd_binary: Path, 
     asg.bootstrap_static()
     node = asg.nodes[0]
     revision = max(put(node.client_url, f"/k/{i}", "x") for i in range(20))
-    # etcd commits its backend in batches (every 100 ms): copy once no write is in flight, or the copy of the live
-    # bolt file may be torn (as a survivor's copy never is: the agent copies before etcd starts)
-    time.sleep(1.0)
+    # etcd commits its backend in batches (every 100 ms): a copy of the live bolt file taken while a write is in
+    # flight may be torn (as a survivor's copy never is: the agent copies before etcd starts), so copy until one
+    # reads. The live copy may lag the last puts until etcd commits its batch; it is never ahead.
     copy = tmp_path / "db"
-    shutil.copyfile(node.data_dir / "member" / "snap" / "db", copy)
-    # The live copy may lag the last puts until etcd commits its batch; it is never ahead.
-    assert 1 <= db_status(tool_for(etcd_binary), copy).revision <= revision
+    deadline = time.monotonic() + 30
+    copied = 0
+    while copied != revision:
+        assert time.monotonic() < deadline, f"no copy of the live db showed revision {revision} (last: {copied})"
+        shutil.copyfile(node.data_dir / "member" / "snap" / "db", copy)
+        try:
+            copied = db_status(tool_for(etcd_binary), copy).revision
+        except EtcdError:  # torn
+            continue
+        assert copied <= revision
     asg.stop_etcd(node)
     assert db_status(tool_for(etcd_binary), node.data_dir / "member" / "snap" / "db").revision == revision
 
