@@ -369,12 +369,16 @@ def test_restore_list_shows_the_snapshots_newest_first_with_the_marker(
         infos.append(backed.store.upload(iter([b"x" * (1000 + revision)]), meta))
     result = run_ok(backed.asg, node, "restore", "--list", env=backed.env)
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["KEY", "TAKEN", "AGE", "REVISION", "SIZE", "CLUSTER", "ETCD"]
+    header = ["KEY", "TAKEN", "AGE", "REVISION", "DB-SIZE", "STORED", "CODEC", "CLUSTER", "ETCD"]
+    assert lines[0].split() == header
     rows = [line for line in lines[1:] if backed.store.snapshot_prefix in line]
     expected = sorted(infos, key=lambda i: i.revision, reverse=True)
-    assert [row.split()[-7] for row in rows] == [i.key for i in expected]
+    assert [row.split()[-9] for row in rows] == [i.key for i in expected]
     assert rows[0].startswith("* ") and all(row.startswith("  ") for row in rows[1:])
-    assert [int(row.split()[-4]) for row in rows] == [90, 40, 7]
+    assert [int(row.split()[-6]) for row in rows] == [90, 40, 7]
+    # both sizes: the db's, and the compressed object's (a run of one byte compresses to a few dozen)
+    assert [int(row.split()[-5]) for row in rows] == [1090, 1040, 1007]
+    assert all(int(row.split()[-4]) < 100 and row.split()[-3] == "zstd" for row in rows), rows
     assert "c0ffee" in rows[0] and "5m" in rows[0]
     assert lines[-1].startswith("* the one a boot would restore")
     assert not node.env_file.exists()  # --list changes nothing
