@@ -68,7 +68,8 @@ class Backed:
         return sorted(str(item["Key"]) for page in pages for item in page.get("Contents", []))
 
     def snapshot_objects(self) -> list[str]:
-        return [k for k in self.object_keys() if k.startswith(self.store.snapshot_prefix) and k.endswith(".db")]
+        prefix = self.store.snapshot_prefix
+        return [k for k in self.object_keys() if k.startswith(prefix) and k.endswith((".db", ".db.zst"))]
 
     def backup(self, node: Node, *args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return run_ok(self.asg, node, "backup", *args, env={**self.env, **(extra or {})})
@@ -276,6 +277,7 @@ def test_record_without_a_readable_snapshot_is_refused(sim: SimFactory, etcd_bin
     assert backed.snapshot_objects() == []
 
 
+@pytest.mark.etcd_also("3.6")
 def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
     sim: SimFactory, etcd_binary: Path, moto_url: str
 ) -> None:
@@ -283,7 +285,8 @@ def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
     asg = backed.asg
     older, newer, newest, before = two_snapshots(backed, "/older", "/newer")
     assert newest.revision > before.revision
-    # The newest .db rots in place: same size, so only the checksum can tell (its manifest is untouched).
+    # The newest object (compressed) rots in place: same size, so only the checksums can tell (its manifest is
+    # untouched).
     backed.s3.put_object(
         Bucket=BUCKET, Key=newest.key, Body=b"\x00garbage" * (newest.size // 8) + b"!" * (newest.size % 8)
     )
