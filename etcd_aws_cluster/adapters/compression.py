@@ -47,7 +47,7 @@ class Digest:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray) -> None:
         self._sha256.update(data)
         self.size += len(data)
 
@@ -139,16 +139,17 @@ class SnapshotReader:
             self._trailer.update(chunk)
         self._buffer += self._compressor.compress(chunk) if self._compressor is not None else chunk
 
-    def read(self, size: int | None = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytearray:
         if self._stop is not None and self._stop.is_set():
             raise AwsError("the upload was abandoned at its deadline")
         want = None if size is None or size < 0 else size
         while not self._done and (want is None or len(self._buffer) < want):
             self._fill()
         cut = len(self._buffer) if want is None else min(want, len(self._buffer))
-        with memoryview(self._buffer) as view:
-            data = bytes(view[:cut])  # one copy, not two
-        del self._buffer[:cut]
+        # Hand out the buffer itself and keep only what is left over (less than one chunk's output): a part is
+        # never copied, so it is in memory once while it waits and is sent.
+        data, self._buffer = self._buffer, self._buffer[cut:]
+        del data[cut:]
         self.stored.update(data)
         return data
 

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# 5 MiB (S3's smallest part) x 4 in flight: ~20 MiB of buffers whatever the db size, and 10,000 parts of 5 MiB
-# (50 GiB stored) far above etcd's 8 GiB quota. Four connections keep a real S3 busy; moto is no faster with more.
+# 5 MiB (S3's smallest part) x 3 in flight: ~15 MiB of buffers whatever the db size, and 10,000 parts of 5 MiB
+# (50 GiB stored) far above etcd's 8 GiB quota. Three connections overlap a real S3's latency; moto is no faster
+# with more, and each part in flight costs the agent's peak RSS about twice its size (docs/benchmarks-backup.md).
 PART_SIZE = 5 * 1024 * 1024
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 3
 
 
 class _Senders:
