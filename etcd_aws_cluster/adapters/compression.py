@@ -10,6 +10,7 @@ part overlaps with the upload of the parts before it.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 from collections.abc import Iterable, Iterator
 from typing import IO, Union, cast
@@ -23,6 +24,7 @@ ZSTD_LEVEL = 3
 # would make a restore hold more, whatever its header says.
 ZSTD_MAX_WINDOW = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+PIECES_AHEAD = 4  # decompressed pieces waiting to be hashed and written
 SHA256_BYTES = 32
 
 Stream = Union[Iterable[bytes], IO[bytes]]
@@ -183,7 +185,11 @@ def copy_out(
 ) -> tuple[Checksum, Checksum]:
     """Copy a stored snapshot from `body` to `out` as the db (decompressed), in bounded memory; returns the
     checksums of (the stored bytes, the db). CorruptSnapshotError when it holds more than the sizes promised or
-    does not decompress; the caller compares the checksums with the manifest."""
+    does not decompress; the caller compares the checksums with the manifest.
+
+    Reading and decompressing run in a thread of their own, hashing and writing the db in this one: both release
+    the GIL, so a download costs about the slower of the two, not their sum. At most PIECES_AHEAD pieces of
+    READ_CHUNK wait between them."""
     source = _CountingSource(body, stored_size, what)
     reader: IO[bytes] = cast("IO[bytes]", source)
     if compression == ZSTD:
@@ -197,19 +203,45 @@ def copy_out(
         )
     elif compression is not None:
         raise CorruptSnapshotError(f"{what} is stored with {compression}, which this agent cannot read")
+    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(PIECES_AHEAD)
+    done = threading.Event()  # set by this thread when it stops taking pieces
+
+    def hand_over(item: bytes | BaseException | None) -> bool:
+        while not done.is_set():
+            try:
+                pieces.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for data in iter(lambda: reader.read(READ_CHUNK), b""):
+                if not hand_over(data):
+                    return
+            while source.read(READ_CHUNK):  # what follows the compressed frame counts against the stored checksum
+                pass
+            hand_over(None)
+        except BaseException as exc:  # handed to the writing thread
+            hand_over(exc)
+
+    threading.Thread(target=produce, name="snapshot download", daemon=True).start()
     db = Digest()
     try:
-        for data in iter(lambda: reader.read(READ_CHUNK), b""):
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
             if stop is not None and stop.is_set():
                 raise OSError("the download was abandoned at its deadline")
-            db.update(data)
+            db.update(item)
             if db.size > db_size:
                 raise CorruptSnapshotError(f"{what} is corrupt: its db is larger than the {db_size} bytes promised")
-            out.write(data)
-        while source.read(READ_CHUNK):  # whatever follows the compressed frame counts against the stored checksum
-            pass
+            out.write(item)
     except _zstd_errors() as exc:
         raise CorruptSnapshotError(f"{what} is corrupt: it does not decompress ({exc})") from None
+    finally:
+        done.set()
     return source.digest.result(), db.result()
 
 

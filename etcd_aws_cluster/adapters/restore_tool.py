@@ -18,7 +18,8 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,8 +273,11 @@ def restore(
     *,
     skip_hash_check: bool = False,
     timeout: float = 600.0,
+    verify: Callable[[], None] | None = None,
 ) -> None:
-    """Restore `snapshot_file` into `target.data_dir` (no data in it), via a staging dir inside it."""
+    """Restore `snapshot_file` into `target.data_dir` (no data in it), via a staging dir inside it. `verify`
+    (a check of the snapshot file that raises, e.g. its `snapshot status` against its manifest) runs while the
+    tool restores, and nothing moves into place unless it passed: its error is the one raised."""
     data_dir = target.data_dir
     prepare_data_dir(data_dir)
     staging = scratch.scratch_path(data_dir, scratch.STAGING_PREFIX)
@@ -290,13 +294,40 @@ def restore(
     else:
         log.warning("restore: %s", warning)
     try:
-        run_tool(tool, args, f"restoring {snapshot_file} into {data_dir}", timeout)
+        _run_verified(lambda: run_tool(tool, args, f"restoring {snapshot_file} into {data_dir}", timeout), verify)
         _chown_tree(staging, data_dir.stat())
         for name in sorted(os.listdir(staging)):
             os.rename(staging / name, data_dir / name)  # the same filesystem: atomic, nothing copied
     finally:
         if staging.exists():
             shutil.rmtree(staging)  # our own partial output, never the data dir
+
+
+def _run_verified(work: Callable[[], object], verify: Callable[[], None] | None) -> None:
+    """`work`, with `verify` beside it in a thread (both mostly wait on a tool); `verify`'s error first."""
+    if verify is None:
+        work()
+        return
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            verify()
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    checker = threading.Thread(target=check, name="snapshot check", daemon=True)
+    checker.start()
+    try:
+        work()
+    except BaseException:
+        checker.join()
+        if failed:
+            raise failed[0] from None
+        raise
+    checker.join()
+    if failed:
+        raise failed[0]
 
 
 def _chown_tree(root: Path, owner: os.stat_result) -> None:

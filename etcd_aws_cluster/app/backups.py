@@ -8,6 +8,7 @@ plan, the commands), this module only does it.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -386,23 +387,29 @@ class Backups:
         for info in candidates:
             needed = 2 * info.db_bytes + RESTORE_HEADROOM
             scratch.ensure_free(data_dir, needed, f"restoring {self.store.where(info.key)}")
+            where = self.store.where(info.key)
+            target = restore_tool.RestoreTarget(
+                data_dir,
+                ctx.me.instance_id,
+                render_initial_cluster(initial),
+                restore_token(info),
+                ctx.endpoints.peer_url(ctx.me.private_ip),
+            )
             try:
                 self.store.download(info, download)
-                check_db(tool, download, info, self.store.where(info.key))
+                # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
+                # dir: the data dir gets nothing unless it passed. A member's raw db (a survivor's upload) has no
+                # sha256 trailer; its manifest says so.
+                restore_tool.restore(
+                    tool,
+                    download,
+                    target,
+                    skip_hash_check=not info.hash_trailer,
+                    verify=functools.partial(check_db, tool, download, info, where),
+                )
             except CorruptSnapshotError as exc:
-                download.unlink(missing_ok=True)
                 log.error("restore: %s; trying the snapshot before it", exc)
                 continue
-            try:
-                target = restore_tool.RestoreTarget(
-                    data_dir,
-                    ctx.me.instance_id,
-                    render_initial_cluster(initial),
-                    restore_token(info),
-                    ctx.endpoints.peer_url(ctx.me.private_ip),
-                )
-                # A member's raw db (a survivor's upload) has no sha256 trailer; its manifest says so.
-                restore_tool.restore(tool, download, target, skip_hash_check=not info.hash_trailer)
             finally:
                 download.unlink(missing_ok=True)
             log.info("restore: restored %s (revision %d) into %s", info.key, info.revision, data_dir)
