@@ -33,9 +33,10 @@ RESTORE_HEADROOM = 128 * 1024 * 1024
 # Room a spooled backup leaves free beyond its estimate: etcd's own writes go on in the same filesystem.
 SPOOL_HEADROOM = 256 * 1024 * 1024
 
-# How fast a snapshot streams through etcd's JSON gateway and up to S3, for the estimate of whether an insurance
-# snapshot fits the time left: 6-9 MB/s were measured (issue 15, 2 CPUs); the estimate assumes less, and a
-# throughput measured in this run replaces it.
+# How fast a snapshot of the db goes up to S3, for the estimate of whether an insurance snapshot fits the time
+# left: the slowest path, etcd's JSON gateway, streamed 6-9 MB/s (issue 15, 2 CPUs; etcdctl's path runs at etcd's
+# own speed, docs/benchmarks-backup.md); the estimate assumes less, and a throughput measured in this run (db
+# bytes per second) replaces it.
 SNAPSHOT_THROUGHPUT = 5_000_000.0  # bytes per second
 SNAPSHOT_MARGIN = 1.5  # the estimate times this must fit in the insurance's budget
 # The insurance snapshot gets at most this share of the time left, and always leaves CHANGE_RESERVE seconds for

@@ -345,7 +345,7 @@ def test_scheduled_backup_uploads_once_per_period_and_retention_keeps_only_what_
     after = set(backed.object_keys())
     added = sorted(after - before - {backed.store.record_key})
     assert len(added) == 2, added  # one snapshot and its manifest
-    (uploaded,) = (k for k in added if k.endswith(".db"))
+    (uploaded,) = (k for k in added if k.endswith(".db.zst"))
     new_info = backed.store.list_snapshots()[0]
     assert new_info.key == uploaded and new_info.source_instance == leader
     deleted = before - after
