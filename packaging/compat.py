@@ -38,7 +38,8 @@ TEST_TOOLS = ("pytest>=7", "pytest-timeout>=2.1")
 # name: (Python minor version, pins). A pin list starting with "-r" is a lock file of the repository.
 COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Debian 12: python3 3.11, python3-boto3 1.26.27, python3-botocore 1.29.27, python3-requests 2.28.1,
-    # python3-systemd 235 (not on PyPI at that version; it is optional), plus the .deb's bundled pydantic stack.
+    # python3-zstandard 0.20.0, python3-systemd 235 (not on PyPI at that version; it is optional), plus the
+    # .deb's bundled pydantic stack.
     "debian12": (
         "3.11",
         (
@@ -46,13 +47,22 @@ COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
             "botocore==1.29.27",
             "requests==2.28.1",
             "urllib3==1.26.12",
+            "zstandard==0.20.0",
             "-r packaging/debian/requirements.lock",
         ),
     ),
-    # Debian 13: python3 3.13, python3-boto3 1.37.9, pydantic 2.10.6, pydantic-settings 2.8.1, requests 2.32.3.
+    # Debian 13: python3 3.13, python3-boto3 1.37.9, pydantic 2.10.6, pydantic-settings 2.8.1, requests 2.32.3,
+    # python3-zstandard 0.23.0.
     "debian13": (
         "3.13",
-        ("boto3==1.37.9", "botocore==1.37.9", "pydantic==2.10.6", "pydantic-settings==2.8.1", "requests==2.32.3"),
+        (
+            "boto3==1.37.9",
+            "botocore==1.37.9",
+            "pydantic==2.10.6",
+            "pydantic-settings==2.8.1",
+            "requests==2.32.3",
+            "zstandard==0.23.0",
+        ),
     ),
     # The .rpm (Amazon Linux 2023, RHEL 9): Python 3.9 and exactly what the package bundles.
     "rpm-py39": ("3.9", ("-r packaging/rpm/requirements.lock",)),
@@ -67,10 +77,11 @@ COMBINATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
             "pydantic-settings==2.8.0",
             "urllib3<1.27",
             "tomli==1.1.0",
+            "zstandard==0.20.0",
         ),
     ),
     # The newest of everything, on the newest Python here.
-    "newest-py313": ("3.13", ("--upgrade", "boto3", "requests", "pydantic", "pydantic-settings")),
+    "newest-py313": ("3.13", ("--upgrade", "boto3", "requests", "pydantic", "pydantic-settings", "zstandard")),
 }
 
 

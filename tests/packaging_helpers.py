@@ -218,7 +218,7 @@ DEBIAN_RELEASES = {"bookworm": "12", "trixie": "13"}
 # What every root holds: a bootable systemd, Debian's etcd, man, and the Debian packages the suite's .deb
 # depends on, so that `dpkg -i` works offline. trixie's .deb takes pydantic 2 from Debian too.
 ROOT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-boto3", "python3-requests", "python3-systemd")
-ROOT_PACKAGES += ("etcd-server", "man-db")
+ROOT_PACKAGES += ("python3-zstandard", "etcd-server", "man-db")
 SUITE_ROOT_PACKAGES = {"bookworm": (), "trixie": ("python3-pydantic", "python3-pydantic-settings")}
 
 

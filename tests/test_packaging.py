@@ -268,13 +268,15 @@ def test_config_example_is_generated_from_the_settings_model() -> None:
     )
 
 
-# What each S3 client call in s3.py needs (upload_fileobj: PutObject for single and multipart uploads, and
-# AbortMultipartUpload when one fails; head_object and download_fileobj: GetObject).
+# What each S3 client call in s3.py and multipart.py needs (PutObject covers a multipart upload's create, parts
+# and completion; AbortMultipartUpload is its own action; head_object: GetObject).
 S3_CALL_ACTIONS = {
-    "upload_fileobj": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "create_multipart_upload": {"s3:PutObject"},
+    "upload_part": {"s3:PutObject"},
+    "complete_multipart_upload": {"s3:PutObject"},
+    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
     "head_object": {"s3:GetObject"},
     "get_object": {"s3:GetObject"},
-    "download_fileobj": {"s3:GetObject"},
     "put_object": {"s3:PutObject"},
     "delete_objects": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
@@ -286,11 +288,9 @@ def test_iam_policy_allows_exactly_the_calls_the_agent_makes() -> None:
     calls = set(re.findall(r"self\._(autoscaling|ec2)\.(?:get_paginator\(\")?(describe_\w+)", source))
     assert calls, "no AWS calls found in etcd_aws_cluster/aws.py"
     wanted = {f"{service}:{''.join(w.title() for w in call.split('_'))}" for service, call in calls}
-    s3_calls = set(
-        re.findall(
-            r"self\._s3\.(?:get_paginator\(\")?(\w+)", (REPO / "etcd_aws_cluster" / "adapters" / "s3.py").read_text()
-        )
-    )
+    adapters = REPO / "etcd_aws_cluster" / "adapters"
+    s3_calls = set(re.findall(r"self\._s3\.(?:get_paginator\(\")?(\w+)", (adapters / "s3.py").read_text()))
+    s3_calls |= set(re.findall(r"\bs3\.(\w+)\(", (adapters / "multipart.py").read_text()))
     assert s3_calls == set(S3_CALL_ACTIONS), "a new S3 call: add it and its IAM actions to S3_CALL_ACTIONS"
     wanted |= {action for actions in S3_CALL_ACTIONS.values() for action in actions}
     cloudwatch_calls = set(
@@ -339,7 +339,7 @@ def test_lock_files_pin_by_hash_what_each_package_bundles() -> None:
     # The .deb bundles only the pydantic-2 stack; boto3 and requests are Debian's (security updates).
     assert requirements["pydantic-settings"].specifier.contains(deb["pydantic-settings"])
     assert {"pydantic", "pydantic-core"} <= set(deb)
-    assert not {"boto3", "botocore", "requests", "urllib3", "certifi", "systemd-python"} & set(deb)
+    assert not {"boto3", "botocore", "requests", "urllib3", "certifi", "systemd-python", "zstandard"} & set(deb)
 
 
 # --- the agent's wheel, which both packages install --------------------------------------------------------
@@ -441,7 +441,7 @@ def test_bookworm_deb_bundles_the_pydantic_2_stack_for_python_311(deb_files: dic
     listing = _common_deb_checks(deb, "/lib/systemd/system", tmp_path)
     assert _deb_field(deb, "Version").endswith("~deb12")
     depends = _deb_field(deb, "Depends")
-    for wanted in ("python3-boto3", "python3-requests", "python3 (<< 3.12)", "libc6"):
+    for wanted in ("python3-boto3", "python3-requests", "python3-zstandard (>= 0.20)", "python3 (<< 3.12)", "libc6"):
         assert wanted in depends, depends
     assert "pydantic" not in depends, "bookworm's python3-pydantic is 1.10: the 2.x stack is bundled"
     assert "python3-systemd" in _deb_field(deb, "Recommends")
@@ -463,6 +463,7 @@ def test_trixie_deb_depends_on_debians_packages_and_bundles_nothing(deb_files: d
         "python3-pydantic-settings (>= 2.8)",
         "python3-requests (>= 2.28)",
         "python3-systemd",
+        "python3-zstandard (>= 0.20)",
         "python3:any",
     ):
         assert wanted in depends, depends
@@ -718,6 +719,7 @@ def test_rpm_metadata_dependencies_and_scripts(rpm_file: Path) -> None:
         assert path in files, path
     bundled = {p.split("/")[4] for p in files if p.startswith(f"/usr/lib64/{NAME}/") and p.count("/") >= 4}
     assert {"boto3", "botocore", "requests", "pydantic", "pydantic_core", "pydantic_settings", "tomli"} <= bundled
+    assert "zstandard" in bundled  # snapshots are stored zstd-compressed
     assert not any(p.endswith(".pyc") and "cpython-39" not in p for p in files), "byte code for the wrong Python"
 
     requires = query("--requires")

@@ -18,7 +18,8 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def identify(path: Path) -> RestoreTool:
     return _identified(path, info.st_mtime_ns, info.st_size)
 
 
-def _candidates(environ: Mapping[str, str]) -> list[Path]:
+def candidates(environ: Mapping[str, str]) -> list[Path]:
     """Where to look, best first: beside the local etcd (symlink or not), then every etcdutl on PATH, then every
     etcdctl (a too-old first one must not hide a fit one later)."""
     places: list[Path] = []
@@ -135,13 +136,13 @@ def find_tool(
     configured: Path | None, environ: Mapping[str, str] | None = None, snapshot_versions: Iterable[str] = ()
 ) -> RestoreTool:
     """The restore tool for snapshots of `snapshot_versions` on this host: the setting `etcdutl` if set, else the
-    first fit of `_candidates`; one that is older than the snapshots' etcd or the local etcd is never chosen.
+    first fit of `candidates`; one that is older than the snapshots' etcd or the local etcd is never chosen.
     ConfigError, naming what to install, when there is none."""
     env = os.environ if environ is None else environ
     versions = tuple(snapshot_versions)
     if configured is not None and not (configured.is_file() and os.access(configured, os.X_OK)):
         raise ConfigError(f"etcdutl = {configured} is not an executable file")
-    paths = [configured] if configured is not None else _candidates(env)
+    paths = [configured] if configured is not None else candidates(env)
     if not paths:
         raise ConfigError(
             "restoring a snapshot needs etcd's own tool: etcdutl (etcd >= 3.5) or etcdctl (3.4) was not found on "
@@ -175,7 +176,7 @@ def _what_to_install(needed: Version) -> str:
     )
 
 
-def _run(tool: RestoreTool, args: list[str], what: str, timeout: float) -> str:
+def run_tool(tool: RestoreTool, args: list[str], what: str, timeout: float) -> str:
     try:
         done = subprocess.run(
             tool.argv(*args),
@@ -207,7 +208,9 @@ def db_status(tool: RestoreTool, db_path: Path, timeout: float = 60.0) -> DbStat
 
     etcd must not be running on that db: bolt's file lock would make the tool wait; use a copy of a live one.
     """
-    out = _run(tool, ["snapshot", "status", str(db_path), "-w", "json"], f"reading the status of {db_path}", timeout)
+    out = run_tool(
+        tool, ["snapshot", "status", str(db_path), "-w", "json"], f"reading the status of {db_path}", timeout
+    )
     try:
         answer = json.loads(out)
         revision, db_hash = answer["revision"], answer["hash"]
@@ -270,8 +273,11 @@ def restore(
     *,
     skip_hash_check: bool = False,
     timeout: float = 600.0,
+    verify: Callable[[], None] | None = None,
 ) -> None:
-    """Restore `snapshot_file` into `target.data_dir` (no data in it), via a staging dir inside it."""
+    """Restore `snapshot_file` into `target.data_dir` (no data in it), via a staging dir inside it. `verify`
+    (a check of the snapshot file that raises, e.g. its `snapshot status` against its manifest) runs while the
+    tool restores, and nothing moves into place unless it passed: its error is the one raised."""
     data_dir = target.data_dir
     prepare_data_dir(data_dir)
     staging = scratch.scratch_path(data_dir, scratch.STAGING_PREFIX)
@@ -288,13 +294,40 @@ def restore(
     else:
         log.warning("restore: %s", warning)
     try:
-        _run(tool, args, f"restoring {snapshot_file} into {data_dir}", timeout)
+        _run_verified(lambda: run_tool(tool, args, f"restoring {snapshot_file} into {data_dir}", timeout), verify)
         _chown_tree(staging, data_dir.stat())
         for name in sorted(os.listdir(staging)):
             os.rename(staging / name, data_dir / name)  # the same filesystem: atomic, nothing copied
     finally:
         if staging.exists():
             shutil.rmtree(staging)  # our own partial output, never the data dir
+
+
+def _run_verified(work: Callable[[], object], verify: Callable[[], None] | None) -> None:
+    """`work`, with `verify` beside it in a thread (both mostly wait on a tool); `verify`'s error first."""
+    if verify is None:
+        work()
+        return
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            verify()
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    checker = threading.Thread(target=check, name="snapshot check", daemon=True)
+    checker.start()
+    try:
+        work()
+    except BaseException:
+        checker.join()
+        if failed:
+            raise failed[0] from None
+        raise
+    checker.join()
+    if failed:
+        raise failed[0]
 
 
 def _chown_tree(root: Path, owner: os.stat_result) -> None:

@@ -4,7 +4,7 @@ Layout under `s3://bucket/prefix`, with the ASG name percent-encoded into one pa
 path, so that same-named ASGs of two regions sharing a bucket never meet:
 
     <prefix>/<region>/<asg>/cluster.json                                  the cluster record
-    <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db  a snapshot, as etcd streamed it
+    <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db.zst  a snapshot, zstd-compressed
     <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
     <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
     <prefix>/<region>/<asg>/layout-v2                                    written when the record is created
@@ -14,6 +14,10 @@ nor `layout-v2` exists (the next write creates both; the old object is left as i
 it is never read again, so deleting the new cluster.json to start over is not undone by the old one), and its
 snapshots, listed beside the new ones (restorable, and subject to the retention of their lineage). Hand-offs are
 only in the new layout.
+
+Snapshots are stored zstd-compressed (`.db.zst`, compression.py); those of agents before compression (`.db`, the
+db as etcd streamed it) are listed and restored beside them. The manifest names the codec, and the sha256 and size
+of both the stored object and the db: a download checks both as it streams.
 
 A snapshot is listed only with its manifest, and the manifest is written only after the snapshot object is
 complete (a multipart upload is invisible until completed), so a crash at any point of an upload leaves nothing
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -38,19 +41,20 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar, Union, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
 
+from etcd_aws_cluster.adapters import multipart
 from etcd_aws_cluster.adapters.aws import NoAnswerError, bounded, make_client
+from etcd_aws_cluster.adapters.compression import ZSTD, CorruptSnapshotError, SnapshotReader, Stream, copy_out
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
-from etcd_aws_cluster.base.errors import AgentError, AwsError, ConfigError, ErrorKind, RecordRaceError, UnsafeError
+from etcd_aws_cluster.base.errors import AwsError, ConfigError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
 from etcd_aws_cluster.core.codec import MAX_DOCUMENT_BYTES
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
-    from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
@@ -69,19 +73,9 @@ LAYOUT_MARKER = (
 )
 KMS_KEY_ID = re.compile(r"[A-Za-z0-9:/_-]{1,2048}")
 SSE_MODES = ("AES256", "aws:kms")
-# Parts of 5 MiB (S3's smallest), at most 2 read ahead and 2 in flight: a bounded ~25 MiB of buffers whatever the
-# db size (10,000 parts of 5 MiB = 50 GiB, far above etcd's 8 GiB quota).
-PART_SIZE = 5 * 1024 * 1024
-PARTS_IN_MEMORY = 2
-READ_CHUNK = 1024 * 1024
-
-Stream = Union[Iterable[bytes], IO[bytes]]
-
-
-class CorruptSnapshotError(AgentError):
-    """A downloaded snapshot does not match the size or sha256 its manifest promises."""
-
-    kind = ErrorKind.CORRUPT_SNAPSHOT
+# How new snapshots are stored (compression.py); the suffix of each way a snapshot object may be stored.
+COMPRESSION = ZSTD
+SUFFIXES = {None: ".db", ZSTD: ".db.zst"}
 
 
 @dataclass(frozen=True)
@@ -141,99 +135,12 @@ def conditional_writes(s3: S3Client) -> None:
     events.register("before-call.s3.PutObject", _add_conditions, unique_id="eac-add-conditions")
 
 
-def transfer_config() -> TransferConfig:
-    from boto3.s3.transfer import TransferConfig
-
-    config = TransferConfig(
-        multipart_threshold=PART_SIZE,
-        multipart_chunksize=PART_SIZE,
-        max_concurrency=2,
-        io_chunksize=256 * 1024,
-        # In the calling thread, not s3transfer's own (non-daemon) pool: a transfer abandoned at its deadline
-        # must not keep the process alive at exit for another request timeout. The snapshot stream from etcd
-        # (6-9 MB/s) is slower than one S3 connection, so parallel parts would not make a backup faster.
-        use_threads=False,
-    )
-    # Not a TransferConfig argument, but s3transfer reads it: the parts of a non-seekable stream held at once.
-    config.max_in_memory_upload_chunks = PARTS_IN_MEMORY
-    config.max_in_memory_download_chunks = PARTS_IN_MEMORY
-    return config
-
-
-class HashingReader:
-    """A read-only, non-seekable file over a stream of chunks that hashes and counts what it hands out.
-
-    `read(n)` returns exactly n bytes until the end, as s3transfer needs for equal multipart parts.
-    """
-
-    def __init__(self, source: Stream, stop: threading.Event | None = None) -> None:
-        self._chunks: Iterator[bytes] = _chunks_of(source)
-        self._stop = stop
-        self._buffer = bytearray()
-        self._done = False
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, size: int | None = -1) -> bytes:
-        if self._stop is not None and self._stop.is_set():
-            raise AwsError("the upload was abandoned at its deadline")
-        want = None if size is None or size < 0 else size
-        while not self._done and (want is None or len(self._buffer) < want):
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._done = True
-            else:
-                self._buffer += chunk
-        cut = len(self._buffer) if want is None else min(want, len(self._buffer))
-        with memoryview(self._buffer) as view:
-            data = bytes(view[:cut])  # one copy, not two
-        del self._buffer[:cut]
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
-
-
-def _chunks_of(source: Stream) -> Iterator[bytes]:
-    if hasattr(source, "read"):
-        reader = cast("IO[bytes]", source)
-        return iter(lambda: reader.read(READ_CHUNK), b"")
-    return iter(source)
-
-
-class _StoppableFile:
-    """A seekable file for a download, whose writes fail once the download has been abandoned at its deadline."""
-
-    def __init__(self, handle: IO[bytes], stop: threading.Event) -> None:
-        self._handle, self._stop = handle, stop
-
-    def write(self, data: bytes) -> int:
-        if self._stop.is_set():
-            raise OSError("the download was abandoned at its deadline")
-        return self._handle.write(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._handle.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-    def seekable(self) -> bool:
-        return True
-
-
-def file_sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def _stem(snapshot_key: str) -> str:
+    """A snapshot object's key without the suffix of how it is stored."""
+    for suffix in sorted(SUFFIXES.values(), key=len, reverse=True):
+        if snapshot_key.endswith(suffix):
+            return snapshot_key[: -len(suffix)]
+    raise UnsafeError(f"{snapshot_key} is not the key of a snapshot object")
 
 
 class BackupStore:
@@ -331,39 +238,45 @@ class BackupStore:
     def where(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def snapshot_key(self, meta: SnapshotMeta) -> str:
+    def snapshot_key(self, meta: SnapshotMeta, compression: str | None = COMPRESSION) -> str:
         stamp = meta.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
         instance = validate.instance_id(meta.source_instance, "snapshot metadata")
-        return f"{self.snapshot_prefix}{stamp}-r{meta.revision}-{instance}.db"
+        return f"{self.snapshot_prefix}{stamp}-r{meta.revision}-{instance}{SUFFIXES[compression]}"
 
     @staticmethod
     def manifest_key(snapshot_key: str) -> str:
-        return snapshot_key[: -len(".db")] + ".json"
+        return _stem(snapshot_key) + ".json"
 
     # -- snapshots ------------------------------------------------------------------------------------------
 
-    def upload(self, stream: Stream, meta: SnapshotMeta) -> SnapshotInfo:
-        """Upload a snapshot stream with bounded memory, then its manifest; returns what the manifest says.
+    def upload(self, stream: Stream, meta: SnapshotMeta, *, check_trailer: bool = False) -> SnapshotInfo:
+        """Upload a snapshot stream compressed, in parallel parts with bounded memory, then its manifest; returns
+        what the manifest says. With `check_trailer`, the stream must end with etcd's sha256 of the db (a file
+        etcdctl saved; the gateway's stream is checked as it is read).
 
         Any error (from the stream too) aborts the multipart upload and writes no manifest.
         """
-        key = self.snapshot_key(meta)
+        key = self.snapshot_key(meta, COMPRESSION)
         stop = threading.Event()
-        reader = HashingReader(stream, stop)
+        reader = SnapshotReader(stream, COMPRESSION, stop=stop, check_trailer=check_trailer, what=f"the db for {key}")
         extra: dict[str, Any] = {**self._encryption, "ContentType": "application/octet-stream"}
 
         def send() -> int:
-            self._s3.upload_fileobj(
-                cast("IO[bytes]", reader), self.bucket, key, ExtraArgs=extra, Config=transfer_config()
-            )
+            multipart.upload(self._s3, self.bucket, key, cast("IO[bytes]", reader), extra)
             return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
 
         stored = self._call(f"uploading {self.where(key)}", send, stop)
-        if stored != reader.size:
-            raise AwsError(f"{self.where(key)} holds {stored} bytes after uploading {reader.size}")
-        info = SnapshotInfo.of(key, meta, reader.sha256.hexdigest(), reader.size)
+        if stored != reader.stored.size:
+            raise AwsError(f"{self.where(key)} holds {stored} bytes after uploading {reader.stored.size}")
+        info = SnapshotInfo.of(key, meta, reader.stored.result(), reader.db.result(), COMPRESSION)
         self._put(self.manifest_key(key), records.snapshot_to_json(info))
-        log.info("uploaded snapshot %s (%d bytes, revision %d)", self.where(key), info.size, info.revision)
+        log.info(
+            "uploaded snapshot %s (%d bytes, %d stored, revision %d)",
+            self.where(key),
+            info.db_bytes,
+            info.size,
+            info.revision,
+        )
         return info
 
     def _objects(self) -> dict[str, int]:
@@ -389,7 +302,8 @@ class BackupStore:
         objects = self._objects()
         found = []
         for key in sorted(k for k in objects if k.endswith(".json")):
-            snapshot_key = key[: -len(".json")] + ".db"
+            stem = key[: -len(".json")]
+            snapshot_key = next((stem + s for s in SUFFIXES.values() if stem + s in objects), stem + ".db")
             if snapshot_key not in objects:
                 log.warning("skipping manifest %s: its snapshot object is missing", self.where(key))
                 continue
@@ -408,24 +322,42 @@ class BackupStore:
         return records.newest_first(found)
 
     def download(self, info: SnapshotInfo, path: Path) -> None:
-        """Download a snapshot to `path`, verified against its manifest; on a mismatch, an error or the deadline
-        leave no file and raise (an abandoned download's next write fails: it stops by itself)."""
+        """Download a snapshot's db to `path` (decompressed as it streams), the stored bytes and the db checked
+        against its manifest; on a mismatch, an error or the deadline leave no file and raise (an abandoned
+        download's next write fails: it stops by itself)."""
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         temp = Path(temp_name)
+        where = self.where(info.key)
         stop = threading.Event()
         try:
             with os.fdopen(fd, "wb") as handle:
-                target = cast("IO[bytes]", _StoppableFile(handle, stop))
-                self._call(
-                    f"downloading {self.where(info.key)}",
-                    lambda: self._s3.download_fileobj(self.bucket, info.key, target, Config=transfer_config()),
-                    stop,
-                )
-            sha256, size = file_sha256(temp)
-            if (sha256, size) != (info.sha256, info.size):
+
+                def fetch() -> tuple[records.Checksum, records.Checksum]:
+                    body = self._s3.get_object(Bucket=self.bucket, Key=info.key)["Body"]
+                    try:
+                        return copy_out(
+                            cast("IO[bytes]", body),
+                            handle,
+                            info.compression,
+                            stored_size=info.size,
+                            db_size=info.db_bytes,
+                            what=f"snapshot {where}",
+                            stop=stop,
+                        )
+                    finally:
+                        body.close()
+
+                stored, db = self._call(f"downloading {where}", fetch, stop)
+            wanted = (info.sha256, info.size)
+            if (stored.sha256, stored.size) != wanted:
                 raise CorruptSnapshotError(
-                    f"snapshot {self.where(info.key)} is corrupt: {size} bytes with sha256 {sha256}, "
+                    f"snapshot {where} is corrupt: {stored.size} bytes with sha256 {stored.sha256}, "
                     f"its manifest says {info.size} bytes with sha256 {info.sha256}"
+                )
+            if info.db_sha256 is not None and (db.sha256, db.size) != (info.db_sha256, info.db_size):
+                raise CorruptSnapshotError(
+                    f"snapshot {where} is corrupt: its db is {db.size} bytes with sha256 {db.sha256}, "
+                    f"its manifest says {info.db_size} bytes with sha256 {info.db_sha256}"
                 )
             os.replace(temp, path)
         finally:

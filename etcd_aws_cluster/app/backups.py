@@ -8,14 +8,16 @@ plan, the commands), this module only does it.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster.adapters import restore_tool, scratch
+from etcd_aws_cluster.adapters import restore_tool, scratch, snapshot_save
+from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
 from etcd_aws_cluster.adapters.hostfs import local_data_dir
-from etcd_aws_cluster.adapters.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
@@ -31,9 +33,10 @@ RESTORE_HEADROOM = 128 * 1024 * 1024
 # Room a spooled backup leaves free beyond its estimate: etcd's own writes go on in the same filesystem.
 SPOOL_HEADROOM = 256 * 1024 * 1024
 
-# How fast a snapshot streams through etcd's JSON gateway and up to S3, for the estimate of whether an insurance
-# snapshot fits the time left: 6-9 MB/s were measured (issue 15, 2 CPUs); the estimate assumes less, and a
-# throughput measured in this run replaces it.
+# How fast a snapshot of the db goes up to S3, for the estimate of whether an insurance snapshot fits the time
+# left: the slowest path, etcd's JSON gateway, streamed 6-9 MB/s (issue 15, 2 CPUs; etcdctl's path runs at etcd's
+# own speed, docs/benchmarks-backup.md); the estimate assumes less, and a throughput measured in this run (db
+# bytes per second) replaces it.
 SNAPSHOT_THROUGHPUT = 5_000_000.0  # bytes per second
 SNAPSHOT_MARGIN = 1.5  # the estimate times this must fit in the insurance's budget
 # The insurance snapshot gets at most this share of the time left, and always leaves CHANGE_RESERVE seconds for
@@ -119,12 +122,13 @@ class Backups:
         started = ctx.deadline.elapsed()
         info = self._upload(url, meta)
         took = ctx.deadline.elapsed() - started
-        if took > 1.0 and info.size > 0:
-            self.throughput = info.size / took
+        if took > 1.0 and info.db_bytes > 0:
+            self.throughput = info.db_bytes / took
         log.info(
-            "backup: snapshot of cluster %x at revision %d, %d bytes, uploaded to %s in %.1fs",
+            "backup: snapshot of cluster %x at revision %d, %d bytes (%d stored), uploaded to %s in %.1fs",
             cluster_id,
             info.revision,
+            info.db_bytes,
             info.size,
             self.store.where(info.key),
             took,
@@ -133,25 +137,49 @@ class Backups:
         return info
 
     def _upload(self, url: str, meta: SnapshotMeta) -> SnapshotInfo:
-        """Spool the snapshot to a file in the data dir when there is room and a tool to read it, so the manifest
-        gets the db's exact revision and hash; otherwise stream it straight to S3 (the revision a lower bound).
-        Memory stays bounded either way."""
+        """Spool the snapshot to a file in the data dir when there is room and a tool to read it (taken by etcdctl
+        where the host has one: etcd's own speed), so the manifest gets the db's exact revision and hash; otherwise
+        stream it through etcd's JSON gateway straight to S3 (the revision a lower bound). Compressed on the way
+        up either way, in bounded memory."""
         ctx = self.ctx
         spooled = self._spool_place(meta)
         if spooled is not None:
             spool, tool = spooled
             try:
-                with spool.open("xb") as out:
-                    for chunk in ctx.etcd.snapshot(url, ctx.call_timeout):
-                        out.write(chunk)
+                saved_by_etcdctl = self._save(url, spool)
                 status = restore_tool.db_status(tool, spool)
                 with spool.open("rb") as handle:
-                    return self.store.upload(handle, replace(meta, revision=status.revision, db_hash=status.hash))
+                    return self.store.upload(
+                        handle,
+                        replace(meta, revision=status.revision, db_hash=status.hash),
+                        check_trailer=saved_by_etcdctl,  # the gateway's stream was checked as it was read
+                    )
             except OSError as exc:
                 log.warning("backup: cannot spool the snapshot to %s (%s); streaming it", spool, exc.strerror or exc)
             finally:
                 spool.unlink(missing_ok=True)
+                spool.with_name(spool.name + ".part").unlink(missing_ok=True)  # etcdctl's, if it failed
         return self.store.upload(ctx.etcd.snapshot(url, ctx.call_timeout), meta)
+
+    def _save(self, url: str, spool: Path) -> bool:
+        """Save the snapshot of the member at `url` to `spool`: with etcdctl where the host has one (True), else,
+        or when it fails, through etcd's JSON gateway (False)."""
+        ctx = self.ctx
+        etcdctl = snapshot_save.find_etcdctl(ctx.settings.etcdutl)
+        if etcdctl is None:
+            log.info("backup: no etcdctl on this host; taking the snapshot through etcd's JSON gateway (slower)")
+        else:
+            try:
+                snapshot_save.save(etcdctl, url, ctx.etcd.tls, spool, ctx.deadline.remaining())
+                log.info("backup: snapshot saved by %s", etcdctl)
+                return True
+            except EtcdError as exc:
+                log.warning("backup: %s; taking the snapshot through etcd's JSON gateway instead", exc)
+                spool.unlink(missing_ok=True)
+        with spool.open("xb") as out:
+            for chunk in ctx.etcd.snapshot(url, ctx.call_timeout):
+                out.write(chunk)
+        return False
 
     def _spool_place(self, meta: SnapshotMeta) -> tuple[Path, restore_tool.RestoreTool] | None:
         """Where to spool this snapshot, and the tool to read it with; None to stream it."""
@@ -358,24 +386,31 @@ class Backups:
         restore_tool.prepare_data_dir(data_dir)
         download = scratch.scratch_path(data_dir, scratch.DOWNLOAD_PREFIX, ".db")
         for info in candidates:
-            scratch.ensure_free(data_dir, 2 * info.size + RESTORE_HEADROOM, f"restoring {self.store.where(info.key)}")
+            needed = 2 * info.db_bytes + RESTORE_HEADROOM
+            scratch.ensure_free(data_dir, needed, f"restoring {self.store.where(info.key)}")
+            where = self.store.where(info.key)
+            target = restore_tool.RestoreTarget(
+                data_dir,
+                ctx.me.instance_id,
+                render_initial_cluster(initial),
+                restore_token(info),
+                ctx.endpoints.peer_url(ctx.me.private_ip),
+            )
             try:
                 self.store.download(info, download)
-                check_db(tool, download, info, self.store.where(info.key))
+                # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
+                # dir: the data dir gets nothing unless it passed. A member's raw db (a survivor's upload) has no
+                # sha256 trailer; its manifest says so.
+                restore_tool.restore(
+                    tool,
+                    download,
+                    target,
+                    skip_hash_check=not info.hash_trailer,
+                    verify=functools.partial(check_db, tool, download, info, where),
+                )
             except CorruptSnapshotError as exc:
-                download.unlink(missing_ok=True)
                 log.error("restore: %s; trying the snapshot before it", exc)
                 continue
-            try:
-                target = restore_tool.RestoreTarget(
-                    data_dir,
-                    ctx.me.instance_id,
-                    render_initial_cluster(initial),
-                    restore_token(info),
-                    ctx.endpoints.peer_url(ctx.me.private_ip),
-                )
-                # A member's raw db (a survivor's upload) has no sha256 trailer; its manifest says so.
-                restore_tool.restore(tool, download, target, skip_hash_check=not info.hash_trailer)
             finally:
                 download.unlink(missing_ok=True)
             log.info("restore: restored %s (revision %d) into %s", info.key, info.revision, data_dir)

@@ -76,6 +76,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if scheduled:
         backups.prune()
     sys.stdout.write(
-        f"{backups.store.where(info.key)} revision {info.revision} {info.size} bytes sha256 {info.sha256}\n"
+        f"{backups.store.where(info.key)} revision {info.revision} {info.db_bytes} bytes, {info.size} stored "
+        f"sha256 {info.sha256}\n"
     )
     return 0

@@ -34,7 +34,7 @@ def render_list(backups: Backups, snapshots: tuple[SnapshotInfo, ...], record: C
         return f"no snapshots under {backups.store.where(backups.store.snapshot_prefix)}\n"
     now = backups.ctx.now()
     chosen = _default(snapshots, record)
-    lines = ["  KEY  TAKEN  AGE  REVISION  SIZE  CLUSTER  ETCD"]
+    lines = ["  KEY  TAKEN  AGE  REVISION  DB-SIZE  STORED  CODEC  CLUSTER  ETCD"]
     for lineage in _lineages(snapshots, record):
         current = record is not None and lineage == record.lineage
         lines.append(f"lineage {records.lineage_name(lineage)}{' (current: the cluster record)' if current else ''}")
@@ -42,7 +42,7 @@ def render_list(backups: Backups, snapshots: tuple[SnapshotInfo, ...], record: C
             mark = "*" if chosen and info.key == chosen[0].key else " "
             lines.append(
                 f"{mark} {info.key}  {format_time(info.taken_at)}  {utc_age(now, info.taken_at)}  {info.revision}  "
-                f"{info.size}  {info.cluster_id:x}  {info.etcd_version}"
+                f"{info.db_bytes}  {info.size}  {info.compression or 'none'}  {info.cluster_id:x}  {info.etcd_version}"
             )
     lines.append(
         "* the one a boot would restore (newest of the record's lineage by revision, then time; of all when there "

@@ -34,12 +34,24 @@ LINEAGE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 # S3 keys we write: our own layout only, so nothing from a listing can smuggle in odd characters.
 OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/%-]{1,1024}")
 MAX_REPLACED = 64  # clusters a restore's record names as replaced
+# How a snapshot object may be stored besides as the plain db: zstd (python-zstandard), chosen by measurement on a
+# real etcd db (docs/benchmarks-backup.md).
+COMPRESSIONS = ("zstd",)
+COMPRESSION = re.compile("|".join(COMPRESSIONS))
 
 
 def _utc(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() != timedelta(0):
         raise ValueError(f"{what} must be an aware UTC datetime, got {value!r}")
     return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """The sha256 (hex) and size of a run of bytes: a stored object, or the db inside it."""
+
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -79,25 +91,46 @@ class SnapshotInfo:
     hash_trailer: bool = True  # etcd's sha256 trailer is appended (a Maintenance snapshot); see SnapshotMeta
     db_hash: int | None = None  # see SnapshotMeta
     lineage: str | None = None  # see SnapshotMeta
+    # How the object is stored: None (the db as etcd sent it: `sha256` and `size` are the db's) or a codec of
+    # COMPRESSIONS, with the db's own checksum and size beside those of the stored bytes.
+    compression: str | None = None
+    db_sha256: str | None = None
+    db_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taken_at", _utc(self.taken_at, "taken_at"))
+        if (self.compression is None) != (self.db_sha256 is None) or (self.db_sha256 is None) != (self.db_size is None):
+            raise ValueError(
+                "a compressed snapshot names its codec, its db's sha256 and size; an uncompressed one none"
+            )
+
+    @property
+    def db_bytes(self) -> int:
+        """The size of the db once downloaded (and decompressed)."""
+        return self.size if self.db_size is None else self.db_size
 
     @classmethod
-    def of(cls, key: str, meta: SnapshotMeta, sha256: str, size: int) -> SnapshotInfo:
+    def of(
+        cls, key: str, meta: SnapshotMeta, stored: Checksum, db: Checksum | None = None, compression: str | None = None
+    ) -> SnapshotInfo:
+        """What a manifest says of `key`, uploaded from `meta`: the checksum of the `stored` bytes, and with a
+        `compression`, the `db`'s."""
         return cls(
             key=key,
             taken_at=meta.taken_at,
             revision=meta.revision,
             cluster_id=meta.cluster_id,
             etcd_version=meta.etcd_version,
-            sha256=sha256,
-            size=size,
+            sha256=stored.sha256,
+            size=stored.size,
             members=meta.members,
             source_instance=meta.source_instance,
             hash_trailer=meta.hash_trailer,
             db_hash=meta.db_hash,
             lineage=meta.lineage,
+            compression=compression,
+            db_sha256=None if db is None else db.sha256,
+            db_size=None if db is None else db.size,
         )
 
 
@@ -243,10 +276,19 @@ OBJECT_KEY_TEXT = Codec(object_key)
 LINEAGE_TEXT = _text(LINEAGE, "lineage")
 REVISION = _number("revision")
 
+
+def _stored_as(values: Mapping[str, Any], source: str) -> None:
+    """A compressed snapshot's manifest names the db's checksum and size too; a plain one neither."""
+    named = [values[name] is not None for name in ("compression", "db_sha256", "db_size")]
+    if any(named) and not all(named):
+        raise UnsafeError(f"refusing {source}: compression, db_sha256 and db_size go together")
+
+
 # The fields of each document in the order they are written. The optional ones are written only when they differ
 # from their default, so that a document without them stays what agents from before them read: a manifest's
-# hash_trailer (written only when false), db_hash and lineage (only when known); a record's lineage, and the
-# clusters a restore replaced (only when it replaced some).
+# hash_trailer (written only when false), db_hash and lineage (only when known), compression with the db's own
+# checksum and size (only for a compressed object: an agent from before them refuses such a manifest, as it must,
+# and skips that snapshot); a record's lineage, and the clusters a restore replaced (only when it replaced some).
 SNAPSHOT = Document(
     SNAPSHOT_FORMAT,
     (
@@ -262,8 +304,12 @@ SNAPSHOT = Document(
         Field("hash_trailer", _flag("hash_trailer flag"), optional=True, default=True),
         Field("db_hash", _number("db hash", upper=2**32), optional=True),
         Field("lineage", LINEAGE_TEXT, optional=True),
+        Field("compression", _text(COMPRESSION, "compression"), optional=True),
+        Field("db_sha256", _text(SHA256_HEX, "db sha256"), optional=True),
+        Field("db_size", _number("db size", upper=2**44), optional=True),
     ),
     SnapshotInfo,
+    _stored_as,
 )
 RECORD = Document(
     RECORD_FORMAT,

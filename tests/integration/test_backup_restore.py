@@ -77,7 +77,8 @@ class Backed:
         return sorted(str(item["Key"]) for page in pages for item in page.get("Contents", []))
 
     def snapshot_objects(self) -> list[str]:
-        return [k for k in self.object_keys() if k.startswith(self.store.snapshot_prefix) and k.endswith(".db")]
+        prefix = self.store.snapshot_prefix
+        return [k for k in self.object_keys() if k.startswith(prefix) and k.endswith((".db", ".db.zst"))]
 
     def backup(self, node: Node, *args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return run_ok(self.asg, node, "backup", *args, env={**self.env, **(extra or {})})
@@ -295,6 +296,7 @@ def test_record_without_a_readable_snapshot_is_refused(sim: SimFactory, etcd_bin
     assert backed.snapshot_objects() == []
 
 
+@pytest.mark.etcd_also("3.6")
 def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
     sim: SimFactory, etcd_binary: Path, moto_url: str
 ) -> None:
@@ -302,7 +304,8 @@ def test_corrupt_newest_snapshot_falls_back_to_the_one_before(
     asg = backed.asg
     older, newer, newest, before = two_snapshots(backed, "/older", "/newer")
     assert newest.revision > before.revision
-    # The newest .db rots in place: same size, so only the checksum can tell (its manifest is untouched).
+    # The newest object (compressed) rots in place: same size, so only the checksums can tell (its manifest is
+    # untouched).
     backed.s3.put_object(
         Bucket=BUCKET, Key=newest.key, Body=b"\x00garbage" * (newest.size // 8) + b"!" * (newest.size % 8)
     )
@@ -361,7 +364,7 @@ def test_scheduled_backup_uploads_once_per_period_and_retention_keeps_only_what_
     after = set(backed.object_keys())
     added = sorted(after - before - {backed.store.record_key})
     assert len(added) == 2, added  # one snapshot and its manifest
-    (uploaded,) = (k for k in added if k.endswith(".db"))
+    (uploaded,) = (k for k in added if k.endswith(".db.zst"))
     new_info = backed.store.list_snapshots()[0]
     assert new_info.key == uploaded and new_info.source_instance == leader
     deleted = before - after
@@ -388,12 +391,16 @@ def test_restore_list_shows_the_snapshots_newest_first_with_the_marker(
         infos.append(backed.store.upload(iter([b"x" * (1000 + revision)]), meta))
     result = run_ok(backed.asg, node, "restore", "--list", env=backed.env)
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["KEY", "TAKEN", "AGE", "REVISION", "SIZE", "CLUSTER", "ETCD"]
+    header = ["KEY", "TAKEN", "AGE", "REVISION", "DB-SIZE", "STORED", "CODEC", "CLUSTER", "ETCD"]
+    assert lines[0].split() == header
     rows = [line for line in lines[1:] if backed.store.snapshot_prefix in line]
     expected = sorted(infos, key=lambda i: i.revision, reverse=True)
-    assert [row.split()[-7] for row in rows] == [i.key for i in expected]
+    assert [row.split()[-9] for row in rows] == [i.key for i in expected]
     assert rows[0].startswith("* ") and all(row.startswith("  ") for row in rows[1:])
-    assert [int(row.split()[-4]) for row in rows] == [90, 40, 7]
+    assert [int(row.split()[-6]) for row in rows] == [90, 40, 7]
+    # both sizes: the db's, and the compressed object's (a run of one byte compresses to a few dozen)
+    assert [int(row.split()[-5]) for row in rows] == [1090, 1040, 1007]
+    assert all(int(row.split()[-4]) < 100 and row.split()[-3] == "zstd" for row in rows), rows
     assert "c0ffee" in rows[0] and "5m" in rows[0]
     assert lines[-1].startswith("* the one a boot would restore")
     assert not node.env_file.exists()  # --list changes nothing

@@ -19,7 +19,6 @@ import pytest
 import requests
 
 from etcd_aws_cluster.adapters.restore_tool import BUMP_REVISION
-from etcd_aws_cluster.adapters.s3 import file_sha256
 from etcd_aws_cluster.core import records
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
@@ -255,7 +254,7 @@ def test_a_restore_into_a_mount_point_and_under_a_read_only_parent_succeeds_and_
 
 @pytest.mark.etcd_also("3.6")
 def test_a_snapshot_whose_db_does_not_match_its_manifest_falls_back_to_the_one_before(
-    sim: SimFactory, etcd_binary: Path, moto_url: str, tmp_path: Path
+    sim: SimFactory, etcd_binary: Path, moto_url: str
 ) -> None:
     backed = booted(sim, etcd_binary, moto_url)
     asg = backed.asg
@@ -266,13 +265,13 @@ def test_a_snapshot_whose_db_does_not_match_its_manifest_falls_back_to_the_one_b
     newest, before = backed.store.list_snapshots()
     # a backup from a member spools its snapshot and reads the db's exact revision and hash into the manifest
     assert newest.db_hash is not None and before.db_hash is not None and newest.db_hash != before.db_hash
-    # the newest .db is replaced by the older db, its manifest's sha256 and size recomputed to match: only the
-    # tool's look at the db (revision and hash against the manifest) can tell
-    older_db = backed.s3.get_object(Bucket=BUCKET, Key=before.key)["Body"].read()
-    backed.s3.put_object(Bucket=BUCKET, Key=newest.key, Body=older_db)
-    (tmp_path / "db").write_bytes(older_db)
-    sha256, size = file_sha256(tmp_path / "db")
-    forged = dataclasses.replace(newest, sha256=sha256, size=size)
+    # the newest object is replaced by the older one, its manifest's checksums and sizes (of the stored bytes and
+    # of the db) made to match: only the tool's look at the db (revision and hash against the manifest) can tell
+    older_object = backed.s3.get_object(Bucket=BUCKET, Key=before.key)["Body"].read()
+    backed.s3.put_object(Bucket=BUCKET, Key=newest.key, Body=older_object)
+    forged = dataclasses.replace(
+        newest, sha256=before.sha256, size=before.size, db_sha256=before.db_sha256, db_size=before.db_size
+    )
     backed.s3.put_object(
         Bucket=BUCKET, Key=backed.store.manifest_key(newest.key), Body=records.snapshot_to_json(forged).encode()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
 import textwrap
 import time
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from mypy_boto3_s3 import S3Client
 
-from etcd_aws_cluster.adapters.s3 import BackupStore, CorruptSnapshotError, connect_s3
+from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
+from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, RecordRaceError, UnsafeError
@@ -63,27 +65,54 @@ def meta(revision: int, taken_at: datetime = NOW) -> SnapshotMeta:
     return SnapshotMeta(taken_at, revision, 0xABC, "3.5.17", (("n1", "http://10.0.0.1:2380"),), INSTANCE)
 
 
-def chunks(total: int, size: int = 1024 * 1024, seed: bytes = b"x") -> Iterator[bytes]:
-    block = hashlib.sha256(seed).digest() * (size // 32)
+def chunks(total: int, size: int = 1024 * 1024, seed: int = 1) -> Iterator[bytes]:
+    """`total` bytes that do not compress (random, the same for the same seed): an object of that many bytes."""
+    noise = random.Random(seed)
     for offset in range(0, total, size):
-        yield block[: min(size, total - offset)]
+        yield noise.randbytes(min(size, total - offset))
 
 
 def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
-    total = 12 * 1024 * 1024 + 123  # three multipart parts
-    info = store.upload(chunks(total), meta(42))
-    expected = hashlib.sha256(b"".join(chunks(total))).hexdigest()
-    assert (info.size, info.sha256, info.revision) == (total, expected, 42)
-    assert info.key == "backups/eu-west-1/etcd%20prod%2Feu/snapshots/20240510T120000000000Z-r42-i-0123456789abcdef0.db"
+    total = 12 * 1024 * 1024 + 123
+    # every MiB comes twice in a row (within zstd's window): it compresses by about 2, to two multipart parts
+    db = b"".join(block * 2 for block in chunks(6 * 1024 * 1024)) + b"".join(chunks(123, seed=4))
+    info = store.upload(iter([db[i : i + 1000_000] for i in range(0, total, 1000_000)]), meta(42))
+    expected = hashlib.sha256(db).hexdigest()
+    assert (info.db_size, info.db_sha256, info.revision, info.compression) == (total, expected, 42, "zstd")
+    key = "backups/eu-west-1/etcd%20prod%2Feu/snapshots/20240510T120000000000Z-r42-i-0123456789abcdef0"
+    assert info.key == key + ".db.zst"
+    stored = s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read()
+    assert (info.size, info.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
+    assert total * 0.4 < info.size < total * 0.6
     head = s3.head_object(Bucket=BUCKET, Key=info.key)
     assert head["ServerSideEncryption"] == "AES256"
-    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=info.key[:-3] + ".json")["Body"].read())
-    assert manifest["sha256"] == expected
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=key + ".json")["Body"].read())
+    assert (manifest["sha256"], manifest["db_sha256"], manifest["compression"]) == (info.sha256, expected, "zstd")
     assert store.list_snapshots() == (info,)
     target = tmp_path / "snap.db"
     store.download(info, target)
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
+    assert target.read_bytes() == db
     assert [p.name for p in tmp_path.iterdir()] == ["snap.db"]
+
+
+def test_a_snapshot_of_an_agent_before_compression_is_listed_and_downloaded(
+    s3: S3Client, store: BackupStore, tmp_path: Path
+) -> None:
+    db = b"".join(chunks(6 * 1024 * 1024, seed=2))
+    key = store.snapshot_key(meta(8), compression=None)
+    assert key.endswith("-r8-i-0123456789abcdef0.db")
+    old = records.SnapshotInfo.of(key, meta(8), records.Checksum(hashlib.sha256(db).hexdigest(), len(db)))
+    s3.put_object(Bucket=BUCKET, Key=key, Body=db)
+    text = records.snapshot_to_json(old)
+    assert "compression" not in text and "db_sha256" not in text  # what agents before compression wrote
+    s3.put_object(Bucket=BUCKET, Key=store.manifest_key(key), Body=text.encode())
+    newer = store.upload(chunks(1000, seed=3), meta(9))
+    assert store.list_snapshots() == (newer, old)
+    store.download(old, tmp_path / "old.db")
+    assert (tmp_path / "old.db").read_bytes() == db
+    s3.put_object(Bucket=BUCKET, Key=key, Body=db[:-1] + b"!")
+    with pytest.raises(CorruptSnapshotError, match="corrupt"):
+        store.download(old, tmp_path / "bad.db")
 
 
 def test_upload_from_a_file_and_a_small_stream(store: BackupStore, tmp_path: Path) -> None:
@@ -92,7 +121,7 @@ def test_upload_from_a_file_and_a_small_stream(store: BackupStore, tmp_path: Pat
     with source.open("rb") as handle:
         first = store.upload(handle, meta(1))
     second = store.upload([b"a", b"", b"bc"], meta(2))
-    assert (first.size, second.size) == (8, 3)
+    assert (first.db_bytes, second.db_bytes) == (8, 3)
     assert [s.revision for s in store.list_snapshots()] == [2, 1]
 
 
@@ -103,7 +132,7 @@ def test_list_shows_only_complete_snapshots_of_this_group(s3: S3Client, store: B
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}lonely.json", Body=b"{}")
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}bad.db", Body=b"x")
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}bad.json", Body=b"not json")
-    liar = json.loads(s3.get_object(Bucket=BUCKET, Key=good.key[:-3] + ".json")["Body"].read())
+    liar = json.loads(s3.get_object(Bucket=BUCKET, Key=store.manifest_key(good.key))["Body"].read())
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.db", Body=b"good")
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}liar.json", Body=json.dumps(liar).encode())  # names another key
     other = BackupStore(s3, f"s3://{BUCKET}/backups", "etcd prod", region=REGION)
@@ -113,11 +142,24 @@ def test_list_shows_only_complete_snapshots_of_this_group(s3: S3Client, store: B
 
 
 def test_corrupt_object_raises_and_leaves_no_file(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
-    info = store.upload([b"original bytes"], meta(7))
-    s3.put_object(Bucket=BUCKET, Key=info.key, Body=b"tampered bytes")  # same size: still listed
+    info = store.upload([b"original bytes" * 1000], meta(7))
+    stored = bytearray(s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read())
+    stored[-5] ^= 1  # one flipped bit: zstd or the stored bytes' sha256 refuses it
+    s3.put_object(Bucket=BUCKET, Key=info.key, Body=bytes(stored))  # same size: still listed
     assert store.list_snapshots() == (info,)
     with pytest.raises(CorruptSnapshotError, match="corrupt"):
         store.download(info, tmp_path / "snap.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compressed_object_whose_db_is_not_the_manifests_is_corrupt(
+    s3: S3Client, store: BackupStore, tmp_path: Path
+) -> None:
+    info = store.upload([b"the db"], meta(7))
+    forged = replace(info, db_sha256="0" * 64)  # the stored bytes match; the db inside them does not
+    s3.put_object(Bucket=BUCKET, Key=store.manifest_key(info.key), Body=records.snapshot_to_json(forged).encode())
+    with pytest.raises(CorruptSnapshotError, match="its db is 6 bytes with sha256"):
+        store.download(forged, tmp_path / "snap.db")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -142,7 +184,7 @@ KILLED_UPLOADER = textwrap.dedent(
 
     def slow():
         for _ in range(400):
-            yield b"y" * (1024 * 1024)
+            yield os.urandom(1024 * 1024)  # does not compress: parts go up while it runs
             time.sleep(0.02)
 
     store = BackupStore(connect_s3("us-east-1", os.environ, 10, 2), sys.argv[1], sys.argv[2], region="us-east-1")
@@ -180,7 +222,7 @@ def test_delete_removes_snapshots_and_manifests_only(s3: S3Client, store: Backup
     store.delete(infos[:2])
     assert store.list_snapshots() == (infos[2],)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
-    assert keys == sorted(["backups/unrelated.db", infos[2].key, infos[2].key[:-3] + ".json"])
+    assert keys == sorted(["backups/unrelated.db", infos[2].key, store.manifest_key(infos[2].key)])
 
 
 def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) -> None:
@@ -267,7 +309,9 @@ def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new
     s3.put_object(Bucket=BUCKET, Key=store.legacy_record_key, Body=records.record_to_json(old_record).encode())
     old_key = f"{store.legacy_snapshot_prefix}20240510T110000000000Z-r7-{INSTANCE}.db"
     s3.put_object(Bucket=BUCKET, Key=old_key, Body=b"old db")
-    info = records.SnapshotInfo.of(old_key, meta(7, NOW - timedelta(hours=1)), hashlib.sha256(b"old db").hexdigest(), 6)
+    info = records.SnapshotInfo.of(
+        old_key, meta(7, NOW - timedelta(hours=1)), records.Checksum(hashlib.sha256(b"old db").hexdigest(), 6)
+    )
     s3.put_object(Bucket=BUCKET, Key=store.manifest_key(old_key), Body=records.snapshot_to_json(info).encode())
     record, etag = store.read_record_tagged()
     assert (record, etag) == (old_record, None)  # found under the old key; the new one is to be created

@@ -106,7 +106,7 @@ def test_a_survivor_with_newer_data_uploads_it_and_every_instance_restores_it(
 
     logs = boot(asg, asg.nodes, timeout=150, env=extra)
     key, revision = restored_everywhere(logs)
-    assert key.endswith(f"-{survivor.instance_id}.db") and "uploaded it" in logs[survivor.instance_id]
+    assert key.endswith(f"-{survivor.instance_id}.db.zst") and "uploaded it" in logs[survivor.instance_id]
     # Whether the others waited for the hand-off or found it already written depends on who looked first: either
     # way every instance that restored chose the survivor's upload (restored_everywhere: one snapshot), not the older.
     uploaded = next(s for s in store.list_snapshots() if s.key == key)
@@ -166,7 +166,7 @@ def test_another_lineages_higher_snapshot_neither_stops_the_upload_nor_wins_the_
 
     logs = boot(asg, asg.nodes, timeout=150, env=extra)
     key, revision = restored_everywhere(logs)
-    assert key.endswith(f"-{survivor.instance_id}.db") and "uploaded it" in logs[survivor.instance_id], logs
+    assert key.endswith(f"-{survivor.instance_id}.db.zst") and "uploaded it" in logs[survivor.instance_id], logs
     assert revision < foreign.revision
     asg.wait_healthy(3, timeout=60)
     assert [asg.get(f"/after/{i}", node=asg.nodes[i % 3]) for i in range(30)] == [f"a{i}" for i in range(30)]

@@ -102,7 +102,7 @@ class Transport:
 
     def __init__(self, session: requests.Session, tls: Tls, api: str = "auto") -> None:
         self._session = session
-        self._tls = tls
+        self.tls = tls  # etcd's own client on this host needs the same files (snapshot_save.py)
         self._prefixes: tuple[str, ...] = {"v3": V3_PREFIXES, "v2": ("/v2",)}.get(api, (*V3_PREFIXES, "/v2"))
 
     @property
@@ -120,8 +120,8 @@ class Transport:
                 url,
                 json=body,
                 timeout=timeout,
-                verify=self._tls.verify(),
-                cert=self._tls.cert(),
+                verify=self.tls.verify(),
+                cert=self.tls.cert(),
                 allow_redirects=False,
                 stream=True,
             )
@@ -131,7 +131,7 @@ class Transport:
         except TooLarge as exc:
             raise EtcdRequestError(f"{url}: {exc}", failure=EtcdFailure.ANSWER) from None
         except requests.exceptions.SSLError as exc:
-            tls = self._tls
+            tls = self.tls
             ca = f"ca_file={tls.ca_file}" if tls.ca_file else "no ca_file (system CAs)"
             cert = f"cert_file={tls.cert_file}" if tls.cert_file else "no client certificate (cert_file/key_file)"
             hint = f"; check {ca} and {cert}"

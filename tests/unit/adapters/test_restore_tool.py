@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from etcd_aws_cluster.adapters import local_etcd, restore_tool, scratch
+from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
 from etcd_aws_cluster.adapters.restore_tool import RestoreTarget, find_tool, holds_data
-from etcd_aws_cluster.adapters.s3 import CorruptSnapshotError
 from etcd_aws_cluster.app.backups import check_db
 from etcd_aws_cluster.base.errors import ConfigError, EtcdError, UnsafeError
 from etcd_aws_cluster.core.records import SnapshotInfo

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from etcd_aws_cluster.adapters.s3 import BackupStore, BackupUrl, HashingReader, parse_backup_url
+from etcd_aws_cluster.adapters.s3 import BackupStore, BackupUrl, parse_backup_url
 from etcd_aws_cluster.base.errors import ConfigError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff
 
@@ -75,14 +75,6 @@ def test_a_region_that_is_not_one_is_refused(region: str) -> None:
 def test_encryption_settings(sse: str, key: str | None) -> None:
     with pytest.raises(ConfigError):
         BackupStore(cast(Any, None), "s3://bkt/p", "g", sse, key, region="us-east-1")
-
-
-def test_hashing_reader_hands_out_exact_sizes() -> None:
-    reader = HashingReader(iter([b"ab", b"", b"cdefg", b"h"]))
-    assert [reader.read(3), reader.read(3), reader.read(3), reader.read(3)] == [b"abc", b"def", b"gh", b""]
-    assert reader.size == 8
-    rest = HashingReader([b"xy", b"z"])
-    assert rest.read() == b"xyz"
 
 
 class _Raw:

@@ -15,7 +15,7 @@ import pytest
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError
-from etcd_aws_cluster.core.records import SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.records import Checksum, SnapshotInfo, SnapshotMeta
 from tests.harness.silent_server import SilentServer
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -81,7 +81,7 @@ def test_a_limited_step_ends_by_its_budget_and_by_the_first_answer_window(silent
 
 def test_an_abandoned_download_leaves_no_file(silent: SilentServer, tmp_path: Path) -> None:
     store = hanging_store(silent, Deadline(0.5))
-    info = SnapshotInfo.of(store.snapshot_key(META), META, "0" * 64, 10)
+    info = SnapshotInfo.of(store.snapshot_key(META), META, Checksum("0" * 64, 10))
     target = tmp_path / "snapshot.db"
     with pytest.raises(AwsError, match="no answer before the run's deadline"):
         store.download(info, target)
@@ -92,12 +92,13 @@ def test_a_multipart_upload_to_a_hanging_s3_ends_by_the_deadline(silent: SilentS
     store = hanging_store(silent, Deadline(0.5))
     started = time.monotonic()
     with pytest.raises(AwsError, match="no answer before the run's deadline"):
-        store.upload((b"x" * 1024 * 1024 for _ in range(64)), META)  # 64 MiB: a multipart upload
+        # 64 MiB that do not compress: a multipart upload
+        store.upload((os.urandom(1024 * 1024) for _ in range(64)), META)
     assert time.monotonic() - started < 1.0
 
 
 ABANDONED_UPLOAD = """
-import sys
+import os, sys
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
@@ -110,7 +111,7 @@ s3 = connect_s3("us-east-1", {"AWS_ENDPOINT_URL_S3": silent.url}, timeout=20, ma
 store = BackupStore(s3, "s3://bkt/p", "etcd", region="us-east-1", deadline=deadline)
 try:
     with store.limited(0.5):
-        store.upload((b"x" * 1024 * 1024 for _ in range(64)), META)
+        store.upload((os.urandom(1024 * 1024) for _ in range(64)), META)  # incompressible: a multipart upload
 except AwsError as exc:
     print(exc, file=sys.stderr)
 """

@@ -18,7 +18,7 @@ from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, RecordRaceError
 from etcd_aws_cluster.core import view
 from etcd_aws_cluster.core.model import AsgInstance, AsgView, Endpoints, MemberList, Probe
-from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.records import Checksum, ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.core.view import ClusterView
 from tests.unit.base.clock import FakeClock
 from tests.unit.builders import EP, IDS, IPS, member
@@ -124,7 +124,7 @@ def _backups(store: MemoryStore) -> Backups:
 
 def _young_snapshot() -> SnapshotInfo:
     meta = SnapshotMeta(NOW - timedelta(minutes=5), 42, 7, "3.5.17", (), IDS[0])
-    return SnapshotInfo.of("p/etcd/snapshots/a.db", meta, "ab" * 32, 100)
+    return SnapshotInfo.of("p/etcd/snapshots/a.db", meta, Checksum("ab" * 32, 100))
 
 
 def test_the_record_after_a_change_names_the_members_after_it(caplog: pytest.LogCaptureFixture) -> None:

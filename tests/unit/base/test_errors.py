@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from etcd_aws_cluster.adapters.s3 import CorruptSnapshotError
+from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
 from etcd_aws_cluster.base.errors import (
     EXIT_CODES,
     AgentError,

@@ -15,6 +15,7 @@ import pytest
 from etcd_aws_cluster.base.errors import UnsafeError
 from etcd_aws_cluster.core.records import (
     LINEAGE,
+    Checksum,
     ClusterRecord,
     Handoff,
     SnapshotInfo,
@@ -105,7 +106,7 @@ def test_meta_and_info_refuse_naive_times() -> None:
 
 def test_info_of_meta_carries_every_field() -> None:
     meta = SnapshotMeta(NOW, 7, 9, "3.4.23", (("n", "http://h:1"),), "i-0123456789abcdef0")
-    info = SnapshotInfo.of("k.db", meta, SHA, 5)
+    info = SnapshotInfo.of("k.db", meta, Checksum(SHA, 5))
     assert (info.key, info.revision, info.cluster_id, info.sha256, info.size) == ("k.db", 7, 9, SHA, 5)
     assert (info.taken_at, info.etcd_version, info.members, info.source_instance) == (
         NOW,
@@ -238,7 +239,9 @@ def test_a_manifest_without_the_flag_has_a_trailer_and_stays_as_before() -> None
 
 
 def test_a_raw_db_manifest_says_so_and_round_trips() -> None:
-    info = SnapshotInfo.of("p/raw.db", SnapshotMeta(NOW, 7, 5, "3.5.17", (), "i-0123456789abcdef0", False), SHA, 9)
+    info = SnapshotInfo.of(
+        "p/raw.db", SnapshotMeta(NOW, 7, 5, "3.5.17", (), "i-0123456789abcdef0", False), Checksum(SHA, 9)
+    )
     assert json.loads(snapshot_to_json(info))["hash_trailer"] is False
     assert snapshot_from_json(snapshot_to_json(info), "test") == info
     assert not snapshot_from_json(snapshot_to_json(info), "test").hash_trailer
@@ -253,7 +256,7 @@ def test_a_hash_trailer_flag_that_is_not_a_boolean_is_refused(value: object) -> 
 # --- the db's hash: with it the manifest's revision is exact -----------------------------------------------------
 def test_a_db_hash_round_trips_and_is_written_only_when_known() -> None:
     meta = SnapshotMeta(NOW, 7, 5, "3.6.1", (), "i-0123456789abcdef0", db_hash=2241994221)
-    info = SnapshotInfo.of("p/a.db", meta, SHA, 9)
+    info = SnapshotInfo.of("p/a.db", meta, Checksum(SHA, 9))
     assert json.loads(snapshot_to_json(info))["db_hash"] == 2241994221
     assert snapshot_from_json(snapshot_to_json(info), "test") == info
     assert "db_hash" not in json.loads(snapshot_to_json(snap("p/b.db", 3)))
