@@ -61,6 +61,7 @@ exit codes:
 COMMANDS = {
     "run": "discover, decide, change membership and write the env file (the default)",
     "promote": "promote this instance's learner member to a voter once it has caught up (learner = true)",
+    "ready": "complete this instance's launching lifecycle action once its member is a healthy voter (the hook's unit)",
     "reconcile": "remove members whose instance left the ASG, and failed joins, under the quorum guard (timer)",
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",

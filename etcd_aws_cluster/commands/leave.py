@@ -10,40 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from dataclasses import replace
 
-from etcd_aws_cluster.adapters.imds import Imds
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.base import validate
-from etcd_aws_cluster.base.errors import EtcdError, MetadataError, UnsafeError
+from etcd_aws_cluster.base.errors import EtcdError, UnsafeError
 
 log = logging.getLogger(__name__)
-
-TARGET_LIFECYCLE_STATE = "latest/meta-data/autoscaling/target-lifecycle-state"
-STATE = re.compile(r"[A-Za-z]+(:[A-Za-z]+)?")
-
-
-def target_lifecycle_state(imds: Imds) -> str | None:
-    """What the ASG is taking this instance to (`Terminated`, `InService`, ...); None when IMDS does not say
-    (HTTP 404: not in an Auto Scaling group)."""
-    try:
-        value = imds.get(TARGET_LIFECYCLE_STATE).strip()
-    except MetadataError as exc:
-        if str(exc).endswith("HTTP 404"):
-            return None
-        raise
-    if not STATE.fullmatch(value):
-        raise MetadataError(f"refusing target lifecycle state {validate.shown(value)} from instance metadata")
-    return value
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     me = ctx.me
     if getattr(args, "if_terminating", False):
-        state = target_lifecycle_state(ctx.imds)
+        state = ctx.imds.target_lifecycle_state()
         if state != "Terminated":
             log.info("target lifecycle state is %s, not Terminated: staying in the cluster", state or "not set")
             return 0

@@ -11,6 +11,8 @@ every other group behaves exactly as in plain moto.
 * ``CompleteLifecycleAction`` ends the wait: a launch goes ``InService`` on CONTINUE, is terminated (and
   replaced) on ABANDON; a termination completes either way. ``RecordLifecycleActionHeartbeat`` restarts the
   hook's heartbeat timeout. Either fails with AWS's ValidationError when the instance has no action of that hook.
+* ``PutWarmPool`` launches the pool's MinSize instances into it (moto launches none): ``Warmed:Pending:Wait``
+  with a launching hook, then ``Warmed:Stopped``.
 * A wait whose heartbeat timeout passes ends with the hook's default result (checked on every Auto Scaling call).
 * Every step is appended as one JSON line, with its wall-clock time, to ``$MOTO_LIFECYCLE_RECORD``: the wait
   beginning (``wait``), each call (``complete``, ``heartbeat``, or ``refused`` for a call without an action) and
@@ -36,6 +38,7 @@ TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 RECORD_VARIABLE = "MOTO_LIFECYCLE_RECORD"
 # Held instances count toward the desired capacity (moto's own count is InService only).
 COUNTED_STATES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed"})
+WARM_POOL_STATE = "Warmed:Stopped"
 
 _lock = threading.RLock()
 
@@ -103,7 +106,7 @@ def _finish(backend: Any, action: Action, result: str) -> None:
     if state is None:
         return
     if action.transition == LAUNCHING and result == "CONTINUE":
-        state.lifecycle_state = "InService"
+        state.lifecycle_state = WARM_POOL_STATE if state.lifecycle_state.startswith("Warmed:") else "InService"
     else:  # a launch abandoned, or any termination: the instance goes (a launch's replacement comes)
         _original_terminate(backend, action.instance_id, False)
 
@@ -125,6 +128,7 @@ def _expire(backend: Any) -> None:
 _original_replace = models.FakeAutoScalingGroup.replace_autoscaling_group_instances
 _original_terminate = models.AutoScalingBackend.terminate_instance
 _original_call_action = responses.AutoScalingResponse.call_action
+_original_put_warm_pool = models.AutoScalingBackend.put_warm_pool
 
 
 def replace_autoscaling_group_instances(self: Any, count_needed: int, propagated_tags: dict[str, str]) -> None:
@@ -156,6 +160,20 @@ def terminate_instance(self: Any, instance_id: str, should_decrement: bool) -> A
             group.desired_capacity = original_size - 1
         group.set_desired_capacity(group.desired_capacity)  # the replacement, as moto launches it
         return models.TerminateInstanceActivity(state.instance, original_size)
+
+
+def put_warm_pool(self: Any, group_name: str, *args: Any, **kwargs: Any) -> None:
+    """Configure the pool (moto), then launch its MinSize instances into it: each held in Warmed:Pending:Wait by a
+    launching hook, else Warmed:Stopped at once. Listed among the group's instances; never counted toward its
+    desired capacity."""
+    _original_put_warm_pool(self, group_name, *args, **kwargs)
+    group = self.autoscaling_groups[group_name]
+    with _lock:
+        before = {id(s) for s in group.instance_states}
+        _original_replace(group, group.warm_pool.min_size or 0, group.get_propagated_tags())
+        for state in [s for s in group.instance_states if id(s) not in before]:
+            if not _hold(self, state, LAUNCHING, "Warmed:Pending:Wait"):
+                state.lifecycle_state = WARM_POOL_STATE
 
 
 def _action_for(self: Any) -> Action:
@@ -198,6 +216,7 @@ def install() -> None:
     models.FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_autoscaling_group_instances  # type: ignore[method-assign]
     models.FakeAutoScalingGroup.active_instances = active_instances  # type: ignore[method-assign]
     models.AutoScalingBackend.terminate_instance = terminate_instance  # type: ignore[method-assign]
+    models.AutoScalingBackend.put_warm_pool = put_warm_pool  # type: ignore[method-assign]
     responses.AutoScalingResponse.call_action = call_action  # type: ignore[method-assign]
     responses.AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action  # type: ignore[attr-defined]
     responses.AutoScalingResponse.record_lifecycle_action_heartbeat = record_lifecycle_action_heartbeat  # type: ignore[attr-defined]
