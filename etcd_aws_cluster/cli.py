@@ -164,6 +164,12 @@ def _leave_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave only when instance metadata autoscaling/target-lifecycle-state is Terminated; else do nothing",
     )
+    parser.add_argument(
+        "--on-termination",
+        action="store_true",
+        help="wait until instance metadata says Terminated, leave (holding a terminating lifecycle action with "
+        "heartbeats while that would break quorum), run stop_etcd_command, then complete the action",
+    )
     _dry_run_option(parser, "check and print what it would remove; change nothing")
 
 

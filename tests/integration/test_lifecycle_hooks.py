@@ -92,3 +92,99 @@ def test_ready_does_nothing_without_a_hook_and_completes_a_warm_pool_launch_at_o
     steps = hooks.of(moto_server.lifecycle_record, asg.name, warm.instance_id)
     assert [(s.event, s.result) for s in steps] == [("wait", None), ("complete", "CONTINUE")]
     assert not (warm.workdir / "etcd-cluster.env").exists() and len(asg.members(node)) == 1, "it joined nothing"
+
+
+def on_termination(asg: SimulatedAsg, node: Node, hold: float = 600) -> tuple[subprocess.Popen[str], Path]:
+    """Start `leave --on-termination` on `node`, with a stop_etcd_command that stops its etcd and notes when."""
+    stopped = node.workdir / "etcd-stopped-at"
+    env = {
+        "ETCD_AWS_CLUSTER_STOP_ETCD_COMMAND": f"sh -c 'kill {node.etcd_pid} && date +%s.%N > {stopped}'",
+        "ETCD_AWS_CLUSTER_TERMINATION_HOLD": str(hold),
+    }
+    return asg.start_agent(node, "leave", "--on-termination", "--timeout", str(hold + 300), env=env), stopped
+
+
+def terminate_held(asg: SimulatedAsg, node: Node) -> None:
+    asg.autoscaling.terminate_instance_in_auto_scaling_group(
+        InstanceId=node.instance_id, ShouldDecrementDesiredCapacity=False
+    )
+    asg.refresh()
+    assert node.lifecycle_state == "Terminating:Wait" and node.imds.lifecycle_state == "Terminated"
+
+
+def member_names(asg: SimulatedAsg, via: Node) -> list[str]:
+    return sorted(m.get("name") or "(unstarted)" for m in asg.members(via))
+
+
+def test_on_termination_leaves_then_stops_etcd_then_completes_the_action(
+    sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
+) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    stay, leaver = asg.nodes[0], asg.nodes[2]
+    hooks.put_hook(asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, default_result="CONTINUE")
+    agent, stopped = on_termination(asg, leaver)
+    time.sleep(2)
+    assert agent.poll() is None, "it waits while the instance is not terminating"
+    assert len(asg.members(stay)) == 3
+
+    terminate_held(asg, leaver)
+    code, err = wait_done(agent)
+    assert code == 0, err
+    assert leaver.instance_id not in member_names(asg, stay) and len(asg.members(stay)) == 2
+    (complete,) = hooks.of(moto_server.lifecycle_record, asg.name, leaver.instance_id, "complete")
+    assert complete.result == "CONTINUE"
+    assert float(stopped.read_text()) < complete.time, "etcd stops before the termination goes on"
+    lines = err.splitlines()
+    removed = next(i for i, line in enumerate(lines) if "removed this instance's member" in line)
+    completed = next(i for i, line in enumerate(lines) if "completed lifecycle action etcd-leave" in line)
+    assert removed < completed
+    asg.stop_etcd(leaver)
+    asg.refresh()
+    assert leaver.terminated
+
+
+def test_on_termination_holds_the_termination_while_leaving_would_break_quorum(
+    sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
+) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    down, stay, leaver = asg.nodes
+    hooks.put_hook(asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, heartbeat_timeout=30)
+    asg.stop_etcd(down, kill=True)  # leaving now would leave 1 of 2 voters
+    agent, _ = on_termination(asg, leaver)
+    terminate_held(asg, leaver)
+    record = moto_server.lifecycle_record
+    first = hooks.wait_for(record, asg.name, leaver.instance_id, "heartbeat")
+    assert agent.poll() is None and len(asg.members(stay)) == 3, "held, not left"
+
+    back_at = time.time()
+    asg.start_etcd(down)  # the member is back: leaving is safe again
+    code, err = wait_done(agent, timeout=120)
+    assert code == 0, err
+    assert "leaving now would break quorum" in err
+    (complete,) = hooks.of(record, asg.name, leaver.instance_id, "complete")
+    assert first.time < back_at < complete.time
+    assert leaver.instance_id not in member_names(asg, stay)
+    assert not hooks.of(record, asg.name, leaver.instance_id, "timeout")
+
+
+def test_on_termination_completes_without_leaving_once_the_hold_is_over(
+    sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
+) -> None:
+    asg = sim(3, etcd_binary)
+    boot(asg, asg.nodes)
+    asg.wait_healthy(3)
+    down, stay, leaver = asg.nodes
+    hooks.put_hook(asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, heartbeat_timeout=30)
+    asg.stop_etcd(down, kill=True)
+    agent, _ = on_termination(asg, leaver, hold=6)
+    terminate_held(asg, leaver)
+    code, err = wait_done(agent, timeout=120)
+    assert code == 0, err
+    assert "completed the termination without leaving" in err and "below quorum" in err
+    (complete,) = hooks.of(moto_server.lifecycle_record, asg.name, leaver.instance_id, "complete")
+    assert complete.result == "CONTINUE"
+    assert len(asg.members(stay)) == 3, "the member stays: removing it would have broken quorum"
