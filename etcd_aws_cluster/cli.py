@@ -144,8 +144,9 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = """\
 One table joining this instance's Auto Scaling group (or asg_name / asg_tag / proxy_asg) and its etcd cluster:
-instance id, IP, lifecycle state, member id, started, learner, reachable, leader; members that belong to no
-instance of the group get rows of their own. Then one summary line and the reasons behind it. Read only.
+instance id, IP, lifecycle state (with the lifecycle hook holding it in a wait state), member id, started,
+learner, reachable, leader; members that belong to no instance of the group get rows of their own. Then one
+summary line and the reasons behind it. Read only.
 Colour only on a terminal, never with NO_COLOR set."""
     parser.epilog = """\
 exit codes:

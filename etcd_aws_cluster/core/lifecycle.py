@@ -106,3 +106,20 @@ def may_hold(held_for: float, hold_limit: float, hook: Hook) -> bool:
     """Whether a termination may still be held (with heartbeats) after `held_for` seconds: up to `hold_limit`,
     and never into the last heartbeat timeout before the group's own global timeout, which no heartbeat extends."""
     return held_for < min(hold_limit, hook.global_timeout - hook.heartbeat_timeout)
+
+
+# The wait states, by the transition of the hooks that hold an instance in them.
+WAIT_TRANSITIONS = {
+    LAUNCH_WAIT: LAUNCHING,
+    WARM_POOL_WAIT: LAUNCHING,
+    TERMINATION_WAIT: TERMINATING,
+    "Warmed:Terminating:Wait": TERMINATING,
+}
+
+
+def holding_hooks(lifecycle_state: str, hooks: Sequence[Hook]) -> str | None:
+    """The name(s) of the hook(s) that hold an instance in `lifecycle_state`, or None when it is in no wait state
+    (or the group has no such hook)."""
+    transition = WAIT_TRANSITIONS.get(lifecycle_state)
+    names = sorted(h.name for h in hooks if h.transition == transition) if transition else []
+    return ",".join(names) or None

@@ -54,6 +54,8 @@ def test_ready_completes_the_launch_only_once_the_learner_is_promoted(
     ready = asg.start_agent(new, "ready")
     time.sleep(HEARTBEAT_TIMEOUT * 0.4)  # a learner, not promoted: `ready` holds the launch with heartbeats
     assert ready.poll() is None and is_learner(asg, new, first)
+    table = asg.run_agent(first, "status", timeout=60).stdout
+    assert "Pending:Wait (etcd-ready)" in next(line for line in table.splitlines() if new.instance_id in line)
     promoted_at = time.time()
     run_ok(asg, new, "promote", env=learner)
     code, err = wait_done(ready)

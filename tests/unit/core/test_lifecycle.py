@@ -13,6 +13,7 @@ from etcd_aws_cluster.core.lifecycle import (
     Hook,
     choose_hook,
     heartbeat_due,
+    holding_hooks,
     may_hold,
     readiness,
     warm_pool_boot,
@@ -191,3 +192,20 @@ def test_a_termination_is_held_up_to_the_setting_and_never_into_the_global_timeo
     held_for: float, hold_limit: float, timeout: int, may: bool
 ) -> None:
     assert may_hold(held_for, hold_limit, Hook("leave", TERMINATING, timeout, "CONTINUE")) is may
+
+
+@pytest.mark.parametrize(
+    ("state", "hooks", "shown"),
+    [
+        ("Pending:Wait", (READY, LEAVE), "ready"),
+        ("Warmed:Pending:Wait", (READY, LEAVE), "ready"),
+        ("Terminating:Wait", (READY, LEAVE), "leave"),
+        ("Pending:Wait", (READY, OTHER_READY), "other,ready"),
+        ("Pending:Wait", (LEAVE,), None),
+        ("InService", (READY, LEAVE), None),
+    ],
+)
+def test_the_hook_holding_an_instance_is_the_one_of_its_wait_states_transition(
+    state: str, hooks: tuple[Hook, ...], shown: str | None
+) -> None:
+    assert holding_hooks(state, hooks) == shown
