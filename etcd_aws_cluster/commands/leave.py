@@ -104,6 +104,8 @@ def on_termination(ctx: Context) -> int:
     if hook is not None and mine is not None and mine.lifecycle_state == TERMINATION_WAIT:
         action = LifecycleAction(ctx, asg.name, hook)
     refusal = _leave_holding(ctx, action)
+    if refusal is not None and action is None:
+        raise refusal  # nothing holds the instance: etcd stops with it, and the unit's next run tries again
     command = ctx.settings.stop_etcd_command
     if command:
         failure = local_etcd.stop(command, ctx.deadline.cap(STOP_TIMEOUT))
@@ -113,8 +115,6 @@ def on_termination(ctx: Context) -> int:
             log.info("stopped etcd (%s)", command)
     if action is None:
         log.info("no terminating lifecycle action holds this instance: nothing to complete")
-        if refusal is not None:
-            raise refusal
         return 0
     action.complete("CONTINUE")
     if refusal is not None:

@@ -64,3 +64,4 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         action.heartbeat_if_due(why)
         notify.status(f"waiting to complete lifecycle action {hook.name}: {why}")
         ctx.deadline.pause(POLL_INTERVAL)
+        asg = ctx.find_asg()  # the group changes while a refresh goes on

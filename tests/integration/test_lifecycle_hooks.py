@@ -52,7 +52,12 @@ def test_ready_completes_the_launch_only_once_the_learner_is_promoted(
     learner = {"ETCD_AWS_CLUSTER_LEARNER": "true"}
     new = launch_held(asg, 4, learner)
     ready = asg.start_agent(new, "ready")
-    time.sleep(HEARTBEAT_TIMEOUT * 0.4)  # a learner, not promoted: `ready` holds the launch with heartbeats
+    record = moto_server.lifecycle_record
+    # A learner, not promoted: `ready` holds the launch with heartbeats, one every third of the timeout.
+    deadline = time.monotonic() + HEARTBEAT_TIMEOUT
+    while len(hooks.of(record, asg.name, new.instance_id, "heartbeat")) < 2:
+        assert time.monotonic() < deadline and ready.poll() is None, hooks.of(record, asg.name, new.instance_id)
+        time.sleep(0.2)
     assert ready.poll() is None and is_learner(asg, new, first)
     table = asg.run_agent(first, "status", timeout=60).stdout
     assert "Pending:Wait (etcd-ready)" in next(line for line in table.splitlines() if new.instance_id in line)
@@ -62,7 +67,7 @@ def test_ready_completes_the_launch_only_once_the_learner_is_promoted(
     assert code == 0, err
     assert "is a learner catching up with the leader" in err, err
 
-    steps = hooks.of(moto_server.lifecycle_record, asg.name, new.instance_id)
+    steps = hooks.of(record, asg.name, new.instance_id)
     assert [s.event for s in steps][0] == "wait" and [s.event for s in steps][-1] == "complete"
     heartbeats = [s for s in steps if s.event == "heartbeat"]
     assert len(heartbeats) >= 2 and heartbeats[0].time < promoted_at
