@@ -75,6 +75,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check etcd_aws_cluster tests scripts
 	$(VENV)/bin/mypy etcd_aws_cluster
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/cfn-lint docs/cloudformation/*.yaml
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix etcd_aws_cluster tests scripts

@@ -61,6 +61,7 @@ exit codes:
 COMMANDS = {
     "run": "discover, decide, change membership and write the env file (the default)",
     "promote": "promote this instance's learner member to a voter once it has caught up (learner = true)",
+    "ready": "complete this instance's launching lifecycle action once its member is a healthy voter (the hook's unit)",
     "reconcile": "remove members whose instance left the ASG, and failed joins, under the quorum guard (timer)",
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
@@ -143,8 +144,9 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = """\
 One table joining this instance's Auto Scaling group (or asg_name / asg_tag / proxy_asg) and its etcd cluster:
-instance id, IP, lifecycle state, member id, started, learner, reachable, leader; members that belong to no
-instance of the group get rows of their own. Then one summary line and the reasons behind it. Read only.
+instance id, IP, lifecycle state (with the lifecycle hook holding it in a wait state), member id, started,
+learner, reachable, leader; members that belong to no instance of the group get rows of their own. Then one
+summary line and the reasons behind it. Read only.
 Colour only on a terminal, never with NO_COLOR set."""
     parser.epilog = """\
 exit codes:
@@ -162,6 +164,12 @@ def _leave_options(parser: argparse.ArgumentParser) -> None:
         "--if-terminating",
         action="store_true",
         help="leave only when instance metadata autoscaling/target-lifecycle-state is Terminated; else do nothing",
+    )
+    parser.add_argument(
+        "--on-termination",
+        action="store_true",
+        help="wait until instance metadata says Terminated, leave (holding a terminating lifecycle action with "
+        "heartbeats while that would break quorum), run stop_etcd_command, then complete the action",
     )
     _dry_run_option(parser, "check and print what it would remove; change nothing")
 

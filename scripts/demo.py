@@ -8,6 +8,9 @@ Steps: bootstrap three instances with the agent (concurrently), start etcd from 
 terminate one instance through the ASG (moto launches a replacement), run the agent on the replacement (it
 removes the dead member and joins), and read the key back from the new member. Act 2 (backups, to a moto S3
 bucket): write a key, back it up, terminate every instance; the replacements restore the snapshot and serve it.
+Act 3 (a rolling refresh): with the group's two lifecycle hooks, replace every instance one at a time while a
+writer keeps writing; `ready` holds each launch until its learner is promoted, `leave --on-termination` each
+termination until its member has left; no acknowledged write is lost.
 
 Run with ``make demo [ETCD_VERSION=3.6]`` (sets up .venv and etcd first) or
 ``.venv/bin/python scripts/demo.py [--etcd 3.4|3.5|3.5.30|3.6|3.7]`` (default: the newest etcd of the matrix).
@@ -32,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import etcd_binaries  # noqa: E402
+from tests.harness import lifecycle_actions as hooks  # noqa: E402
+from tests.harness.instance_refresh import Writer, replace_one  # noqa: E402
 from tests.harness.moto_server import MotoServer  # noqa: E402
 from tests.harness.sim import Node, SimulatedAsg  # noqa: E402
 
@@ -41,6 +46,8 @@ KEY = "demo/greeting"
 BACKUP_KEY = "demo/precious"
 BACKUP_BUCKET = "demo-backups"
 BACKUP_URL = f"s3://{BACKUP_BUCKET}/etcd"
+# Act 3: how long each replacement's learner takes to catch up before `promote` makes it a voter.
+PROMOTE_AFTER = 3.0
 
 
 class DemoFailed(Exception):
@@ -206,6 +213,7 @@ def demo(out: Out, etcd: Path) -> None:
         asg = SimulatedAsg(moto.url, 3, etcd)
         _story(out, asg, etcd, version)
         _disaster(out, asg, etcd, moto.url)
+        _refresh(out, asg)
         out.step("Clean up")
         count = sum(1 for n in [*asg.all_nodes, *asg.retired] if n.etcd_pid is not None)
         asg.close()
@@ -350,6 +358,43 @@ def _disaster(out: Out, asg: SimulatedAsg, etcd: Path, moto_url: str) -> None:
     out.ok(f"{BACKUP_KEY} = {got!r}: no instance of the old cluster is left, the data is")
 
 
+def _lines(log: str, *needles: str) -> list[str]:
+    return [line.split("INFO: ", 1)[-1] for line in log.splitlines() if any(n in line for n in needles)]
+
+
+def _refresh(out: Out, asg: SimulatedAsg) -> None:
+    """Act 3: an Instance Refresh, one instance at a time, held by the two lifecycle hooks, writes going on."""
+    out.step("Act 3: a rolling refresh. Give the group its two lifecycle hooks")
+    hooks.put_hook(asg.autoscaling, asg.name, "etcd-ready", hooks.LAUNCHING, heartbeat_timeout=60)
+    hooks.put_hook(
+        asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, heartbeat_timeout=60, default_result="CONTINUE"
+    )
+    out.ok("etcd-ready (launching, ABANDON) and etcd-leave (terminating, CONTINUE)")
+
+    out.step("Replace every instance, one at a time, while a writer writes through any member")
+    writer = Writer(asg).start()
+    try:
+        for old in list(asg.nodes):
+            step = replace_one(asg, old, hooked=True, promote_after=PROMOTE_AFTER)
+            learner = f"joins as a learner, promoted {PROMOTE_AFTER:.0f}s later"
+            out.say(f"{old.instance_id} -> {step.new.instance_id} ({learner})")
+            for line in _lines(step.leave_log, "removed this", "already left", "stopped etcd", "completed lifecycle"):
+                out.say(f"  leave: {line}")
+            for line in _lines(step.ready_log, "held with a heartbeat", "completed lifecycle"):
+                out.say(f"  ready: {line}")
+    finally:
+        writer.stop()
+    members = start_cluster(asg, [], expected=3)
+    out.block(members_table(members))
+    lost = writer.lost(asg.nodes[0])
+    if lost:
+        raise DemoFailed(f"{len(lost)} acknowledged writes are gone: {lost[:5]}")
+    out.ok(
+        f"every instance replaced; {len(writer.acknowledged)} writes acknowledged, none lost, "
+        f"longest pause {writer.longest_gap:.1f}s (a leader's election)"
+    )
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -382,7 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.fail(f"interrupted after {out.elapsed():.1f}s; every process the demo started has been stopped")
         return 130
-    print(f"\nDone in {out.elapsed():.1f}s: bootstrap, replacement of an instance, restore after losing them all.")
+    print(
+        f"\nDone in {out.elapsed():.1f}s: bootstrap, replacement of an instance, restore after losing them all, "
+        "a rolling refresh."
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ OPTIONAL_UNITS = (
     "etcd-aws-cluster-reconcile.service",
     "etcd-aws-cluster-reconcile.timer",
     "etcd-aws-cluster-leave.service",
+    "etcd-aws-cluster-ready.service",
     "etcd-aws-cluster-backup.service",
     "etcd-aws-cluster-backup.timer",
     "etcd-aws-cluster-gateway.service",

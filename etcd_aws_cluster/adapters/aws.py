@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, UnsafeError
+from etcd_aws_cluster.core.lifecycle import Hook
 from etcd_aws_cluster.core.model import AsgInstance, AsgView
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # Up to four parts (today's longest: Warmed:Terminating:Retained). A well-formed state this code does not know
 # (a future API) is neither member nor gone (model.OTHER_STATES): it never stops the boot of the others.
 LIFECYCLE_STATE = re.compile(r"[A-Za-z]{1,40}(:[A-Za-z]{1,40}){0,3}")
+# AWS's default heartbeat timeout, for a hook that does not say.
+DEFAULT_HEARTBEAT_TIMEOUT = 3600.0
 # Per-service variables first, then the global one: the same names recent botocore reads itself. Older botocore
 # (Debian bookworm's 1.29) ignores them, so the agent passes endpoint_url= explicitly.
 ENDPOINT_VARIABLES = {
@@ -276,6 +279,48 @@ class Aws:
                 iid = validate.instance_id(instance.get("InstanceId"), "EC2")
                 ips[iid] = validate.ipv4(ip, f"EC2 instance {iid}")
         return ips
+
+    # --- lifecycle hooks -------------------------------------------------------------------------------
+    def lifecycle_hooks(self, group: str) -> tuple[Hook, ...]:
+        """The group's lifecycle hooks (name, transition, heartbeat timeout, default result)."""
+        found = self._bounded(
+            f"listing the lifecycle hooks of ASG {group}",
+            lambda: self._autoscaling.describe_lifecycle_hooks(AutoScalingGroupName=group),
+        )
+        hooks = []
+        for hook in found.get("LifecycleHooks", []):
+            name = hook.get("LifecycleHookName")
+            if not isinstance(name, str) or not validate.HOOK_NAME.fullmatch(name):
+                raise AwsError(f"refusing lifecycle hook name {validate.shown(name)} of ASG {group}")
+            timeout = hook.get("HeartbeatTimeout")
+            hooks.append(
+                Hook(
+                    name,
+                    str(hook.get("LifecycleTransition", "")),
+                    float(timeout) if isinstance(timeout, int) and timeout > 0 else DEFAULT_HEARTBEAT_TIMEOUT,
+                    str(hook.get("DefaultResult", "ABANDON")),
+                )
+            )
+        return tuple(hooks)
+
+    def complete_lifecycle_action(self, group: str, hook: str, instance_id: str, result: str = "CONTINUE") -> None:
+        self._bounded(
+            f"completing lifecycle action {hook} of {instance_id} with {result}",
+            lambda: self._autoscaling.complete_lifecycle_action(
+                AutoScalingGroupName=group,
+                LifecycleHookName=hook,
+                InstanceId=instance_id,
+                LifecycleActionResult=result,
+            ),
+        )
+
+    def record_lifecycle_heartbeat(self, group: str, hook: str, instance_id: str) -> None:
+        self._bounded(
+            f"recording a heartbeat of lifecycle action {hook} of {instance_id}",
+            lambda: self._autoscaling.record_lifecycle_action_heartbeat(
+                AutoScalingGroupName=group, LifecycleHookName=hook, InstanceId=instance_id
+            ),
+        )
 
     @staticmethod
     def _asg_name(value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "http://169.254.169.254/"
 TOKEN_PATH = "latest/api/token"
 IDENTITY_PATH = "latest/dynamic/instance-identity/document"
+TARGET_LIFECYCLE_STATE = "latest/meta-data/autoscaling/target-lifecycle-state"
+TARGET_STATE = re.compile(r"[A-Za-z]+(:[A-Za-z]+)?")
 TOKEN_TTL_SECONDS = 21600
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -127,3 +130,16 @@ class Imds:
             private_ip=validate.ipv4(document.get("privateIp"), source),
             region=validate.region(document.get("region"), source),
         )
+
+    def target_lifecycle_state(self) -> str | None:
+        """What the ASG is taking this instance to (`Terminated`, `InService`, `Warmed:Stopped`, ...); None when
+        IMDS does not say (HTTP 404: not in an Auto Scaling group)."""
+        try:
+            value = self.get(TARGET_LIFECYCLE_STATE).strip()
+        except MetadataError as exc:
+            if str(exc).endswith("HTTP 404"):
+                return None
+            raise
+        if not TARGET_STATE.fullmatch(value):
+            raise MetadataError(f"refusing target lifecycle state {validate.shown(value)} from instance metadata")
+        return value

@@ -85,3 +85,17 @@ def local_etcds(environ: Mapping[str, str] | None = None, beside: Path | None = 
             if version is not None:
                 found[path] = version
     return found
+
+
+def stop(command: str, timeout: float) -> str | None:
+    """Run the command that stops this host's etcd (`stop_etcd_command`); None when it succeeded, else why not."""
+    import shlex
+
+    argv = shlex.split(command)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{command!r} failed: {exc}"
+    if done.returncode != 0:
+        return f"{command!r} exited {done.returncode}: {validate.shown(done.stderr.strip(), 200)}"
+    return None

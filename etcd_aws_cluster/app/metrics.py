@@ -63,6 +63,10 @@ class RunMetrics:
         if members and self.asg is not None:
             self.update.replace_family("cluster_members", [sample("cluster_members", members, asg=self.asg)])
 
+    def ready(self, ready: bool) -> None:
+        """Whether this host's member was found ready (`ready`: started, a voter, the cluster healthy with it)."""
+        self.update.put(sample("ready", 1 if ready else 0))
+
     def backup_interval(self, asg: str, seconds: float) -> None:
         self.update.replace_family("backup_interval_seconds", [sample("backup_interval_seconds", seconds, asg=asg)])
 

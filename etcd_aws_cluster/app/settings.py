@@ -90,6 +90,29 @@ class Settings(BaseSettings):
         description="reconcile: records since when each member has been unstarted",
     )
 
+    launch_hook: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="lifecycle hooks: the launching hook `ready` completes; empty: the group's only "
+        "autoscaling:EC2_INSTANCE_LAUNCHING hook, if it has one",
+    )
+    termination_hook: Optional[str] = Field(  # noqa: UP045
+        None,
+        description="lifecycle hooks: the terminating hook `leave --on-termination` completes; empty: the group's "
+        "only autoscaling:EC2_INSTANCE_TERMINATING hook, if it has one",
+    )
+    termination_hold: float = Field(
+        600.0,
+        ge=0,
+        le=172800,
+        description="lifecycle hooks: seconds `leave --on-termination` holds a termination (with heartbeats) while "
+        "leaving would break quorum, before it completes the action anyway",
+    )
+    stop_etcd_command: str = Field(
+        "systemctl stop etcd.service",
+        description="lifecycle hooks: command `leave --on-termination` runs to stop etcd after leaving, before it "
+        "completes the terminating action; empty: none",
+    )
+
     backup_url: Optional[str] = Field(  # noqa: UP045
         None,
         description="backups: s3://bucket/prefix for snapshots and the cluster record; empty: no backups, and "
@@ -171,6 +194,17 @@ class Settings(BaseSettings):
             return None
         if not isinstance(value, str) or not ASG_NAME.fullmatch(value):
             raise ValueError("must be an Auto Scaling group name")
+        return value
+
+    @field_validator("launch_hook", "termination_hook", mode="before")
+    @classmethod
+    def _hook_name(cls, value: Any) -> Any:
+        from etcd_aws_cluster.base.validate import HOOK_NAME
+
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not HOOK_NAME.fullmatch(value):
+            raise ValueError("must be a lifecycle hook name (1-255 of letters, digits and _/-)")
         return value
 
     @field_validator("asg_name")

@@ -19,6 +19,8 @@ URL = re.compile(r"(?P<scheme>https?)://(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA
 # What an env-file value may contain at all; every value is also checked by its own rule above.
 ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,=\[\]-]+")
 ASG_NAME = re.compile(r"[A-Za-z0-9_.:/@+=-][A-Za-z0-9 _.:/@+=-]{0,254}")
+# A lifecycle hook name, as AWS allows it.
+HOOK_NAME = re.compile(r"[A-Za-z0-9_/-]{1,255}")
 # (major, minor, patch) as groups 1-3: local_etcd.parse_version reads them
 ETCD_VERSION = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,4})([-+][A-Za-z0-9.+-]{1,40})?")
 TAG_PART = re.compile(r"[A-Za-z0-9 _.:/@+=-]{1,128}")

@@ -21,7 +21,8 @@ from etcd_aws_cluster.app.backups import utc_age
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError
 from etcd_aws_cluster.core import status, view
-from etcd_aws_cluster.core.model import EndpointStatus
+from etcd_aws_cluster.core.lifecycle import WAIT_TRANSITIONS, Hook
+from etcd_aws_cluster.core.model import AsgView, EndpointStatus
 from etcd_aws_cluster.core.view import ClusterView, url_host
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,19 @@ def collect(ctx: Context, group: str) -> status.Report:
                 return None
 
         answers = list(pool.map(ask_status, sorted(cluster.answered_ips)))
-    return status.build(cluster, [a for a in answers if a is not None])
+    return status.build(cluster, [a for a in answers if a is not None], _hooks(ctx, asg))
+
+
+def _hooks(ctx: Context, asg: AsgView) -> tuple[Hook, ...]:
+    """The group's lifecycle hooks, asked only when an instance is in a wait state; none when they cannot be read
+    (an older IAM policy without DescribeLifecycleHooks): the table then shows the state alone."""
+    if not any(i.lifecycle_state in WAIT_TRANSITIONS for i in asg.instances):
+        return ()
+    try:
+        return ctx.aws.lifecycle_hooks(asg.name)
+    except AgentError as exc:
+        log.warning("cannot name the lifecycle hooks holding instances: %s", exc)
+        return ()
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from etcd_aws_cluster.core.lifecycle import Hook, holding_hooks
 from etcd_aws_cluster.core.model import AsgInstance, EndpointStatus, Member
 from etcd_aws_cluster.core.view import ClusterView, incomplete, quorum, url_host
 
@@ -36,6 +37,7 @@ class Row:
     reachable: bool | None  # None: not asked (no IP, instance gone, member with no client URL)
     leader: bool | None  # None: unknown (no member answered the v3 status call) or no member in this row
     note: str = ""
+    hook: str | None = None  # the lifecycle hook(s) holding the instance in its wait state (Pending:Wait, ...)
 
 
 @dataclass(frozen=True)
@@ -144,12 +146,14 @@ def _quorum_problems(view: ClusterView, leader: int | None) -> list[str]:
     return problems
 
 
-def build(view: ClusterView, statuses: Iterable[EndpointStatus] = ()) -> Report:
+def build(view: ClusterView, statuses: Iterable[EndpointStatus] = (), hooks: Iterable[Hook] = ()) -> Report:
     """Join the cluster view and the members' own status into a report.
 
     The view's probes are those of the ASG's instances, plus any of members outside the ASG (their `instance_id`
-    empty). `statuses` are the answers to the v3 status call of the members that answered.
+    empty). `statuses` are the answers to the v3 status call of the members that answered; `hooks` the group's
+    lifecycle hooks, to name the one holding an instance in a wait state.
     """
+    hooks = tuple(hooks)
     statuses = tuple(statuses)
     votes = Counter(s.leader for s in statuses if s.leader)
     leader: int | None = votes.most_common(1)[0][0] if votes else (0 if statuses else None)
@@ -163,7 +167,7 @@ def build(view: ClusterView, statuses: Iterable[EndpointStatus] = ()) -> Report:
     return Report(
         asg=asg.name,
         desired_capacity=asg.desired_capacity,
-        rows=tuple(_rows(view, leader)),
+        rows=tuple(replace(r, hook=holding_hooks(r.lifecycle_state or "", hooks)) for r in _rows(view, leader)),
         verdict=Verdict.NO_QUORUM if no_quorum else Verdict.DEGRADED if degraded else Verdict.HEALTHY,
         reasons=tuple(no_quorum + degraded),
         voters=count.voters,
@@ -188,7 +192,7 @@ def _cells(row: Row) -> tuple[str, ...]:
     return (
         row.instance_id or "-",
         row.ip or "-",
-        row.lifecycle_state or "-",
+        (row.lifecycle_state or "-") + (f" ({row.hook})" if row.hook else ""),
         member.hex_id if member else "-",
         _yes_no(member.serving if member else None),
         _yes_no(member.is_learner if member else None),
@@ -255,6 +259,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "instance_id": r.instance_id,
                 "ip": r.ip,
                 "lifecycle_state": r.lifecycle_state,
+                "lifecycle_hook": r.hook,
                 "member_id": r.member.hex_id if r.member else None,
                 "name": r.member.name or None if r.member else None,
                 "started": r.member.serving if r.member else None,

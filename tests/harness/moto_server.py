@@ -1,4 +1,5 @@
-"""moto in server mode (``python -m moto.server``) as a subprocess on 127.0.0.1, for autoscaling + ec2.
+"""moto in server mode as a subprocess on 127.0.0.1, for autoscaling + ec2, with lifecycle hooks that act
+(tests/harness/moto_lifecycle.py).
 
 The server is started through a :class:`~tests.harness.procs.ProcessRegistry`, so it is stopped by PID.
 Its environment carries fake credentials and no real AWS endpoint, and it never needs the network.
@@ -15,6 +16,8 @@ from pathlib import Path
 import requests
 
 from tests.harness.procs import ProcessRegistry, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -67,6 +70,8 @@ class MotoServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="moto-")
             log_dir = Path(self._tmp.name)
         self.log_path = log_dir / f"moto-{self.port}.log"
+        # tests/harness/moto_lifecycle.py: the lifecycle actions the server saw, one JSON line each
+        self.lifecycle_record = log_dir / f"moto-{self.port}-lifecycle.jsonl"
         self.pid: int | None = None
 
     @property
@@ -80,8 +85,12 @@ class MotoServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(FAKE_CREDENTIALS)
         env["PYTHONUNBUFFERED"] = "1"
+        env["MOTO_LIFECYCLE_RECORD"] = str(self.lifecycle_record)
+        pythonpath = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{pythonpath}" if pythonpath else str(REPO_ROOT)
+        # moto's server with lifecycle hooks that act (moto alone stores them only)
         proc = self.registry.start(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "tests.harness.moto_lifecycle", "-H", self.host, "-p", str(self.port)],
             log_path=self.log_path,
             env=env,
         )

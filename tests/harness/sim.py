@@ -66,6 +66,7 @@ from botocore.config import Config
 
 from tests.harness import etcd_binaries, workers
 from tests.harness.fake_imds import FakeImds
+from tests.harness.lifecycle_actions import target_state
 from tests.harness.procs import ProcessRegistry, free_port
 
 if TYPE_CHECKING:  # boto3-stubs (dev extra)
@@ -319,7 +320,7 @@ class SimulatedAsg:
             state = str(info["LifecycleState"])
             if state != node.lifecycle_state:
                 node.lifecycle_state = state
-                node.imds.lifecycle_state = state
+                node.imds.lifecycle_state = target_state(state)
         return new
 
     def _make_node(self, instance_id: str, ip: str, info: InstanceTypeDef) -> Node:
@@ -328,7 +329,7 @@ class SimulatedAsg:
         workdir = self.base_dir / instance_id
         workdir.mkdir(parents=True, exist_ok=True)
         az, state = info["AvailabilityZone"], info["LifecycleState"]
-        imds = FakeImds(instance_id, ip, region=REGION, availability_zone=az, lifecycle_state=state)
+        imds = FakeImds(instance_id, ip, region=REGION, availability_zone=az, lifecycle_state=target_state(state))
         return Node(
             instance_id=instance_id,
             ip=ip,

@@ -113,8 +113,11 @@ LEAVE_UNIT = REPO / "packaging" / "systemd" / "etcd-aws-cluster-leave.service"
 
 def test_leave_unit_runs_leave_at_shutdown_before_etcd_stops() -> None:
     unit = parse_unit(LEAVE_UNIT.read_text())
-    assert single(unit, "Service", "Type") == "oneshot" and single(unit, "Service", "RemainAfterExit") == "yes"
-    assert not values(unit, "Service", "ExecStart")  # nothing at start: it only has to be active to be stopped
+    # At start it waits for a hooked termination (leave --on-termination), again and again; at stop it covers one
+    # without a hook.
+    assert single(unit, "Service", "Type") == "simple" and single(unit, "Service", "Restart") == "always"
+    waiting = ["/usr/bin/etcd-aws-cluster", "leave", "--on-termination"]
+    assert single(unit, "Service", "ExecStart").split()[:3] == waiting
     assert single(unit, "Service", "ExecStop").split()[:3] == ["/usr/bin/etcd-aws-cluster", "leave", "--if-terminating"]
     # Units stop in reverse start order: After= etcd makes this one stop (and leave) while etcd still runs.
     assert {"etcd.service", "etcd2.service", "network-online.target"} <= set(values(unit, "Unit", "After"))

@@ -176,3 +176,38 @@ def test_no_aws_request_starts_after_the_deadline(slow_aws: SlowAws) -> None:
     with pytest.raises(AwsError, match="no time left for another AWS request"):
         guarded._autoscaling.describe_auto_scaling_groups()  # botocore itself, below the adapter
     assert slow_aws.hits == 0
+
+
+class FakeHooks(FakeAutoScaling):
+    def __init__(self, hooks: list[dict[str, Any]]) -> None:
+        super().__init__({})
+        self.hooks = hooks
+
+    def describe_lifecycle_hooks(self, **_: Any) -> dict[str, Any]:
+        return {"LifecycleHooks": self.hooks}
+
+
+def test_lifecycle_hooks_are_read_with_aws_defaults_for_what_they_leave_out() -> None:
+    from etcd_aws_cluster.core.lifecycle import Hook
+
+    hooks = [
+        {
+            "LifecycleHookName": "etcd-ready",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+            "HeartbeatTimeout": 300,
+            "DefaultResult": "ABANDON",
+        },
+        {"LifecycleHookName": "etcd-leave", "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"},
+    ]
+    found = Aws(FakeHooks(hooks), FakeEc2(GOOD_ID, "10.0.0.1")).lifecycle_hooks("etcd")  # type: ignore[arg-type]
+    assert found == (
+        Hook("etcd-ready", "autoscaling:EC2_INSTANCE_LAUNCHING", 300.0, "ABANDON"),
+        Hook("etcd-leave", "autoscaling:EC2_INSTANCE_TERMINATING", 3600.0, "ABANDON"),
+    )
+
+
+@pytest.mark.parametrize("name", ["etcd ready", "etcd\nX=1", "", "x" * 256])
+def test_a_hostile_lifecycle_hook_name_is_refused(name: str) -> None:
+    hooks = [{"LifecycleHookName": name, "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING"}]
+    with pytest.raises(AwsError, match="refusing lifecycle hook name"):
+        Aws(FakeHooks(hooks), FakeEc2(GOOD_ID, "10.0.0.1")).lifecycle_hooks("etcd")  # type: ignore[arg-type]

@@ -52,6 +52,9 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ('asg_tag = "key=va\\nlue"\n', "key=value"),
         ('asg_name = "etcd\\nETCD_NAME=x"\n', "asg_name"),
         ("asg_name = \"etcd'$(id)'\"\n", "asg_name"),
+        ('launch_hook = "etcd ready"\n', "launch_hook"),
+        ('termination_hook = "leave\\nX=1"\n', "termination_hook"),
+        ("termination_hold = -1\n", "termination_hold"),
         ("client_port = [\n", "cannot read"),
     ],
 )

@@ -230,6 +230,7 @@ def test_json_for_scripts() -> None:
         "instance_id": IDS[1],
         "ip": IPS[1],
         "lifecycle_state": "InService",
+        "lifecycle_hook": None,
         "member_id": "101",
         "name": IDS[1],
         "started": True,
@@ -271,3 +272,19 @@ def test_a_member_instance_without_an_ip_or_a_desired_capacity_of_zero_is_degrad
     )
     scaled_to_zero = build(asg(inst(0), inst(1), desired=0), [up(0, two), up(1, two)], [leads(0), leads(1)])
     assert scaled_to_zero.reasons == ("ASG etcd has desired capacity 0",)
+
+
+def test_an_instance_held_by_a_lifecycle_hook_shows_the_hook_beside_its_state() -> None:
+    from etcd_aws_cluster.core.lifecycle import LAUNCHING, TERMINATING, Hook
+
+    hooks = (Hook("etcd-ready", LAUNCHING, 300, "ABANDON"), Hook("etcd-leave", TERMINATING, 300, "CONTINUE"))
+    members = (member(0), member(1), member(2, learner=True))
+    group = asg(inst(0, "Terminating:Wait"), inst(1), inst(2, "Pending:Wait"))
+    report = status.build(view.build(group, [up(0, members), up(1, members), up(2, members)], EP), (), hooks)
+    assert [r.hook for r in report.rows] == ["etcd-leave", None, "etcd-ready"]
+    text = render_text(report)
+    assert "Terminating:Wait (etcd-leave)" in text and "Pending:Wait (etcd-ready)" in text
+    assert [r["lifecycle_hook"] for r in to_json(report)["rows"]] == ["etcd-leave", None, "etcd-ready"]
+    # Without the hooks (they could not be read) the state stands alone.
+    plain = build(group, [up(0, members), up(1, members), up(2, members)])
+    assert [r.hook for r in plain.rows] == [None, None, None] and "Pending:Wait " in render_text(plain)
