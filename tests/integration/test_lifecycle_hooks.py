@@ -152,17 +152,26 @@ def test_on_termination_leaves_then_stops_etcd_then_completes_the_action(
     assert leaver.terminated
 
 
-def test_on_termination_holds_the_termination_while_leaving_would_break_quorum(
-    sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
-) -> None:
+def termination_with_a_member_down(
+    sim: SimFactory, etcd_binary: Path, hold: float
+) -> tuple[SimulatedAsg, tuple[Node, Node, Node], subprocess.Popen[str]]:
+    """A 3-member cluster with a terminating hook, one member killed (leaving now would leave 1 of 2 voters), and
+    `leave --on-termination` running on the instance held in Terminating:Wait: (asg, (down, stay, leaver), agent)."""
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
     asg.wait_healthy(3)
     down, stay, leaver = asg.nodes
     hooks.put_hook(asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, heartbeat_timeout=30)
-    asg.stop_etcd(down, kill=True)  # leaving now would leave 1 of 2 voters
-    agent, _ = on_termination(asg, leaver)
+    asg.stop_etcd(down, kill=True)
+    agent, _ = on_termination(asg, leaver, hold=hold)
     terminate_held(asg, leaver)
+    return asg, (down, stay, leaver), agent
+
+
+def test_on_termination_holds_the_termination_while_leaving_would_break_quorum(
+    sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
+) -> None:
+    asg, (down, stay, leaver), agent = termination_with_a_member_down(sim, etcd_binary, hold=600)
     record = moto_server.lifecycle_record
     first = hooks.wait_for(record, asg.name, leaver.instance_id, "heartbeat")
     assert agent.poll() is None and len(asg.members(stay)) == 3, "held, not left"
@@ -181,14 +190,7 @@ def test_on_termination_holds_the_termination_while_leaving_would_break_quorum(
 def test_on_termination_completes_without_leaving_once_the_hold_is_over(
     sim: SimFactory, moto_server: MotoServer, etcd_binary: Path
 ) -> None:
-    asg = sim(3, etcd_binary)
-    boot(asg, asg.nodes)
-    asg.wait_healthy(3)
-    down, stay, leaver = asg.nodes
-    hooks.put_hook(asg.autoscaling, asg.name, "etcd-leave", hooks.TERMINATING, heartbeat_timeout=30)
-    asg.stop_etcd(down, kill=True)
-    agent, _ = on_termination(asg, leaver, hold=6)
-    terminate_held(asg, leaver)
+    asg, (down, stay, leaver), agent = termination_with_a_member_down(sim, etcd_binary, hold=6)
     code, err = wait_done(agent, timeout=120)
     assert code == 0, err
     assert "completed the termination without leaving" in err and "below quorum" in err
