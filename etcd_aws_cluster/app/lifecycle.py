@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from etcd_aws_cluster.app.context import Context
@@ -29,11 +28,11 @@ def find_hook(ctx: Context, group: str, transition: str, configured: str | None)
 class LifecycleAction:
     """The lifecycle action that holds this instance in a wait state, until it completes or times out."""
 
-    def __init__(self, ctx: Context, group: str, hook: Hook, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ctx: Context, group: str, hook: Hook, clock: Callable[[], float] | None = None) -> None:
         self._ctx = ctx
         self.group = group
         self.hook = hook
-        self._clock = clock
+        self._clock = clock or ctx.deadline.clock  # the run's clock, as every other wait
         self._last_heartbeat: float | None = None
         self.heartbeats = 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from dataclasses import replace
 
 from etcd_aws_cluster.adapters import local_etcd
@@ -129,13 +128,13 @@ def on_termination(ctx: Context) -> int:
 def _leave_holding(ctx: Context, action: LifecycleAction | None) -> AgentError | None:
     """Leave; while that would break quorum, hold the termination with heartbeats as long as may_hold allows.
     Returns the last refusal when it never became safe, or why no member could be asked (no etcd answers)."""
-    started = time.monotonic()
+    started = ctx.deadline.elapsed()
     while True:
         try:
             leave(ctx)
             return None
         except UnsafeError as exc:
-            held = time.monotonic() - started
+            held = ctx.deadline.elapsed() - started
             if action is None or not may_hold(held, ctx.settings.termination_hold, action.hook):
                 return exc
             if ctx.deadline.remaining() < LEAVE_RESERVE:
