@@ -126,6 +126,18 @@ def write(path: Path, update: Update) -> None:
         atomic_file.write(str(path), metrics.render(metrics.merge(samples, update)))
 
 
+def write_now(settings: Settings, update: Update) -> None:
+    """Merge `update` into the metrics file while the command runs (backup --follow, which runs until stopped).
+    Logs, never raises."""
+    path = metrics_path(settings)
+    if path is None:
+        return
+    try:
+        write(path, update)
+    except (AgentError, OSError) as exc:
+        log.warning("metrics file %s not updated: %s", path, exc)
+
+
 def read(path: Path) -> list[Sample]:
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
