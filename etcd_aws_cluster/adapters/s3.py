@@ -7,6 +7,8 @@ path, so that same-named ASGs of two regions sharing a bucket never meet:
     <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db.zst  a snapshot, zstd-compressed
     <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
     <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
+    <prefix>/<region>/<asg>/deltas/<lineage>/r<first>-r<last>-<UTC stamp>-<instance>-<sha256>.jsonl.zst
+                                                                          revisions after a snapshot (deltas.py)
     <prefix>/<region>/<asg>/layout-v2                                    written when the record is created
 
 The layout of agents before the region (`<prefix>/<asg>/...`) is still read: its record while neither the new key
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -46,12 +49,21 @@ from urllib.parse import quote
 
 from etcd_aws_cluster.adapters import multipart
 from etcd_aws_cluster.adapters.aws import NoAnswerError, bounded, make_client
-from etcd_aws_cluster.adapters.compression import ZSTD, CorruptSnapshotError, SnapshotReader, Stream, copy_out
+from etcd_aws_cluster.adapters.compression import (
+    ZSTD,
+    CorruptSnapshotError,
+    SnapshotReader,
+    Stream,
+    compress,
+    copy_out,
+    decompress,
+)
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, ConfigError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.codec import MAX_DOCUMENT_BYTES
+from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaInfo
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
 
 if TYPE_CHECKING:
@@ -76,6 +88,8 @@ SSE_MODES = ("AES256", "aws:kms")
 # How new snapshots are stored (compression.py); the suffix of each way a snapshot object may be stored.
 COMPRESSION = ZSTD
 SUFFIXES = {None: ".db", ZSTD: ".db.zst"}
+# The most a delta may hold once decompressed (backup_delta_max_bytes is at most a quarter of it).
+MAX_DELTA_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,7 @@ class BackupStore:
         self.snapshot_prefix = f"{self.base}/snapshots/"
         self.record_key = f"{self.base}/cluster.json"
         self.handoff_prefix = f"{self.base}/handoff/"
+        self.delta_prefix = f"{self.base}/deltas/"
         # The layout before the region: read, never written
         self.legacy_snapshot_prefix = f"{top}{group}/snapshots/"
         self.legacy_record_key = f"{top}{group}/cluster.json"
@@ -370,16 +385,19 @@ class BackupStore:
             [self.manifest_key(k) for k in keys],
             keys,
         ):
-            for start in range(0, len(batch), 1000):
-                self._delete_keys(batch[start : start + 1000])
+            self._delete_keys(batch, (self.snapshot_prefix, self.legacy_snapshot_prefix))
 
-    def _delete_keys(self, keys: list[str]) -> None:
+    def _delete_keys(self, keys: list[str], allowed: tuple[str, ...]) -> None:
+        if any(not k.startswith(allowed) for k in keys):
+            raise UnsafeError(f"refusing to delete objects outside {self.where(allowed[0])}")
+        for start in range(0, len(keys), 1000):
+            self._delete_batch(keys[start : start + 1000], allowed[0])
+
+    def _delete_batch(self, keys: list[str], under: str) -> None:
         if not keys:
             return
-        if any(not k.startswith((self.snapshot_prefix, self.legacy_snapshot_prefix)) for k in keys):
-            raise UnsafeError(f"refusing to delete objects outside {self.where(self.snapshot_prefix)}")
         answer = self._call(
-            f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}",
+            f"deleting {len(keys)} objects under {self.where(under)}",
             lambda: self._s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
             ),
@@ -391,6 +409,82 @@ class BackupStore:
                 f"deleting {self.where(str(first.get('Key')))}: {first.get('Code')}: "
                 f"{validate.shown(first.get('Message', ''), 200)} ({len(errors)} failed)"
             )
+
+    # -- deltas ---------------------------------------------------------------------------------------------
+
+    def put_delta(self, delta: Delta) -> DeltaInfo:
+        """Upload a delta (one PutObject: it is whole or absent); returns what its listing will say."""
+        stored = compress(deltas.encode(delta))
+        digest = hashlib.sha256(stored).hexdigest()
+        name = deltas.delta_name(delta.header, delta.last_at, digest)
+        key = f"{self.delta_prefix}{deltas.lineage_dir(delta.header.lineage)}/{name}"
+        self._put(key, stored, content_type="application/zstd")
+        info = deltas.parse_delta_key(key, key[len(self.delta_prefix) :], len(stored), self.where(key))
+        if info is None:
+            raise UnsafeError(f"{self.where(key)} is not a delta key this agent reads back")
+        return info
+
+    def list_deltas(self) -> tuple[DeltaInfo, ...]:
+        """Every delta of every lineage, by (lineage, first, last); an object under the deltas prefix that is not
+        one of ours is skipped, loudly."""
+        prefix = self.delta_prefix
+
+        def listed() -> list[tuple[str, int]]:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [
+                (str(item.get("Key")), int(item.get("Size", -1))) for page in pages for item in page.get("Contents", [])
+            ]
+
+        found = []
+        for key, size in self._call(f"listing {self.where(prefix)}", listed):
+            info = deltas.parse_delta_key(key, key[len(prefix) :], size, self.where(prefix))
+            if info is None:
+                log.warning("skipping %s: not a delta of this agent", self.where(validate.shown(key, 300)))
+                continue
+            found.append(info)
+        return tuple(sorted(found, key=lambda d: (str(d.lineage), d.first, d.last, d.key)))
+
+    def read_delta(self, info: DeltaInfo) -> Delta:
+        """A delta, its stored bytes checked against the sha256 and size its key and listing name; DamagedDeltaError
+        when anything does not hold."""
+        from botocore.exceptions import ClientError
+
+        where = self.where(info.key)
+
+        def read() -> bytes | None:
+            try:
+                body = self._s3.get_object(Bucket=self.bucket, Key=info.key)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            try:
+                data: bytes = body.read(info.size + 1)
+            finally:
+                body.close()
+            return data
+
+        stored = self._call(f"reading {where}", read)
+        if stored is None:
+            raise DamagedDeltaError(f"delta {where} is gone (deleted since it was listed?)")
+        if len(stored) != info.size or hashlib.sha256(stored).hexdigest() != info.sha256:
+            raise DamagedDeltaError(f"delta {where} is damaged: its bytes do not match the sha256 in its name")
+        try:
+            delta = deltas.decode(decompress(stored, MAX_DELTA_BYTES, f"delta {where}"), where)
+        except CorruptSnapshotError as exc:
+            raise DamagedDeltaError(str(exc)) from None
+        header = delta.header
+        if (header.lineage, header.first, header.last, header.instance) != (
+            info.lineage,
+            info.first,
+            info.last,
+            info.instance,
+        ):
+            raise DamagedDeltaError(f"delta {where} is damaged: its header is not the one its name says")
+        return delta
+
+    def delete_deltas(self, infos: Iterable[DeltaInfo]) -> None:
+        self._delete_keys([info.key for info in infos], (self.delta_prefix,))
 
     # -- the cluster record ---------------------------------------------------------------------------------
 
@@ -461,15 +555,22 @@ class BackupStore:
 
     # -- small objects --------------------------------------------------------------------------------------
 
-    def _put(self, key: str, text: str, condition: dict[str, str] | None = None) -> object:
+    def _put(
+        self,
+        key: str,
+        body: str | bytes,
+        condition: dict[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> object:
         """Write a small object (under `condition`: If-Match / If-None-Match headers); returns its ETag."""
         from botocore.exceptions import ClientError
 
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
-            "Body": text.encode(),
-            "ContentType": "application/json",
+            "Body": body.encode() if isinstance(body, str) else body,
+            "ContentType": content_type,
             **self._encryption,
         }
         if condition:

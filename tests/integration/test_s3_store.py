@@ -25,6 +25,7 @@ from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaHeader, Op, Revision
 from etcd_aws_cluster.core.model import AsgView, Endpoints
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.core.view import ClusterView
@@ -223,6 +224,34 @@ def test_delete_removes_snapshots_and_manifests_only(s3: S3Client, store: Backup
     assert store.list_snapshots() == (infos[2],)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
     assert keys == sorted(["backups/unrelated.db", infos[2].key, store.manifest_key(infos[2].key)])
+
+
+def test_deltas_round_trip_are_listed_from_their_names_and_a_damaged_one_is_refused(
+    s3: S3Client, store: BackupStore
+) -> None:
+    lineage = "20240510T120000Z-0a1b2c3d"
+    revisions = tuple(
+        Revision(r, NOW + timedelta(seconds=r), (Op("put", f"/k/{r}".encode(), b"v" * 1000, 0),)) for r in (5, 6, 8)
+    )
+    delta = Delta(DeltaHeader(lineage, 0xABC, 5, 9, INSTANCE), revisions, keys=3)
+    info = store.put_delta(delta)
+    assert info.key.startswith(f"backups/eu-west-1/etcd%20prod%2Feu/deltas/{lineage}/r00000000000000000005-r")
+    assert (info.first, info.last, info.last_at, info.lineage) == (5, 9, NOW + timedelta(seconds=8), lineage)
+    stored = s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read()
+    assert info.size == len(stored) < 1000  # compressed
+    legacy = store.put_delta(
+        Delta(DeltaHeader(None, 0xABC, 1, 1, INSTANCE), revisions[:0] + (replace(revisions[0], revision=1),))
+    )
+    s3.put_object(Bucket=BUCKET, Key=store.delta_prefix + f"{lineage}/stray.txt", Body=b"x")
+    assert store.list_deltas() == (info, legacy)
+    assert store.read_delta(info) == delta
+    s3.put_object(Bucket=BUCKET, Key=info.key, Body=stored[:-1] + bytes([stored[-1] ^ 1]))
+    with pytest.raises(DamagedDeltaError, match="sha256"):
+        store.read_delta(info)
+    store.delete_deltas([info, legacy])
+    assert store.list_deltas() == ()
+    with pytest.raises(UnsafeError, match="outside"):
+        store.delete_deltas([replace(info, key=store.snapshot_prefix + "x.db.zst")])
 
 
 def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) -> None:
