@@ -6,6 +6,8 @@ path, so that same-named ASGs of two regions sharing a bucket never meet:
     <prefix>/<region>/<asg>/cluster.json                                  the cluster record
     <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db.zst  a snapshot, zstd-compressed
     <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
+    <prefix>/<region>/<asg>/snapshots/<same name>.verification           what a restore drill of it found
+    <prefix>/<region>/<asg>/last-verification.json                       the newest drill's, for `status`
     <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
     <prefix>/<region>/<asg>/deltas/<lineage>/r<first>-r<last>-<UTC stamp>-<instance>-<sha256>.jsonl.zst
                                                                           revisions after a snapshot (deltas.py)
@@ -64,7 +66,7 @@ from etcd_aws_cluster.base.errors import AwsError, ConfigError, RecordRaceError,
 from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.codec import MAX_DOCUMENT_BYTES
 from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaInfo
-from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta, Verification
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -198,6 +200,7 @@ class BackupStore:
         self.record_key = f"{self.base}/cluster.json"
         self.handoff_prefix = f"{self.base}/handoff/"
         self.delta_prefix = f"{self.base}/deltas/"
+        self.last_verification_key = f"{self.base}/last-verification.json"
         # The layout before the region: read, never written
         self.legacy_snapshot_prefix = f"{top}{group}/snapshots/"
         self.legacy_record_key = f"{top}{group}/cluster.json"
@@ -261,6 +264,10 @@ class BackupStore:
     @staticmethod
     def manifest_key(snapshot_key: str) -> str:
         return _stem(snapshot_key) + ".json"
+
+    @staticmethod
+    def verification_key(snapshot_key: str) -> str:
+        return _stem(snapshot_key) + ".verification"
 
     # -- snapshots ------------------------------------------------------------------------------------------
 
@@ -379,11 +386,13 @@ class BackupStore:
             temp.unlink(missing_ok=True)
 
     def delete(self, infos: Iterable[SnapshotInfo]) -> None:
-        """Delete snapshots: manifests first, so a half-done delete leaves nothing listed that is gone."""
+        """Delete snapshots: manifests first, so a half-done delete leaves nothing listed that is gone; then their
+        objects and drills' results."""
         keys = [info.key for info in infos]
         for batch in (
             [self.manifest_key(k) for k in keys],
             keys,
+            [self.verification_key(k) for k in keys],  # deleting a key that does not exist is no error
         ):
             self._delete_keys(batch, (self.snapshot_prefix, self.legacy_snapshot_prefix))
 
@@ -485,6 +494,25 @@ class BackupStore:
 
     def delete_deltas(self, infos: Iterable[DeltaInfo]) -> None:
         self._delete_keys([info.key for info in infos], (self.delta_prefix,))
+
+    # -- restore drills -------------------------------------------------------------------------------------
+
+    def write_verification(self, verification: Verification) -> None:
+        """A drill's result, beside its snapshot and as the group's last one (what `status` reads)."""
+        text = records.verification_to_json(verification)
+        self._put(self.verification_key(verification.snapshot), text)
+        self._put(self.last_verification_key, text)
+
+    def read_last_verification(self) -> Verification | None:
+        """The newest drill's result; None when no drill ran (or its result is not one, loudly)."""
+        text = self._get(self.last_verification_key)
+        if text is None:
+            return None
+        try:
+            return records.verification_from_json(text, self.where(self.last_verification_key))
+        except UnsafeError as exc:
+            log.warning("ignoring the last drill's result: %s", exc)
+            return None
 
     # -- the cluster record ---------------------------------------------------------------------------------
 
