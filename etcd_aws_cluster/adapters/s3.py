@@ -525,11 +525,15 @@ class BackupStore:
 
         The ETag is of the new layout's key: a record found only under the old layout is created anew there."""
         found = self._get_tagged(self.record_key)
-        key, etag = self.record_key, None if found is None else self._etag(found[1])
-        if found is None and self._get(self.layout_marker_key) is None:
-            key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
-            if found is not None:
-                log.info("cluster record: reading %s (the layout before the region)", self.where(key))
+        key = self.record_key
+        if found is None:
+            if self._get(self.layout_marker_key) is None:
+                key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
+                if found is not None:
+                    log.info("cluster record: reading %s (the layout before the region)", self.where(key))
+            else:  # the marker is written after the record: a writer came between the two reads
+                found = self._get_tagged(self.record_key)
+        etag = None if found is None or key != self.record_key else self._etag(found[1])
         if found is None:
             return None, None
         record = records.record_from_json(found[0], self.where(key))

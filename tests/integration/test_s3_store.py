@@ -266,6 +266,25 @@ def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) 
         store.read_record()
 
 
+def test_a_record_created_between_the_record_read_and_the_marker_read_is_seen(s3: S3Client, store: BackupStore) -> None:
+    record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    writer = BackupStore(s3, store.url, ASG, region=REGION)
+    written: list[str] = []
+
+    def write_first(params: dict[str, object], **_: object) -> None:
+        if params.get("Key") == store.layout_marker_key and not written:
+            written.append("record")
+            writer.write_record(record, None)  # the record, then the marker: both before this marker read
+
+    s3.meta.events.register("before-parameter-build.s3.GetObject", write_first)
+    try:
+        found, etag = store.read_record_tagged()
+    finally:
+        s3.meta.events.unregister("before-parameter-build.s3.GetObject", write_first)
+    assert written == ["record"]
+    assert found == record and etag is not None
+
+
 def test_handoffs_are_read_per_instance_and_a_bad_one_reads_as_missing(s3: S3Client, store: BackupStore) -> None:
     other = "i-0fedcba9876543210"
     mine = Handoff(INSTANCE, NOW, 42, 0xABC, None, NOW)
