@@ -22,7 +22,7 @@ from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
-from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
 
@@ -209,14 +209,25 @@ class Backups:
         return (self.ctx.now() - info.taken_at).total_seconds()
 
     def prune(self) -> tuple[SnapshotInfo, ...]:
-        """Delete what the retention settings do not keep (our own snapshots only); returns what went."""
+        """Delete what the retention settings do not keep (our own snapshots only), and the deltas that no kept
+        snapshot needs (deltas.retention); returns the snapshots that went."""
         settings = self.ctx.settings
+        snapshots = self.store.list_snapshots()
         doomed = records.retention(
-            self.store.list_snapshots(), self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
+            snapshots, self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
         )
         if doomed:
             self.store.delete(doomed)
             log.info("retention: deleted %d snapshots: %s", len(doomed), ", ".join(i.key for i in doomed))
+        unneeded = deltas.retention(snapshots, doomed, self.store.list_deltas())
+        if unneeded:
+            self.store.delete_deltas(unneeded)
+            log.info(
+                "retention: deleted %d deltas no kept snapshot needs (revisions %d..%d)",
+                len(unneeded),
+                min(d.first for d in unneeded),
+                max(d.last for d in unneeded),
+            )
         return doomed
 
     # --- around a membership change ---------------------------------------------------------------------
