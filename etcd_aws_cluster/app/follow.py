@@ -56,6 +56,8 @@ PENDING_CAP_DELTAS = 8
 # Backoff of the retries (S3 uploads, opening the watch, snapshots), seconds.
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
+# Watch messages read ahead of the loop (one may hold up to 1000 revisions while the watch catches up).
+WATCH_QUEUE = 16
 # Tries of the last delta when leadership is lost or the follower stops.
 FINAL_TRIES = 3
 # Lease TTLs remembered (a lease's granted TTL never changes); past this many the memory starts afresh.
@@ -95,6 +97,10 @@ class LeadershipLost(Exception):  # noqa: N818 -- a turn of the loop, not a fail
     """This member is no longer the leader."""
 
 
+class Stopping(LeadershipLost):
+    """The follower is stopping while it waits (for a snapshot's retry): leave as when leadership goes."""
+
+
 class StartOver(Exception):  # noqa: N818
     """What is followed changed under the watch (another cluster id: a restore): start again from the record."""
 
@@ -123,7 +129,8 @@ class Follower:
         # The watch streams in a thread of its own, on a session of its own
         self.watcher = watcher or EtcdClient(requests.Session(), ctx.etcd.tls, ctx.settings.api)
         self.local_url = ctx.endpoints.client_url(ctx.me.private_ip)
-        self._queue: queue.Queue[tuple[int, Item]] = queue.Queue(maxsize=256)
+        # A few messages ahead at most: past that the reader waits, and etcd holds the rest
+        self._queue: queue.Queue[tuple[int, Item]] = queue.Queue(maxsize=WATCH_QUEUE)
         self._generation = 0
         self._watch: Watch | None = None
         self._opened_at = 0.0
@@ -369,7 +376,7 @@ class Follower:
         try:
             delta = self._delta(batch)
             info = self.store.put_delta(delta)
-        except AgentError as exc:
+        except (AgentError, ValueError) as exc:  # ValueError: a delta core.deltas refuses to encode
             log.warning(
                 "follow: delta r%d-r%d (%d revisions) not uploaded, kept for the next try: %s",
                 batch.first,
@@ -496,7 +503,7 @@ class Follower:
                 attempt += 1
                 log.warning("follow: full snapshot failed: %s; trying again in %.0fs", exc, pause)
             if self.stop.wait(pause):
-                raise LeadershipLost  # stopping: nothing pending is left to flush
+                raise Stopping
             self._still_leader()
         log.info("follow: full snapshot at revision %d; following from revision %d", info.revision, info.revision + 1)
         pending.restart(info.revision + 1)
