@@ -31,7 +31,6 @@ from etcd_aws_cluster.base.errors import AgentError
 from etcd_aws_cluster.core import deltas
 from etcd_aws_cluster.core.deltas import Delta, DeltaHeader
 from etcd_aws_cluster.core.follow import Batch, Pending
-from etcd_aws_cluster.core.metrics import Update, sample
 
 if TYPE_CHECKING:
     from etcd_aws_cluster.app.backups import Backups
@@ -272,15 +271,34 @@ class Follower:
                 self.stop.wait(min(1.0, self.timing.leader_poll))
                 self._step()
                 continue
-            log.info(
-                "follow: following from revision %d: the newest snapshot is at revision %d, its deltas reach revision "
-                "%d; %s",
-                end + 1,
-                newest.revision,
+            return self._after(end, newest.revision, why)
+
+    def _after(self, end: int, snapshot_revision: int, why: str) -> int:
+        """The revision after `end`, where the stored history ends, if this cluster has got that far; else (a
+        cluster restored to an earlier point) a full snapshot now and the revision after it: watching from a
+        revision the cluster has not reached would skip its next writes."""
+        current = self._leader()
+        if current is None:
+            raise LeadershipLost
+        if end > current.revision:
+            log.warning(
+                "follow: the newest snapshot and its deltas reach revision %d, but this cluster is at revision %d: "
+                "they are not its history (restored to an earlier point?); taking a full snapshot to follow from",
                 end,
-                why,
+                current.revision,
             )
-            return end + 1
+            info = self._snapshot()
+            log.info("follow: following from revision %d, after the snapshot just taken", info.revision + 1)
+            return info.revision + 1
+        log.info(
+            "follow: following from revision %d: the newest snapshot is at revision %d, its deltas reach revision "
+            "%d; %s",
+            end + 1,
+            snapshot_revision,
+            end,
+            why,
+        )
+        return end + 1
 
     # --- the watch -----------------------------------------------------------------------------------------
     def _open_watch(self, start: int) -> None:
@@ -396,7 +414,7 @@ class Follower:
             lag,
             self.store.where(info.key),
         )
-        self._metrics(lag, batch)
+        metrics.write_now(self.ctx.settings, metrics.delta_uploaded(self.ctx.asg_name, lag, batch.last, time.time()))
         return True
 
     def _delta(self, batch: Batch) -> Delta:
@@ -508,15 +526,3 @@ class Follower:
         log.info("follow: full snapshot at revision %d; following from revision %d", info.revision, info.revision + 1)
         pending.restart(info.revision + 1)
         self._open_watch(info.revision + 1)
-
-    # --- metrics -------------------------------------------------------------------------------------------
-    def _metrics(self, lag: float, batch: Batch) -> None:
-        asg = self.ctx.asg_name
-        update = Update()
-        for name, value in (
-            ("backup_delta_lag_seconds", lag),
-            ("backup_delta_last_success_timestamp_seconds", time.time()),
-            ("backup_delta_last_revision", batch.last),
-        ):
-            update.replace_family(name, [sample(name, value, asg=asg)])
-        metrics.write_now(self.ctx.settings, update)

@@ -267,6 +267,17 @@ def test_a_new_leader_waits_a_bounded_time_for_a_flush_that_never_comes() -> Non
     assert FAST.interval + FAST.handover_slack - 0.1 <= waited < FAST.interval + FAST.handover_slack + 2
 
 
+def test_a_cluster_behind_the_stored_history_gets_a_full_snapshot_to_follow_from() -> None:
+    """Restored to an earlier point (revision 15) while deltas of its lineage reach 20: watching from 21 would skip
+    its next writes 16-20."""
+    run = Running(newest=snapshot(10), revision=15)
+    run.store.deltas = [info(11, 20)]
+    with run:
+        eventually(lambda: len(run.etcd.watches) == 1)
+        assert [s.revision for s in run.backups.taken] == [15]
+        assert run.etcd.current.start == 16
+
+
 def test_no_snapshot_yet_takes_one_first_and_follows_after_it() -> None:
     with Running(newest=None, revision=33) as run:
         eventually(lambda: len(run.etcd.watches) == 1)
