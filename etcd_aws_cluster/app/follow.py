@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Union
 
 from etcd_aws_cluster.adapters.etcd import EtcdClient, EtcdRequestError, Watch, WatchCompacted, WatchMessage
 from etcd_aws_cluster.app import metrics
-from etcd_aws_cluster.base.deadline import backoff
+from etcd_aws_cluster.base.deadline import Deadline, backoff
 from etcd_aws_cluster.base.errors import AgentError
 from etcd_aws_cluster.core import deltas
 from etcd_aws_cluster.core.deltas import Delta, DeltaHeader
@@ -57,8 +57,10 @@ RETRY_BASE = 1.0
 RETRY_CAP = 30.0
 # Watch messages read ahead of the loop (one may hold up to 1000 revisions while the watch catches up).
 WATCH_QUEUE = 16
-# Tries of the last delta when leadership is lost or the follower stops.
+# Tries of the last delta when leadership is lost or the follower stops, and the seconds they may take together
+# (etcd-aws-cluster-backup-follow.service's TimeoutStopSec= is 90).
 FINAL_TRIES = 3
+FINAL_BUDGET = 60.0
 # Lease TTLs remembered (a lease's granted TTL never changes); past this many the memory starts afresh.
 TTL_CACHE = 10_000
 
@@ -448,12 +450,15 @@ class Follower:
             log.info("follow: %s; nothing pending", why)
             return
         log.info("follow: %s; uploading the pending revisions %d-%d", why, batch.first, batch.last)
-        for attempt in range(FINAL_TRIES):
-            self._step()
-            if self._upload(pending):
-                return
-            if attempt + 1 < FINAL_TRIES:
-                time.sleep(backoff(attempt, base=RETRY_BASE, cap=5.0))
+        self._step()
+        budget = Deadline(FINAL_BUDGET, clock=self.clock)
+        # Within the unit's TimeoutStopSec, however slow S3 is: its calls end with the budget
+        with self.store.limited(FINAL_BUDGET):
+            for attempt in range(FINAL_TRIES):
+                if self._upload(pending):
+                    return
+                if attempt + 1 == FINAL_TRIES or not budget.pause(backoff(attempt, base=RETRY_BASE, cap=5.0)):
+                    break
         log.error(
             "follow: revisions %d-%d were not uploaded; the next leader's watch covers them unless etcd compacts them "
             "first (then its full snapshot does)",

@@ -4,6 +4,7 @@ is stopped. Short real intervals: the loop waits on its watch thread's queue."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -117,6 +118,7 @@ class FakeStore:
         self.uploaded: list[Delta] = []
         self.failures = 0
         self.silent: str | None = None
+        self.budgets: list[float] = []
 
     def list_deltas(self) -> tuple[DeltaInfo, ...]:
         return tuple(sorted(self.deltas, key=lambda d: (d.first, d.last)))
@@ -132,6 +134,11 @@ class FakeStore:
 
     def where(self, key: str) -> str:
         return f"s3://b/{key}"
+
+    @contextlib.contextmanager
+    def limited(self, seconds: float, *, answer_within: float | None = None) -> Iterator[None]:
+        self.budgets.append(seconds)
+        yield
 
 
 class FakeBackups:
@@ -242,6 +249,21 @@ def test_stopping_uploads_what_is_pending_at_once() -> None:
         eventually(lambda: run.follower._queue.empty())
         time.sleep(0.1)
     assert run.ranges() == [(11, 11, [11])] and run.code == 0
+
+
+def test_stopping_while_s3_fails_gives_up_within_its_budget_and_says_what_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow = Timing(interval=60, max_bytes=1 << 20, snapshot_interval=3600, leader_poll=0.05, handover_slack=0.1)
+    with Running(newest=snapshot(10), timing=slow) as run:
+        eventually(lambda: len(run.etcd.watches) == 1)
+        run.feed(change(11))
+        eventually(lambda: run.follower._queue.empty())
+        time.sleep(0.1)
+        run.store.failures = 10**6
+    assert run.code == 0 and not run.store.uploaded
+    assert run.store.budgets == [follow.FINAL_BUDGET]
+    assert "revisions 11-11 were not uploaded" in caplog.text
 
 
 def test_a_new_leader_starts_after_the_previous_leaders_last_delta() -> None:
