@@ -231,11 +231,14 @@ class Follower:
                     else:
                         snapshot_at = self.clock() + backoff(snapshots_failed, base=RETRY_BASE, cap=RETRY_CAP)
                         snapshots_failed += 1
-        except LeadershipLost:
-            self._final(pending, "this member lost the leadership")
+        except LeadershipLost as exc:
+            self._final(pending, "stopping" if isinstance(exc, Stopping) else "this member lost the leadership")
             raise
         except StartOver:
             self._final(pending, "the cluster changed")
+            raise
+        except AgentError as exc:
+            self._final(pending, f"following failed ({exc})")
             raise
         self._final(pending, "stopping")
 
