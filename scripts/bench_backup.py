@@ -64,6 +64,8 @@ from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.base.deadline import Deadline
+# What the agent imports on first use (boto3 and zstandard): before the measure, like the baselines' `import boto3`
+import boto3, botocore.session, zstandard
 
 INSTANCE = "i-0123456789abcdef0"
 
