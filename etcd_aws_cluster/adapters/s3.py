@@ -328,8 +328,9 @@ class BackupStore:
 
     def download(self, info: SnapshotInfo, path: Path) -> None:
         """Download a snapshot's db to `path` (decompressed as it streams), the stored bytes and the db checked
-        against its manifest; on a mismatch, an error or the deadline leave no file and raise (an abandoned
-        download's next write fails: it stops by itself)."""
+        against its manifest, and etcd's sha256 trailer where the manifest says the db has one (so `snapshot
+        restore` need not read the db again to check it); on a mismatch, an error or the deadline leave no file and
+        raise (an abandoned download's next write fails: it stops by itself)."""
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         temp = Path(temp_name)
         where = self.where(info.key)
@@ -348,6 +349,7 @@ class BackupStore:
                             db_size=info.db_bytes,
                             what=f"snapshot {where}",
                             stop=stop,
+                            check_trailer=info.hash_trailer,
                         )
                     finally:
                         body.close()
