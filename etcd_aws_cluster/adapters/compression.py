@@ -58,13 +58,16 @@ class Digest:
 
 
 class TrailerCheck:
-    """Checks etcd's sha256 trailer over a stream fed in pieces: holds back the last 32 bytes seen."""
+    """Checks etcd's sha256 trailer over a stream fed in pieces: holds back the last 32 bytes seen. The same pass
+    gives the sha256 and size of the whole stream (`result`), trailer included."""
 
     def __init__(self) -> None:
         self._sha256 = hashlib.sha256()
         self._tail = b""
+        self.size = 0
 
     def update(self, data: bytes) -> None:
+        self.size += len(data)
         joined = self._tail + data if len(data) < SHA256_BYTES else None
         if joined is not None:
             self._sha256.update(joined[:-SHA256_BYTES])
@@ -75,9 +78,18 @@ class TrailerCheck:
             self._sha256.update(view[:-SHA256_BYTES])
         self._tail = data[-SHA256_BYTES:]
 
+    def holds(self) -> bool:
+        """Whether the stream ends with the sha256 of the bytes before it."""
+        return self._tail == self._sha256.digest()
+
     def verify(self, what: str) -> None:
-        if self._tail != self._sha256.digest():
+        if not self.holds():
             raise TrailerMismatchError(f"{what} does not end with the sha256 of its db: cut or garbled on the way")
+
+    def result(self) -> Checksum:
+        whole = self._sha256.copy()
+        whole.update(self._tail)
+        return Checksum(whole.hexdigest(), self.size)
 
 
 def _chunks_of(source: Stream) -> Iterator[bytes]:
@@ -182,10 +194,13 @@ def copy_out(
     db_size: int,
     what: str,
     stop: threading.Event | None = None,
+    check_trailer: bool = False,
 ) -> tuple[Checksum, Checksum]:
     """Copy a stored snapshot from `body` to `out` as the db (decompressed), in bounded memory; returns the
     checksums of (the stored bytes, the db). CorruptSnapshotError when it holds more than the sizes promised or
-    does not decompress; the caller compares the checksums with the manifest.
+    does not decompress, or (`check_trailer`) when the db does not end with etcd's sha256 of the bytes before it:
+    the check `snapshot restore` makes, here in the pass that hashes the db anyway. The caller compares the
+    checksums with the manifest.
 
     Reading and decompressing run in a thread of their own, hashing and writing the db in this one: both release
     the GIL, so a download costs about the slower of the two, not their sum. At most PIECES_AHEAD pieces of
@@ -227,7 +242,7 @@ def copy_out(
             hand_over(exc)
 
     threading.Thread(target=produce, name="snapshot download", daemon=True).start()
-    db = Digest()
+    db: Digest | TrailerCheck = TrailerCheck() if check_trailer else Digest()
     try:
         while (item := pieces.get()) is not None:
             if isinstance(item, BaseException):
@@ -242,6 +257,8 @@ def copy_out(
         raise CorruptSnapshotError(f"{what} is corrupt: it does not decompress ({exc})") from None
     finally:
         done.set()
+    if isinstance(db, TrailerCheck) and not db.holds():
+        raise CorruptSnapshotError(f"{what} is corrupt: its db does not end with the sha256 of the bytes before it")
     return source.digest.result(), db.result()
 
 

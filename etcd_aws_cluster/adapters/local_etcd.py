@@ -3,15 +3,20 @@
 A version is (major, minor, patch); what a program prints (`etcd Version: 3.6.1`, `etcdutl version: 3.5.30`,
 `etcdctl version: 3.4.23`) and what etcd reports (`3.5.0-alpha.0`) are read by the same pattern,
 validate.ETCD_VERSION.
+
+A program's answer is remembered for the run, per file (path, mtime and size): a restore, a backup and `status`
+each ask which etcd the host runs, and every start of a Go program costs tens of milliseconds on a busy host.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from etcd_aws_cluster.base import validate
@@ -45,8 +50,32 @@ def minor(version: Version) -> str:
     return f"{version[0]}.{version[1]}"
 
 
+# (path, mtime_ns, size) -> the version that file reported; only answers are kept, so a program that did not
+# answer in time (a loaded host) is asked again next time.
+_reported: dict[tuple[Path, int, int], Version] = {}
+_reported_lock = threading.Lock()
+
+
 def version_of(path: Path, timeout: float = 5.0) -> Version | None:
-    """What the etcd binary at `path` reports, or None when it does not run or does not say."""
+    """What the etcd binary at `path` reports, or None when it does not run or does not say; asked once per file
+    (path, mtime and size) in a run."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    key = (path, info.st_mtime_ns, info.st_size)
+    with _reported_lock:
+        known = _reported.get(key)
+    if known is not None:
+        return known
+    version = _ask_version(path, timeout)
+    if version is not None:
+        with _reported_lock:
+            _reported[key] = version
+    return version
+
+
+def _ask_version(path: Path, timeout: float) -> Version | None:
     try:
         done = subprocess.run(
             [str(path), "--version"],
@@ -72,19 +101,18 @@ def local_version(binary: str = "etcd", timeout: float = 5.0) -> Version | None:
     return None if path is None else version_of(path, timeout)
 
 
-def local_etcds(environ: Mapping[str, str] | None = None, beside: Path | None = None) -> dict[Path, Version]:
-    """The etcd binaries this host may run and their versions: the one on PATH and the one beside `beside`
-    (a restore tool: release tarballs ship etcd, etcdctl and etcdutl in one directory)."""
-    paths = [on_path("etcd", environ)]
-    if beside is not None:
-        paths.append(beside.parent / "etcd")
-    found: dict[Path, Version] = {}
-    for path in paths:
-        if path is not None and path not in found and path.is_file() and os.access(path, os.X_OK):
-            version = version_of(path)
-            if version is not None:
-                found[path] = version
-    return found
+def local_etcds(environ: Mapping[str, str] | None = None, beside: Iterable[Path] = ()) -> dict[Path, Version]:
+    """The etcd binaries this host may run and their versions: the one on PATH and the one beside each of
+    `beside` (restore tools: release tarballs ship etcd, etcdctl and etcdutl in one directory). Asked all at once:
+    each is a program start."""
+    candidates = [on_path("etcd", environ), *(tool.parent / "etcd" for tool in beside)]
+    paths = [p for p in dict.fromkeys(candidates) if p is not None and p.is_file() and os.access(p, os.X_OK)]
+    if len(paths) < 2:
+        versions = [version_of(path) for path in paths]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(paths), thread_name_prefix="etcd --version") as pool:
+            versions = list(pool.map(version_of, paths))
+    return {path: version for path, version in zip(paths, versions) if version is not None}
 
 
 def stop(command: str, timeout: float) -> str | None:

@@ -8,10 +8,14 @@ A restore writes into a staging dir inside the data dir (`.restoring-<pid>`, the
 data dir is a mount point or its parent is read-only) and its `member` dir is renamed into place only when
 complete, so a failed or killed restore never leaves a half-written data dir for etcd to start from, and existing
 data is never touched: the data dir must hold no etcd data.
+
+Finding the tool starts Go programs (`version`, `snapshot restore --help`, the local etcds' `--version`): they run
+side by side, and each file's answers are remembered for the run, so a restore waits for about one program start.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import logging
@@ -78,12 +82,15 @@ def _ask(path: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
 
 @functools.lru_cache(maxsize=32)
 def _identified(path: Path, _mtime_ns: int, _size: int) -> RestoreTool:
-    done = _ask(path, ["version"])
-    found = [(kind, local_etcd.program_version(done.stdout, kind)) for kind in ("etcdutl", "etcdctl")]
-    kind, version = next(((k, v) for k, v in found if v is not None), ("", None))
-    if done.returncode != 0 or version is None:
-        raise ConfigError(f"{path} is neither etcdutl nor etcdctl (`{path} version` said {done.stdout[:80]!r})")
-    helped = _ask(path, ["snapshot", "restore", "--help"])
+    # The help is asked beside the version (both only print): its answer counts only for a tool the version names.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="restore --help") as pool:
+        helping = pool.submit(_ask, path, ["snapshot", "restore", "--help"])
+        done = _ask(path, ["version"])
+        found = [(kind, local_etcd.program_version(done.stdout, kind)) for kind in ("etcdutl", "etcdctl")]
+        kind, version = next(((k, v) for k, v in found if v is not None), ("", None))
+        if done.returncode != 0 or version is None:
+            raise ConfigError(f"{path} is neither etcdutl nor etcdctl (`{path} version` said {done.stdout[:80]!r})")
+        helped = helping.result()
     usage = helped.stdout + helped.stderr
     return RestoreTool(path, kind, version, "--bump-revision" in usage and "--mark-compacted" in usage)
 
@@ -118,9 +125,8 @@ def _needed(tool_path: Path, environ: Mapping[str, str], snapshot_versions: Iter
         version = local_etcd.parse_version(text)
         if version is not None:
             needs.append((version, f"a snapshot of etcd {local_etcd.shown(version)}"))
-    for path in (tool_path, tool_path.resolve()):
-        for etcd, version in local_etcd.local_etcds(environ, beside=path).items():
-            needs.append((version, f"etcd {local_etcd.shown(version)} at {etcd}"))
+    for etcd, version in local_etcd.local_etcds(environ, beside=(tool_path, tool_path.resolve())).items():
+        needs.append((version, f"etcd {local_etcd.shown(version)} at {etcd}"))
     return max(needs, key=lambda need: need[0][:2])
 
 
@@ -151,14 +157,17 @@ def find_tool(
     refused: list[str] = []
     needed: tuple[Version, str] = ((3, 4, 0), "etcd 3.4")
     for path in paths:
-        try:
-            tool = identify(path)
-        except ConfigError as exc:
-            if configured is not None:
-                raise
-            refused.append(str(exc))
-            continue
-        needed = max(needed, _needed(path, env, versions), key=lambda need: need[0][:2])
+        # The local etcds' versions are asked while the tool says what it is: both are program starts.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local etcds") as pool:
+            needs = pool.submit(_needed, path, env, versions)
+            try:
+                tool = identify(path)
+            except ConfigError as exc:
+                if configured is not None:
+                    raise
+                refused.append(str(exc))
+                continue
+            needed = max(needed, needs.result(), key=lambda need: need[0][:2])
         reason = _unfit(tool, *needed)
         if reason is None:
             return tool

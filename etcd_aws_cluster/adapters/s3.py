@@ -35,6 +35,7 @@ botocore 1.29 has no PutObject parameters for these headers: they are added by e
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -92,6 +93,8 @@ COMPRESSION = ZSTD
 SUFFIXES = {None: ".db", ZSTD: ".db.zst"}
 # The most a delta may hold once decompressed (backup_delta_max_bytes is at most a quarter of it).
 MAX_DELTA_BYTES = 1024 * 1024 * 1024
+# Manifests read at once by a listing: each is a round trip of its own (one boto3 client serves them all).
+MANIFEST_READS = 8
 
 
 @dataclass(frozen=True)
@@ -322,14 +325,16 @@ class BackupStore:
     def list_snapshots(self) -> tuple[SnapshotInfo, ...]:
         """Every complete snapshot (object and valid manifest agree), newest first; others are skipped, loudly."""
         objects = self._objects()
-        found = []
+        described: list[tuple[str, str]] = []  # (manifest key, snapshot key)
         for key in sorted(k for k in objects if k.endswith(".json")):
             stem = key[: -len(".json")]
             snapshot_key = next((stem + s for s in SUFFIXES.values() if stem + s in objects), stem + ".db")
             if snapshot_key not in objects:
                 log.warning("skipping manifest %s: its snapshot object is missing", self.where(key))
                 continue
-            text = self._get(key)
+            described.append((key, snapshot_key))
+        found = []
+        for (key, snapshot_key), text in zip(described, self._get_all([key for key, _ in described])):
             if text is None:
                 continue  # deleted since the listing
             try:
@@ -345,8 +350,9 @@ class BackupStore:
 
     def download(self, info: SnapshotInfo, path: Path) -> None:
         """Download a snapshot's db to `path` (decompressed as it streams), the stored bytes and the db checked
-        against its manifest; on a mismatch, an error or the deadline leave no file and raise (an abandoned
-        download's next write fails: it stops by itself)."""
+        against its manifest, and etcd's sha256 trailer where the manifest says the db has one (so `snapshot
+        restore` need not read the db again to check it); on a mismatch, an error or the deadline leave no file and
+        raise (an abandoned download's next write fails: it stops by itself)."""
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         temp = Path(temp_name)
         where = self.where(info.key)
@@ -365,6 +371,7 @@ class BackupStore:
                             db_size=info.db_bytes,
                             what=f"snapshot {where}",
                             stop=stop,
+                            check_trailer=info.hash_trailer,
                         )
                     finally:
                         body.close()
@@ -625,6 +632,17 @@ class BackupStore:
         """A small object's body; None when it does not exist."""
         found = self._get_tagged(key)
         return None if found is None else found[0]
+
+    def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        """Small objects' bodies in the order of `keys` (None for one that does not exist), MANIFEST_READS at a
+        time; the first error ends the reading."""
+        if len(keys) < 2:
+            return [self._get(key) for key in keys]
+        pool = concurrent.futures.ThreadPoolExecutor(min(MANIFEST_READS, len(keys)), thread_name_prefix="s3 read")
+        try:
+            return list(pool.map(self._get, keys))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _get_tagged(self, key: str) -> tuple[bytes, object] | None:
         """A small object's body and ETag; None when it does not exist."""

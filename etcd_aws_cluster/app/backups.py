@@ -410,13 +410,13 @@ class Backups:
             try:
                 self.store.download(info, download)
                 # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
-                # dir: the data dir gets nothing unless it passed. A member's raw db (a survivor's upload) has no
-                # sha256 trailer; its manifest says so.
+                # dir: the data dir gets nothing unless it passed. The download checked etcd's sha256 trailer (a
+                # member's raw db, a survivor's upload, has none; its manifest says so): the tool need not again.
                 restore_tool.restore(
                     tool,
                     download,
                     target,
-                    skip_hash_check=not info.hash_trailer,
+                    skip_hash_check=True,
                     verify=functools.partial(check_db, tool, download, info, where),
                 )
             except CorruptSnapshotError as exc:

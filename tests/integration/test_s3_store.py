@@ -73,10 +73,15 @@ def chunks(total: int, size: int = 1024 * 1024, seed: int = 1) -> Iterator[bytes
         yield noise.randbytes(min(size, total - offset))
 
 
+def etcd_db(body: bytes) -> bytes:
+    """A db as etcd's snapshot stream ends it: with the sha256 of the bytes before (what manifests say by default)."""
+    return body + hashlib.sha256(body).digest()
+
+
 def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_path: Path) -> None:
-    total = 12 * 1024 * 1024 + 123
+    total = 12 * 1024 * 1024 + 123 + 32
     # every MiB comes twice in a row (within zstd's window): it compresses by about 2, to two multipart parts
-    db = b"".join(block * 2 for block in chunks(6 * 1024 * 1024)) + b"".join(chunks(123, seed=4))
+    db = etcd_db(b"".join(block * 2 for block in chunks(6 * 1024 * 1024)) + b"".join(chunks(123, seed=4)))
     info = store.upload(iter([db[i : i + 1000_000] for i in range(0, total, 1000_000)]), meta(42))
     expected = hashlib.sha256(db).hexdigest()
     assert (info.db_size, info.db_sha256, info.revision, info.compression) == (total, expected, 42, "zstd")
@@ -99,7 +104,7 @@ def test_upload_list_download_round_trip(s3: S3Client, store: BackupStore, tmp_p
 def test_a_snapshot_of_an_agent_before_compression_is_listed_and_downloaded(
     s3: S3Client, store: BackupStore, tmp_path: Path
 ) -> None:
-    db = b"".join(chunks(6 * 1024 * 1024, seed=2))
+    db = etcd_db(b"".join(chunks(6 * 1024 * 1024, seed=2)))
     key = store.snapshot_key(meta(8), compression=None)
     assert key.endswith("-r8-i-0123456789abcdef0.db")
     old = records.SnapshotInfo.of(key, meta(8), records.Checksum(hashlib.sha256(db).hexdigest(), len(db)))
@@ -156,12 +161,29 @@ def test_corrupt_object_raises_and_leaves_no_file(s3: S3Client, store: BackupSto
 def test_a_compressed_object_whose_db_is_not_the_manifests_is_corrupt(
     s3: S3Client, store: BackupStore, tmp_path: Path
 ) -> None:
-    info = store.upload([b"the db"], meta(7))
+    info = store.upload([etcd_db(b"the db")], meta(7))
     forged = replace(info, db_sha256="0" * 64)  # the stored bytes match; the db inside them does not
     s3.put_object(Bucket=BUCKET, Key=store.manifest_key(info.key), Body=records.snapshot_to_json(forged).encode())
-    with pytest.raises(CorruptSnapshotError, match="its db is 6 bytes with sha256"):
+    with pytest.raises(CorruptSnapshotError, match="its db is 38 bytes with sha256"):
         store.download(forged, tmp_path / "snap.db")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_db_whose_manifest_promises_etcds_trailer_must_end_with_it(
+    s3: S3Client, store: BackupStore, tmp_path: Path
+) -> None:
+    """The download makes the check `snapshot restore` would (the restore then skips it): a db that does not end
+    with the sha256 of the bytes before it is corrupt; a member's raw db, whose manifest says it has no trailer,
+    is not checked for one."""
+    garbled = bytearray(etcd_db(b"a db with a trailer" * 100))
+    garbled[5] ^= 1  # before the upload: the manifest's own checksums match it
+    info = store.upload([bytes(garbled)], meta(7))
+    with pytest.raises(CorruptSnapshotError, match="does not end with the sha256 of the bytes before it"):
+        store.download(info, tmp_path / "snap.db")
+    assert list(tmp_path.iterdir()) == []
+    raw = store.upload([b"a member's raw db"], replace(meta(8), hash_trailer=False))
+    store.download(raw, tmp_path / "raw.db")
+    assert (tmp_path / "raw.db").read_bytes() == b"a member's raw db"
 
 
 def test_a_failing_stream_leaves_no_object_and_no_upload(s3: S3Client, store: BackupStore) -> None:
@@ -356,9 +378,10 @@ def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new
     old_record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
     s3.put_object(Bucket=BUCKET, Key=store.legacy_record_key, Body=records.record_to_json(old_record).encode())
     old_key = f"{store.legacy_snapshot_prefix}20240510T110000000000Z-r7-{INSTANCE}.db"
-    s3.put_object(Bucket=BUCKET, Key=old_key, Body=b"old db")
+    old_db = etcd_db(b"old db")
+    s3.put_object(Bucket=BUCKET, Key=old_key, Body=old_db)
     info = records.SnapshotInfo.of(
-        old_key, meta(7, NOW - timedelta(hours=1)), records.Checksum(hashlib.sha256(b"old db").hexdigest(), 6)
+        old_key, meta(7, NOW - timedelta(hours=1)), records.Checksum(hashlib.sha256(old_db).hexdigest(), len(old_db))
     )
     s3.put_object(Bucket=BUCKET, Key=store.manifest_key(old_key), Body=records.snapshot_to_json(info).encode())
     record, etag = store.read_record_tagged()
@@ -366,7 +389,7 @@ def test_the_layout_before_the_region_is_read_and_the_next_write_goes_to_the_new
     new = store.upload([b"new db"], meta(9))
     assert store.list_snapshots() == (new, info)
     store.download(info, tmp_path / "old.db")
-    assert (tmp_path / "old.db").read_bytes() == b"old db"
+    assert (tmp_path / "old.db").read_bytes() == old_db
     updated = replace(old_record, newest_snapshot=new.key, updated_at=NOW + timedelta(minutes=1))
     store.write_record(updated, etag)
     assert store.read_record() == updated

@@ -52,6 +52,35 @@ def test_zstd_round_trip_keeps_the_db_and_checks_both_checksums() -> None:
     assert (stored_sum, db_sum) == (reader.stored.result(), reader.db.result())
 
 
+@pytest.mark.parametrize("compression", [ZSTD, None])
+def test_the_copy_checks_etcds_trailer_in_the_pass_that_hashes_the_db(compression: str | None) -> None:
+    db = etcd_stream(b"key=value;" * 30_000)
+    stored = stored_bytes(SnapshotReader(io.BytesIO(db), compression))
+    _stored_sum, db_sum = copy_out(
+        io.BytesIO(stored),
+        io.BytesIO(),
+        compression,
+        stored_size=len(stored),
+        db_size=len(db),
+        what="s",
+        check_trailer=True,
+    )
+    assert db_sum.sha256 == hashlib.sha256(db).hexdigest() and db_sum.size == len(db)  # the trailer counts
+    for bad in (db[:5] + b"!" + db[6:], db[:-32] + bytes(32), db[-20:]):
+        stored = stored_bytes(SnapshotReader(io.BytesIO(bad), compression))
+        with pytest.raises(CorruptSnapshotError, match="does not end with the sha256 of the bytes before it"):
+            copy_out(
+                io.BytesIO(stored),
+                io.BytesIO(),
+                compression,
+                stored_size=len(stored),
+                db_size=len(bad),
+                what="s",
+                check_trailer=True,
+            )
+        copy_out(io.BytesIO(stored), io.BytesIO(), compression, stored_size=len(stored), db_size=len(bad), what="s")
+
+
 def test_a_plain_object_is_copied_as_it_is() -> None:
     db = etcd_stream(b"old uncompressed snapshot")
     out = io.BytesIO()

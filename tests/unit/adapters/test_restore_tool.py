@@ -116,6 +116,52 @@ def test_bump_support_is_read_from_the_tools_own_help(tmp_path: Path) -> None:
     assert restore_tool.bump_warning(find_tool(fake_tool(tmp_path / "b", "etcdutl", "3.5.30"), {"PATH": ""})) is None
 
 
+def test_the_tools_programs_start_side_by_side(tmp_path: Path) -> None:
+    """`version`, `snapshot restore --help` and the etcd beside's `--version` each wait (up to 10 s) until the
+    others have started: started one after the other, `version` would answer nothing and the tool be refused."""
+    release, marks = tmp_path / "release", tmp_path / "marks"
+    marks.mkdir()
+    wait = f'i=0; while [ ! -e "{marks}/$1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; [ -e "{marks}/$1" ]'
+    release.mkdir()
+    (release / "etcdutl").write_text(
+        "#!/bin/sh\n"
+        f"seen() {{ {wait}; }}\n"
+        f'[ "$1" = version ] && {{ touch "{marks}/version"; seen help && seen etcd && echo "etcdutl version: 3.6.16"; '
+        "exit 0; }\n"
+        f'[ "$3" = --help ] && {{ touch "{marks}/help"; seen version && printf "%s" "{BUMP_HELP}"; exit 0; }}\n'
+    )
+    (release / "etcd").write_text(
+        f'#!/bin/sh\nseen() {{ {wait}; }}\ntouch "{marks}/etcd"; seen version && echo "etcd Version: 3.6.16"\n'
+    )
+    for program in ("etcdutl", "etcd"):
+        (release / program).chmod(0o755)
+    tool = find_tool(release / "etcdutl", {"PATH": ""})
+    assert (tool.version, tool.can_bump) == ((3, 6, 16), True)
+    assert local_etcd.local_etcds({"PATH": ""}, beside=(release / "etcdutl",)) == {release / "etcd": (3, 6, 16)}
+
+
+def test_an_etcds_version_is_asked_once_per_file_and_a_silent_one_again(tmp_path: Path) -> None:
+    asked = tmp_path / "asked"
+    etcd = tmp_path / "bin" / "etcd"
+    etcd.parent.mkdir()
+
+    def program(answer: str) -> None:
+        etcd.write_text(f'#!/bin/sh\necho x >> "{asked}"\n{answer}\n')
+        etcd.chmod(0o755)
+
+    def times_asked() -> int:
+        return len(asked.read_text().splitlines())
+
+    program('echo "etcd Version: 3.5.30"')
+    assert [local_etcd.version_of(etcd), local_etcd.version_of(etcd)] == [(3, 5, 30), (3, 5, 30)]
+    assert times_asked() == 1
+    program('echo "etcd Version: 3.6.16" # upgraded')  # another file at the same path: asked again
+    assert local_etcd.version_of(etcd) == (3, 6, 16) and times_asked() == 2
+    program("exit 1")  # no answer is kept: a program that did not say is asked again next time
+    assert [local_etcd.version_of(etcd), local_etcd.version_of(etcd)] == [None, None]
+    assert times_asked() == 4
+
+
 # --- staging inside the data dir ------------------------------------------------------------------------------
 def target(data_dir: Path) -> RestoreTarget:
     return RestoreTarget(data_dir, "n1", "n1=http://127.0.0.1:2380", "tok", "http://127.0.0.1:2380")

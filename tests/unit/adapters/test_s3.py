@@ -80,9 +80,15 @@ def test_encryption_settings(sse: str, key: str | None) -> None:
 class _Raw:
     def __init__(self, body: bytes) -> None:
         self._body = body
+        self._left = body
 
     def stream(self, **_: Any) -> Any:
         yield self._body
+
+    def read(self, size: int | None = None, **_: Any) -> bytes:  # a streamed body (GetObject)
+        cut = len(self._left) if size is None or size < 0 else size
+        data, self._left = self._left[:cut], self._left[cut:]
+        return data
 
 
 def _headers(request: Any) -> dict[str, str]:
@@ -133,3 +139,44 @@ def test_a_412_answer_to_a_record_write_is_a_lost_race() -> None:
     record = ClusterRecord("g", None, (), None, datetime(2024, 5, 10, tzinfo=timezone.utc))
     with pytest.raises(RecordRaceError, match="another instance wrote it first"):
         store.write_record(record, '"abc"')
+
+
+def test_a_listing_reads_the_manifests_at_once_and_keeps_their_order() -> None:
+    """Each manifest is a round trip of its own: a barrier that only opens with every read in flight shows they are
+    sent together (reads one at a time would time it out), and the snapshots still come newest first, each with
+    the manifest that names it."""
+    import threading
+    from dataclasses import replace
+    from urllib.parse import unquote
+
+    from botocore.awsrequest import AWSResponse
+
+    from etcd_aws_cluster.core import records
+    from tests.unit.core.test_records import snap
+
+    client = offline_client()
+    store = BackupStore(client, "s3://bkt/p", "g", region="us-east-1")
+    infos = [
+        replace(snap(f"{store.snapshot_prefix}2024051{n}T000000000000Z-r{n}-i-0123456789abcdef0.db.zst", n), size=n)
+        for n in range(1, 6)
+    ]
+    manifests = {store.manifest_key(info.key): records.snapshot_to_json(info).encode() for info in infos}
+    listed = "".join(f"<Contents><Key>{i.key}</Key><Size>{i.size}</Size></Contents>" for i in infos)
+    listed += "".join(f"<Contents><Key>{key}</Key><Size>9</Size></Contents>" for key in manifests)
+    gets = threading.Barrier(len(manifests), timeout=10)
+
+    def reply(request: Any, **_: Any) -> AWSResponse:
+        if "list-type=2" in request.url:
+            new_layout = f"prefix={store.snapshot_prefix.replace('/', '%2F')}" in request.url
+            body = (
+                f"<ListBucketResult>{listed if new_layout else ''}<IsTruncated>false</IsTruncated></ListBucketResult>"
+            )
+            return AWSResponse(request.url, 200, {}, _Raw(body.encode()))
+        gets.wait()
+        key = unquote(request.url.split("?")[0].split("/bkt/", 1)[1])
+        body = manifests[key]
+        return AWSResponse(request.url, 200, {"Content-Length": str(len(body))}, _Raw(body))
+
+    client.meta.events.register("before-send.s3.ListObjectsV2", reply)
+    client.meta.events.register("before-send.s3.GetObject", reply)
+    assert store.list_snapshots() == tuple(reversed(infos))
