@@ -1,9 +1,11 @@
 """etcd's client API as the agent uses it, split like etcd's own client: transport (HTTP, TLS, errors), cluster
-(membership) and maintenance (status, snapshots). `EtcdClient` is all three over one session."""
+(membership), maintenance (status, snapshots) and kv (transactions, leases, counts: a replay of deltas). `EtcdClient`
+is all of them over one session."""
 
 from __future__ import annotations
 
 from etcd_aws_cluster.adapters.etcd.cluster import ClusterApi
+from etcd_aws_cluster.adapters.etcd.kv import KvApi
 from etcd_aws_cluster.adapters.etcd.maintenance import MaintenanceApi
 from etcd_aws_cluster.adapters.etcd.transport import MAX_ANSWER_BYTES, EtcdRequestError, Tls
 from etcd_aws_cluster.core.model import EtcdFailure
@@ -11,5 +13,5 @@ from etcd_aws_cluster.core.model import EtcdFailure
 __all__ = ["MAX_ANSWER_BYTES", "EtcdClient", "EtcdFailure", "EtcdRequestError", "Tls"]
 
 
-class EtcdClient(ClusterApi, MaintenanceApi):
-    """Talks to one cluster through any of its members' client URLs (membership, status, snapshots)."""
+class EtcdClient(ClusterApi, MaintenanceApi, KvApi):
+    """Talks to one cluster through any of its members' client URLs (membership, status, snapshots, kv)."""

@@ -1,0 +1,91 @@
+"""etcd's KV and lease API as a replay of deltas uses it: one transaction per revision, leases granted with the ids
+they had, and the live key count at a revision (JSON gateway, v3 only)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64
+from etcd_aws_cluster.core.deltas import Op
+from etcd_aws_cluster.core.model import EtcdFailure
+
+# The whole keyspace: from the empty key's successor "\0" to the end ("\0" as range_end means "every key >= key").
+ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode()}
+LEASE_EXISTS = "lease already exists"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _request(op: Op) -> dict[str, Any]:
+    if op.kind == "delete":
+        return {"request_delete_range": {"key": _b64(op.key)}}
+    put: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
+    if op.lease:
+        put["lease"] = str(op.lease)
+    return {"request_put": put}
+
+
+class KvApi(Transport):
+    """Writes in transactions, leases and key counts (v3 only)."""
+
+    def _kv_call(self, client_url: str, path: str, body: dict[str, Any], timeout: float) -> tuple[str, Any]:
+        """POST a v3 KV/lease call on the first gateway prefix that serves it; (url, answer)."""
+        for prefix in [p for p in self._prefixes if p != "/v2"]:
+            url = f"{client_url}{prefix}/{path}"
+            response = self._call("POST", url, timeout, body)
+            if response.status_code == 404:
+                continue
+            if response.status_code != 200:
+                raise self._error(response, url)
+            answer = self._json(response, url)
+            if not isinstance(answer, dict):
+                raise EtcdRequestError(f"{url} answered something other than an object", failure=EtcdFailure.ANSWER)
+            return url, answer
+        raise EtcdRequestError(f"{client_url} serves no v3 gateway for {path}", failure=EtcdFailure.HTTP, status=404)
+
+    def _revision(self, url: str, answer: dict[str, Any]) -> int:
+        header = answer.get("header")
+        revision = _uint64(header.get("revision")) if isinstance(header, dict) else None
+        if revision is None:
+            raise EtcdRequestError(f"{url} answered without a header revision", failure=EtcdFailure.ANSWER)
+        return revision
+
+    def txn(self, client_url: str, ops: Sequence[Op], timeout: float) -> int:
+        """Apply `ops` (puts with their leases, deletes of single keys) as ONE unconditional transaction; returns the
+        revision etcd's answer names (the new one when the transaction changed anything)."""
+        body = {"success": [_request(op) for op in ops]}
+        url, answer = self._kv_call(client_url, "kv/txn", body, timeout)
+        if answer.get("succeeded") is not True:
+            raise EtcdRequestError(f"{url}: an unconditional transaction did not succeed", failure=EtcdFailure.ANSWER)
+        return self._revision(url, answer)
+
+    def grant_lease(self, client_url: str, lease_id: int, ttl: int, timeout: float) -> bool:
+        """Grant lease `lease_id` with `ttl` seconds; False when a lease of that id exists already."""
+        try:
+            self._kv_call(client_url, "lease/grant", {"ID": str(lease_id), "TTL": str(ttl)}, timeout)
+        except EtcdRequestError as exc:
+            if LEASE_EXISTS in str(exc):
+                return False
+            raise
+        return True
+
+    def count_keys(self, client_url: str, revision: int | None, timeout: float) -> int:
+        """How many keys were live at `revision` (now, when None)."""
+        body: dict[str, Any] = {**ALL_KEYS, "count_only": True}
+        if revision is not None:
+            body["revision"] = str(revision)
+        url, answer = self._kv_call(client_url, "kv/range", body, timeout)
+        count = _uint64(answer.get("count", "0"))
+        if count is None:
+            raise EtcdRequestError(f"{url} answered a malformed count", failure=EtcdFailure.ANSWER)
+        return count
+
+    def revision(self, client_url: str, timeout: float) -> int:
+        """The store's current revision (the header of a count of nothing)."""
+        body = {"key": _b64(b"\0"), "count_only": True}
+        url, answer = self._kv_call(client_url, "kv/range", body, timeout)
+        return self._revision(url, answer)
