@@ -194,7 +194,8 @@ def test_the_throwaway_etcd_is_removed_when_it_cannot_start(tmp_path: Path) -> N
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(hashlib.sha256(b"x").digest() * 100)
     etcd = throwaway_etcd.EtcdBinary(binary, (3, 4, 23))
-    with pytest.raises(AgentError, match="restoring"):
-        with throwaway_etcd.running(garbage, tool, etcd, tmp_path / ".replay-9", ready=lambda u: None, timeout=20):
+    workdir = tmp_path / ".replay-9"
+    with pytest.raises(AgentError, match="restoring"):  # noqa: SIM117 - Python 3.9 has no parenthesized with
+        with throwaway_etcd.running(garbage, tool, etcd, workdir, ready=lambda u: None, timeout=20):
             raise AssertionError("it started from garbage")
     assert not (tmp_path / ".replay-9").exists()
