@@ -251,3 +251,28 @@ def _zstd_errors() -> tuple[type[Exception], ...]:
     except ImportError:  # then nothing can raise its errors
         return ()
     return (zstandard.ZstdError,)
+
+
+def compress(data: bytes) -> bytes:
+    """A small object (a delta) compressed whole, with zstd's own checksum."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(data)
+
+
+def decompress(data: bytes, limit: int, what: str) -> bytes:
+    """`data`, one whole zstd frame that names its size (as `compress` writes it), decompressed; refused
+    (CorruptSnapshotError) when it is not that, or would be more than `limit` bytes."""
+    import zstandard
+
+    try:
+        size = zstandard.frame_content_size(data)
+        if not 0 <= size <= limit:
+            raise CorruptSnapshotError(f"{what} does not name a size of at most {limit} bytes")
+        decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+        out = decompressor.decompress(data)
+        if not decompressor.eof or decompressor.unused_data or len(out) != size:
+            raise CorruptSnapshotError(f"{what} is not one whole zstd frame of {size} bytes")
+    except zstandard.ZstdError as exc:
+        raise CorruptSnapshotError(f"{what} does not decompress ({exc})") from None
+    return out

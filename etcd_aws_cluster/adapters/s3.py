@@ -6,7 +6,11 @@ path, so that same-named ASGs of two regions sharing a bucket never meet:
     <prefix>/<region>/<asg>/cluster.json                                  the cluster record
     <prefix>/<region>/<asg>/snapshots/<UTC stamp>-r<revision>-<instance>.db.zst  a snapshot, zstd-compressed
     <prefix>/<region>/<asg>/snapshots/<same name>.json                   its manifest, written last
+    <prefix>/<region>/<asg>/snapshots/<same name>.verification           what a restore drill of it found
+    <prefix>/<region>/<asg>/last-verification.json                       the newest drill's, for `status`
     <prefix>/<region>/<asg>/handoff/<instance id>.json                   a survivor's hand-off (recovery.py)
+    <prefix>/<region>/<asg>/deltas/<lineage>/r<first>-r<last>-<UTC stamp>-<instance>-<sha256>.jsonl.zst
+                                                                          revisions after a snapshot (deltas.py)
     <prefix>/<region>/<asg>/layout-v2                                    written when the record is created
 
 The layout of agents before the region (`<prefix>/<asg>/...`) is still read: its record while neither the new key
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -46,13 +51,22 @@ from urllib.parse import quote
 
 from etcd_aws_cluster.adapters import multipart
 from etcd_aws_cluster.adapters.aws import NoAnswerError, bounded, make_client
-from etcd_aws_cluster.adapters.compression import ZSTD, CorruptSnapshotError, SnapshotReader, Stream, copy_out
+from etcd_aws_cluster.adapters.compression import (
+    ZSTD,
+    CorruptSnapshotError,
+    SnapshotReader,
+    Stream,
+    compress,
+    copy_out,
+    decompress,
+)
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, ConfigError, RecordRaceError, UnsafeError
-from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.codec import MAX_DOCUMENT_BYTES
-from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaInfo
+from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotInfo, SnapshotMeta, Verification
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -76,6 +90,8 @@ SSE_MODES = ("AES256", "aws:kms")
 # How new snapshots are stored (compression.py); the suffix of each way a snapshot object may be stored.
 COMPRESSION = ZSTD
 SUFFIXES = {None: ".db", ZSTD: ".db.zst"}
+# The most a delta may hold once decompressed (backup_delta_max_bytes is at most a quarter of it).
+MAX_DELTA_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,8 @@ class BackupStore:
         self.snapshot_prefix = f"{self.base}/snapshots/"
         self.record_key = f"{self.base}/cluster.json"
         self.handoff_prefix = f"{self.base}/handoff/"
+        self.delta_prefix = f"{self.base}/deltas/"
+        self.last_verification_key = f"{self.base}/last-verification.json"
         # The layout before the region: read, never written
         self.legacy_snapshot_prefix = f"{top}{group}/snapshots/"
         self.legacy_record_key = f"{top}{group}/cluster.json"
@@ -246,6 +264,10 @@ class BackupStore:
     @staticmethod
     def manifest_key(snapshot_key: str) -> str:
         return _stem(snapshot_key) + ".json"
+
+    @staticmethod
+    def verification_key(snapshot_key: str) -> str:
+        return _stem(snapshot_key) + ".verification"
 
     # -- snapshots ------------------------------------------------------------------------------------------
 
@@ -364,22 +386,27 @@ class BackupStore:
             temp.unlink(missing_ok=True)
 
     def delete(self, infos: Iterable[SnapshotInfo]) -> None:
-        """Delete snapshots: manifests first, so a half-done delete leaves nothing listed that is gone."""
+        """Delete snapshots: manifests first, so a half-done delete leaves nothing listed that is gone; then their
+        objects and drills' results."""
         keys = [info.key for info in infos]
         for batch in (
             [self.manifest_key(k) for k in keys],
             keys,
+            [self.verification_key(k) for k in keys],  # deleting a key that does not exist is no error
         ):
-            for start in range(0, len(batch), 1000):
-                self._delete_keys(batch[start : start + 1000])
+            self._delete_keys(batch, (self.snapshot_prefix, self.legacy_snapshot_prefix))
 
-    def _delete_keys(self, keys: list[str]) -> None:
+    def _delete_keys(self, keys: list[str], allowed: tuple[str, ...]) -> None:
+        if any(not k.startswith(allowed) for k in keys):
+            raise UnsafeError(f"refusing to delete objects outside {self.where(allowed[0])}")
+        for start in range(0, len(keys), 1000):
+            self._delete_batch(keys[start : start + 1000], allowed[0])
+
+    def _delete_batch(self, keys: list[str], under: str) -> None:
         if not keys:
             return
-        if any(not k.startswith((self.snapshot_prefix, self.legacy_snapshot_prefix)) for k in keys):
-            raise UnsafeError(f"refusing to delete objects outside {self.where(self.snapshot_prefix)}")
         answer = self._call(
-            f"deleting {len(keys)} objects under {self.where(self.snapshot_prefix)}",
+            f"deleting {len(keys)} objects under {self.where(under)}",
             lambda: self._s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
             ),
@@ -392,6 +419,101 @@ class BackupStore:
                 f"{validate.shown(first.get('Message', ''), 200)} ({len(errors)} failed)"
             )
 
+    # -- deltas ---------------------------------------------------------------------------------------------
+
+    def put_delta(self, delta: Delta) -> DeltaInfo:
+        """Upload a delta (one PutObject: it is whole or absent); returns what its listing will say."""
+        stored = compress(deltas.encode(delta))
+        digest = hashlib.sha256(stored).hexdigest()
+        name = deltas.delta_name(delta.header, delta.last_at, digest)
+        key = f"{self.delta_prefix}{deltas.lineage_dir(delta.header.lineage)}/{name}"
+        self._put(key, stored, content_type="application/zstd")
+        info = deltas.parse_delta_key(key, key[len(self.delta_prefix) :], len(stored), self.where(key))
+        if info is None:
+            raise UnsafeError(f"{self.where(key)} is not a delta key this agent reads back")
+        return info
+
+    def list_deltas(self) -> tuple[DeltaInfo, ...]:
+        """Every delta of every lineage, by (lineage, first, last); an object under the deltas prefix that is not
+        one of ours is skipped, loudly."""
+        prefix = self.delta_prefix
+
+        def listed() -> list[tuple[str, int]]:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [
+                (str(item.get("Key")), int(item.get("Size", -1))) for page in pages for item in page.get("Contents", [])
+            ]
+
+        found = []
+        for key, size in self._call(f"listing {self.where(prefix)}", listed):
+            info = deltas.parse_delta_key(key, key[len(prefix) :], size, self.where(prefix))
+            if info is None:
+                log.warning("skipping %s: not a delta of this agent", self.where(validate.shown(key, 300)))
+                continue
+            found.append(info)
+        return tuple(sorted(found, key=lambda d: (str(d.lineage), d.first, d.last, d.key)))
+
+    def read_delta(self, info: DeltaInfo) -> Delta:
+        """A delta, its stored bytes checked against the sha256 and size its key and listing name; DamagedDeltaError
+        when anything does not hold."""
+        from botocore.exceptions import ClientError
+
+        where = self.where(info.key)
+
+        def read() -> bytes | None:
+            try:
+                body = self._s3.get_object(Bucket=self.bucket, Key=info.key)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            try:
+                data: bytes = body.read(info.size + 1)
+            finally:
+                body.close()
+            return data
+
+        stored = self._call(f"reading {where}", read)
+        if stored is None:
+            raise DamagedDeltaError(f"delta {where} is gone (deleted since it was listed?)")
+        if len(stored) != info.size or hashlib.sha256(stored).hexdigest() != info.sha256:
+            raise DamagedDeltaError(f"delta {where} is damaged: its bytes do not match the sha256 in its name")
+        try:
+            delta = deltas.decode(decompress(stored, MAX_DELTA_BYTES, f"delta {where}"), where)
+        except CorruptSnapshotError as exc:
+            raise DamagedDeltaError(str(exc)) from None
+        header = delta.header
+        if (header.lineage, header.first, header.last, header.instance) != (
+            info.lineage,
+            info.first,
+            info.last,
+            info.instance,
+        ):
+            raise DamagedDeltaError(f"delta {where} is damaged: its header is not the one its name says")
+        return delta
+
+    def delete_deltas(self, infos: Iterable[DeltaInfo]) -> None:
+        self._delete_keys([info.key for info in infos], (self.delta_prefix,))
+
+    # -- restore drills -------------------------------------------------------------------------------------
+
+    def write_verification(self, verification: Verification) -> None:
+        """A drill's result, beside its snapshot and as the group's last one (what `status` reads)."""
+        text = records.verification_to_json(verification)
+        self._put(self.verification_key(verification.snapshot), text)
+        self._put(self.last_verification_key, text)
+
+    def read_last_verification(self) -> Verification | None:
+        """The newest drill's result; None when no drill ran (or its result is not one, loudly)."""
+        text = self._get(self.last_verification_key)
+        if text is None:
+            return None
+        try:
+            return records.verification_from_json(text, self.where(self.last_verification_key))
+        except UnsafeError as exc:
+            log.warning("ignoring the last drill's result: %s", exc)
+            return None
+
     # -- the cluster record ---------------------------------------------------------------------------------
 
     def read_record(self) -> ClusterRecord | None:
@@ -403,11 +525,15 @@ class BackupStore:
 
         The ETag is of the new layout's key: a record found only under the old layout is created anew there."""
         found = self._get_tagged(self.record_key)
-        key, etag = self.record_key, None if found is None else self._etag(found[1])
-        if found is None and self._get(self.layout_marker_key) is None:
-            key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
-            if found is not None:
-                log.info("cluster record: reading %s (the layout before the region)", self.where(key))
+        key = self.record_key
+        if found is None:
+            if self._get(self.layout_marker_key) is None:
+                key, found = self.legacy_record_key, self._get_tagged(self.legacy_record_key)
+                if found is not None:
+                    log.info("cluster record: reading %s (the layout before the region)", self.where(key))
+            else:  # the marker is written after the record: a writer came between the two reads
+                found = self._get_tagged(self.record_key)
+        etag = None if found is None or key != self.record_key else self._etag(found[1])
         if found is None:
             return None, None
         record = records.record_from_json(found[0], self.where(key))
@@ -461,15 +587,22 @@ class BackupStore:
 
     # -- small objects --------------------------------------------------------------------------------------
 
-    def _put(self, key: str, text: str, condition: dict[str, str] | None = None) -> object:
+    def _put(
+        self,
+        key: str,
+        body: str | bytes,
+        condition: dict[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> object:
         """Write a small object (under `condition`: If-Match / If-None-Match headers); returns its ETag."""
         from botocore.exceptions import ClientError
 
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
-            "Body": text.encode(),
-            "ContentType": "application/json",
+            "Body": body.encode() if isinstance(body, str) else body,
+            "ContentType": content_type,
             **self._encryption,
         }
         if condition:

@@ -25,8 +25,7 @@ from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.app.replay import Point, Progress, Replayer
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
-from etcd_aws_cluster.core import deltas as core_deltas
-from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta, format_time
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
 
@@ -213,14 +212,25 @@ class Backups:
         return (self.ctx.now() - info.taken_at).total_seconds()
 
     def prune(self) -> tuple[SnapshotInfo, ...]:
-        """Delete what the retention settings do not keep (our own snapshots only); returns what went."""
+        """Delete what the retention settings do not keep (our own snapshots only), and the deltas that no kept
+        snapshot needs (deltas.retention); returns the snapshots that went."""
         settings = self.ctx.settings
+        snapshots = self.store.list_snapshots()
         doomed = records.retention(
-            self.store.list_snapshots(), self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
+            snapshots, self.ctx.now(), settings.backup_keep_last, settings.backup_keep_daily_days
         )
         if doomed:
             self.store.delete(doomed)
             log.info("retention: deleted %d snapshots: %s", len(doomed), ", ".join(i.key for i in doomed))
+        unneeded = deltas.retention(snapshots, doomed, self.store.list_deltas())
+        if unneeded:
+            self.store.delete_deltas(unneeded)
+            log.info(
+                "retention: deleted %d deltas no kept snapshot needs (revisions %d..%d)",
+                len(unneeded),
+                min(d.first for d in unneeded),
+                max(d.last for d in unneeded),
+            )
         return doomed
 
     # --- around a membership change ---------------------------------------------------------------------
@@ -384,14 +394,14 @@ class Backups:
         candidates: tuple[SnapshotInfo, ...],
         initial: tuple[tuple[str, str], ...],
         *,
-        deltas: bool = True,
+        apply_deltas: bool = True,
         point: Point | None = None,
     ) -> Restored:
         """Restore the first of `candidates` whose checksum and db hold into the data dir, as this instance's
         member of a new cluster of `initial`. Everything that can be checked is checked before the data dir is
         touched; everything written on the way stays inside it (scratch.py).
 
-        With `deltas`, the deltas of the snapshot's lineage after it are applied first (app/replay.py) and the
+        With `apply_deltas`, the deltas of the snapshot's lineage after it are applied first (app/replay.py) and the
         result, uploaded as a snapshot of the same lineage, is what is restored and what the record names, so
         every other instance restores the same bytes; when that fails the snapshot alone is restored, loudly.
         With a `point`, the deltas up to it are applied and the result is uploaded as a NEW lineage (a fork), and
@@ -416,7 +426,7 @@ class Backups:
             try:
                 self.store.download(info, download)
                 done = Restored(info, info)
-                if deltas or point is not None:
+                if apply_deltas or point is not None:
                     done = self._apply_deltas(tool, download, replayed, info, point)
                 source = download if done.info is info else replayed
                 # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
@@ -488,7 +498,7 @@ class Backups:
     ) -> Restored:
         ctx = self.ctx
         where = self.store.where(info.key)
-        found = core_deltas.chain(info.revision, self.store.list_deltas(), info.lineage)
+        found = deltas.chain(info.revision, self.store.list_deltas(), info.lineage)
         if found.gap_after is not None:
             log.warning(
                 "restore: the deltas of lineage %s stop at revision %d: no delta holds the revision after it, the "
@@ -497,7 +507,7 @@ class Backups:
                 found.gap_after,
             )
         if point is not None:
-            found = core_deltas.until(found, revision=point.revision, at=point.at)
+            found = deltas.until(found, revision=point.revision, at=point.at)
         if not found.deltas and point is None:
             return Restored(info, info)
         check_db(tool, download, info, where)  # a corrupt snapshot goes to the next candidate before any replay
@@ -602,9 +612,9 @@ class Restored:
 
     def summary(self) -> str:
         """The recovery point, for the log and the command's output."""
-        deltas = self.progress.deltas if self.progress is not None else 0
+        count = self.progress.deltas if self.progress is not None else 0
         text = (
-            f"snapshot {self.base.key} + {deltas} deltas up to revision {self.revision} ({format_time(self.at)}): "
+            f"snapshot {self.base.key} + {count} deltas up to revision {self.revision} ({format_time(self.at)}): "
             "the recovery point"
         )
         if self.info.key != self.base.key:

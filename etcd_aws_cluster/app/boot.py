@@ -161,7 +161,7 @@ class Runner:
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
         started = self.ctx.deadline.elapsed()
         deltas = recovery.applies_deltas(facts.record, plan.restore[0])
-        restored = backups.restore(plan.restore, plan.initial_cluster, deltas=deltas)
+        restored = backups.restore(plan.restore, plan.initial_cluster, apply_deltas=deltas)
         info = restored.info
         self.ctx.metrics.restored(info.revision, self.ctx.deadline.elapsed() - started, self.ctx.now().timestamp())
         replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)

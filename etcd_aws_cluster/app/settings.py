@@ -129,6 +129,19 @@ class Settings(BaseSettings):
         14, ge=0, le=3650, description="backups: also keep the newest snapshot of each of the last D days (UTC)"
     )
     backup_interval: float = Field(3600.0, ge=60, le=604800, description="backups: seconds between scheduled snapshots")
+    backup_delta_interval: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="backups: `backup --follow` uploads the revisions of the last N seconds as a delta (the recovery "
+        "point between full snapshots)",
+    )
+    backup_delta_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="backups: `backup --follow` uploads a delta sooner once this many bytes of revisions are pending",
+    )
     etcdutl: Optional[Path] = Field(  # noqa: UP045
         None,
         description="restore tool: path to etcdutl (or etcdctl on etcd 3.4), never one older than etcd; empty: the "

@@ -182,7 +182,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if existing is not None:
             log.warning("restore: moved this node's etcd data %s to %s", existing, move_aside(existing, ctx.now()))
         started = ctx.deadline.elapsed()
-        restored = backups.restore(candidates, initial, deltas=key is None, point=point)
+        restored = backups.restore(candidates, initial, apply_deltas=key is None, point=point)
         info = restored.info
         ctx.metrics.restored(info.revision, ctx.deadline.elapsed() - started, ctx.now().timestamp())
         try:

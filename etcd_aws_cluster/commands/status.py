@@ -17,12 +17,13 @@ from dataclasses import replace
 
 from etcd_aws_cluster.adapters import restore_tool
 from etcd_aws_cluster.app import metrics
-from etcd_aws_cluster.app.backups import utc_age
+from etcd_aws_cluster.app.backups import Backups, utc_age
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import AgentError
-from etcd_aws_cluster.core import status, view
+from etcd_aws_cluster.core import deltas, status, view
 from etcd_aws_cluster.core.lifecycle import WAIT_TRANSITIONS, Hook
 from etcd_aws_cluster.core.model import AsgView, EndpointStatus
+from etcd_aws_cluster.core.records import SnapshotInfo
 from etcd_aws_cluster.core.view import ClusterView, url_host
 
 log = logging.getLogger(__name__)
@@ -49,25 +50,58 @@ def _outside_probes(ctx: Context, first: ClusterView, pool: concurrent.futures.E
     return view.build(first.asg, (*first.probes, *probes), first.endpoints)
 
 
-def backups_line(ctx: Context, group: str) -> str:
-    """What protects the data: the newest snapshot under backup_url, or that nothing does."""
+def backups_lines(ctx: Context, group: str) -> tuple[str, tuple[str, ...]]:
+    """What protects the data: the newest snapshot under backup_url, or that nothing does; and the recovery point
+    and last drill (recovery_lines)."""
     backups = ctx.backups(group)
     if backups is None:
-        return "backups: off (backup_url is not set): nothing restores the data if every member is lost"
+        return "backups: off (backup_url is not set): nothing restores the data if every member is lost", ()
     where = backups.store.where(backups.store.snapshot_prefix)
     try:
         newest = backups.newest()
         others = 0 if newest is not None else len(backups.store.list_snapshots())  # of other lineages then
     except AgentError as exc:
-        return f"backups: cannot list {where}: {exc}"
+        return f"backups: cannot list {where}: {exc}", ()
     if newest is None:
         if others:
             return (
                 f"backups: none yet of the record's lineage under {where}; {others} of other lineages (restore --list)"
-            )
-        return f"backups: none yet under {where}"
+            ), ()
+        return f"backups: none yet under {where}", ()
     age = utc_age(ctx.now(), newest.taken_at)
-    return f"backups: newest {backups.store.where(newest.key)}, {age} old, revision {newest.revision}"
+    line = f"backups: newest {backups.store.where(newest.key)}, {age} old, revision {newest.revision}"
+    return line, recovery_lines(ctx, backups, newest)
+
+
+def recovery_lines(ctx: Context, backups: Backups, newest: SnapshotInfo) -> tuple[str, ...]:
+    """How far the newest snapshot's deltas reach (the recovery point now), and the last drill's result."""
+    lines = []
+    try:
+        reach = deltas.chain(newest.revision, backups.store.list_deltas(), newest.lineage)
+        drill = backups.store.read_last_verification()
+    except AgentError as exc:
+        return (f"recovery point: cannot list the deltas: {exc}",)
+    if reach.deltas and reach.last_at is not None:
+        gap = (
+            f"; a gap after revision {reach.gap_after} (the deltas beyond it are unreachable)"
+            if reach.gap_after
+            else ""
+        )
+        lines.append(
+            f"recovery point: revision {reach.last} ({utc_age(ctx.now(), reach.last_at)} ago) through "
+            f"{len(reach.deltas)} deltas after the newest snapshot{gap}"
+        )
+    else:
+        lines.append("recovery point: the newest snapshot (no deltas after it: is `backup --follow` running?)")
+    if drill is None:
+        lines.append("restore drill: none yet (`backup --verify`)")
+    else:
+        verdict = "passed" if drill.ok else "FAILED"
+        lines.append(
+            f"restore drill: {verdict} {utc_age(ctx.now(), drill.verified_at)} ago, last verified recovery point "
+            f"revision {drill.revision} ({utc_age(ctx.now(), drill.recovered_at)} old): {drill.verdict}"
+        )
+    return tuple(lines)
 
 
 def restores_line(ctx: Context) -> str:
@@ -116,7 +150,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     # a client of the cluster (proxy_asg) shows the cluster it uses
     group = settings.asg_name or getattr(settings, "proxy_asg", None) or ctx.asg_name
-    report = replace(collect(ctx, str(group)), backups=backups_line(ctx, str(group)), restores=restores_line(ctx))
+    backups, recovery = backups_lines(ctx, str(group))
+    report = replace(collect(ctx, str(group)), backups=backups, recovery=recovery, restores=restores_line(ctx))
     if getattr(args, "json", False):
         data = status.to_json(report)
         data["metrics"] = metrics.recorded(settings)  # what the other commands last recorded on this host

@@ -106,9 +106,10 @@ class Document(Generic[D]):
             raise UnsafeError(f"refusing {source}: not valid JSON") from None
         if not isinstance(data, dict) or data.get("format") != self.format:
             raise UnsafeError(f"refusing {source}: not an {self.format} document")
-        if data.get("version") != FORMAT_VERSION:
+        version = data.get("version")
+        if isinstance(version, bool) or version != FORMAT_VERSION:  # JSON true is not version 1
             raise UnsafeError(
-                f"refusing {source}: {self.format} version {validate.shown(data.get('version'))} is not "
+                f"refusing {source}: {self.format} version {validate.shown(version)} is not "
                 f"{FORMAT_VERSION} (written by a newer agent? upgrade this one)"
             )
         return data

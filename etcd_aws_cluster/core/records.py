@@ -21,6 +21,9 @@ from etcd_aws_cluster.core.codec import Codec, Document, Field, refuse
 SNAPSHOT_FORMAT = "etcd-aws-cluster/snapshot"
 RECORD_FORMAT = "etcd-aws-cluster/cluster-record"
 HANDOFF_FORMAT = "etcd-aws-cluster/handoff"
+VERIFICATION_FORMAT = "etcd-aws-cluster/verification"
+# What a drill says in words: printable ASCII, bounded (it reaches `status` and the logs).
+VERDICT_TEXT = re.compile(r"[ -~]{0,1000}")
 
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -176,6 +179,27 @@ class Handoff:
     @property
     def has_data(self) -> bool:
         return self.revision is not None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a restore drill (`backup --verify`) found: the snapshot it restored, the revision and time its deltas
+    carried it to (the recovery point it proved), and whether every check held."""
+
+    snapshot: str  # the key of the snapshot restored
+    verified_at: datetime
+    ok: bool
+    revision: int  # the newest revision restored
+    recovered_at: datetime  # the time of that revision (the snapshot's, or its newest delta revision's)
+    deltas: int  # how many deltas were applied
+    keys: int | None  # the live key count found at `revision`
+    verdict: str  # the checks, or why the drill failed, in words
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verified_at", _utc(self.verified_at, "verified_at"))
+        object.__setattr__(self, "recovered_at", _utc(self.recovered_at, "recovered_at"))
+        if not VERDICT_TEXT.fullmatch(self.verdict):
+            object.__setattr__(self, "verdict", validate.shown(self.verdict, 900).encode("ascii", "replace").decode())
 
 
 # -- JSON -----------------------------------------------------------------------------------------------------
@@ -351,6 +375,30 @@ HANDOFF = Document(
     Handoff,
     _handoff_data,
 )
+
+
+VERIFICATION = Document(
+    VERIFICATION_FORMAT,
+    (
+        Field("snapshot", OBJECT_KEY_TEXT),
+        Field("verified_at", TIME),
+        Field("ok", _flag("ok flag")),
+        Field("revision", REVISION),
+        Field("recovered_at", TIME),
+        Field("deltas", _number("delta count", upper=2**32)),
+        Field("keys", _number("key count"), nullable=True),
+        Field("verdict", _text(VERDICT_TEXT, "verdict")),
+    ),
+    Verification,
+)
+
+
+def verification_to_json(verification: Verification) -> str:
+    return VERIFICATION.write(verification)
+
+
+def verification_from_json(text: str | bytes, source: str) -> Verification:
+    return VERIFICATION.read(text, source)
 
 
 def snapshot_to_json(info: SnapshotInfo) -> str:

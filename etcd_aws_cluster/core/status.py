@@ -52,6 +52,7 @@ class Report:
     leader: int | None  # the leader's member id; 0: members answer but know no leader; None: unknown
     cluster_ids: tuple[int, ...]
     backups: str = ""  # what protects the data (backup_url, the newest snapshot), one line
+    recovery: tuple[str, ...] = ()  # the recovery point the deltas reach, and the last restore drill's result
     restores: str = ""  # what a restore on this host cannot do (bump revisions) or why it would refuse, one line
 
     @property
@@ -235,7 +236,7 @@ def render_text(report: Report, *, colour: bool = False) -> str:
         verdict = VERDICT_COLOUR[report.verdict] + verdict + RESET
     lines += ["", verdict]
     lines += [f"  - {reason}" for reason in report.reasons]
-    lines += [line for line in (report.backups, report.restores) if line]
+    lines += [line for line in (report.backups, *(f"  {r}" for r in report.recovery), report.restores) if line]
     return "\n".join(lines) + "\n"
 
 
@@ -253,6 +254,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "leader": None if report.leader is None else f"{report.leader:x}",  # "0": no leader
         "cluster_ids": [f"{c:x}" for c in report.cluster_ids],
         "backups": report.backups,
+        "recovery": list(report.recovery),
         "restores": report.restores,
         "rows": [
             {

@@ -25,6 +25,7 @@ from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
+from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaHeader, Op, Revision
 from etcd_aws_cluster.core.model import AsgView, Endpoints
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.core.view import ClusterView
@@ -225,6 +226,34 @@ def test_delete_removes_snapshots_and_manifests_only(s3: S3Client, store: Backup
     assert keys == sorted(["backups/unrelated.db", infos[2].key, store.manifest_key(infos[2].key)])
 
 
+def test_deltas_round_trip_are_listed_from_their_names_and_a_damaged_one_is_refused(
+    s3: S3Client, store: BackupStore
+) -> None:
+    lineage = "20240510T120000Z-0a1b2c3d"
+    revisions = tuple(
+        Revision(r, NOW + timedelta(seconds=r), (Op("put", f"/k/{r}".encode(), b"v" * 1000, 0),)) for r in (5, 6, 8)
+    )
+    delta = Delta(DeltaHeader(lineage, 0xABC, 5, 9, INSTANCE), revisions, keys=3)
+    info = store.put_delta(delta)
+    assert info.key.startswith(f"backups/eu-west-1/etcd%20prod%2Feu/deltas/{lineage}/r00000000000000000005-r")
+    assert (info.first, info.last, info.last_at, info.lineage) == (5, 9, NOW + timedelta(seconds=8), lineage)
+    stored = s3.get_object(Bucket=BUCKET, Key=info.key)["Body"].read()
+    assert info.size == len(stored) < 1000  # compressed
+    legacy = store.put_delta(
+        Delta(DeltaHeader(None, 0xABC, 1, 1, INSTANCE), revisions[:0] + (replace(revisions[0], revision=1),))
+    )
+    s3.put_object(Bucket=BUCKET, Key=store.delta_prefix + f"{lineage}/stray.txt", Body=b"x")
+    assert store.list_deltas() == (info, legacy)
+    assert store.read_delta(info) == delta
+    s3.put_object(Bucket=BUCKET, Key=info.key, Body=stored[:-1] + bytes([stored[-1] ^ 1]))
+    with pytest.raises(DamagedDeltaError, match="sha256"):
+        store.read_delta(info)
+    store.delete_deltas([info, legacy])
+    assert store.list_deltas() == ()
+    with pytest.raises(UnsafeError, match="outside"):
+        store.delete_deltas([replace(info, key=store.snapshot_prefix + "x.db.zst")])
+
+
 def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) -> None:
     assert store.read_record() is None
     record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
@@ -235,6 +264,25 @@ def test_record_round_trip_and_foreign_record(s3: S3Client, store: BackupStore) 
     s3.put_object(Bucket=BUCKET, Key=store.record_key, Body=b'{"format": "etcd-aws-cluster/cluster-record"}')
     with pytest.raises(UnsafeError, match="version"):
         store.read_record()
+
+
+def test_a_record_created_between_the_record_read_and_the_marker_read_is_seen(s3: S3Client, store: BackupStore) -> None:
+    record = ClusterRecord(ASG, 0xABC, ((INSTANCE, "http://10.0.0.1:2380"),), None, NOW)
+    writer = BackupStore(s3, store.url, ASG, region=REGION)
+    written: list[str] = []
+
+    def write_first(params: dict[str, object], **_: object) -> None:
+        if params.get("Key") == store.layout_marker_key and not written:
+            written.append("record")
+            writer.write_record(record, None)  # the record, then the marker: both before this marker read
+
+    s3.meta.events.register("before-parameter-build.s3.GetObject", write_first)
+    try:
+        found, etag = store.read_record_tagged()
+    finally:
+        s3.meta.events.unregister("before-parameter-build.s3.GetObject", write_first)
+    assert written == ["record"]
+    assert found == record and etag is not None
 
 
 def test_handoffs_are_read_per_instance_and_a_bad_one_reads_as_missing(s3: S3Client, store: BackupStore) -> None:

@@ -80,6 +80,7 @@ def test_a_derived_field_is_checked_but_not_passed_to_the_constructor() -> None:
         ({"author": ...}, r"missing fields \['author'\]"),  # nullable is not optional
         ({"format": "test/other"}, "not an test/note document"),
         ({"version": 2}, "version '2' is not 1"),
+        ({"version": True}, "version 'True' is not 1"),  # JSON true equals 1 in Python, and is still no version
     ],
 )
 def test_anything_off_the_table_is_refused(change: dict[str, object], message: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from etcd_aws_cluster.base.errors import UnsafeError
+from etcd_aws_cluster.core import records
 from etcd_aws_cluster.core.records import (
     LINEAGE,
     Checksum,
@@ -475,3 +476,14 @@ def test_a_stored_text_reads_back_to_its_value_and_is_written_again_byte_for_byt
     assert read(text, "stored") == STORED[name]
     assert write(STORED[name]) == text
     assert write(read(text, "stored")) == text
+
+
+def test_a_drills_result_round_trips_and_its_words_stay_printable() -> None:
+    at = datetime(2026, 12, 7, 10, 0, 0, tzinfo=timezone.utc)
+    result = records.Verification("p/s/x.db.zst", at, True, 42, at, 3, 7, "revision 42, 7 keys, hash 12ab")
+    assert records.verification_from_json(records.verification_to_json(result), "test") == result
+    odd = records.Verification("p/s/x.db.zst", at, False, 1, at, 0, None, "etcd said \x1b[31mred\nline")
+    assert records.VERDICT_TEXT.fullmatch(odd.verdict)
+    assert records.verification_from_json(records.verification_to_json(odd), "test") == odd
+    with pytest.raises(UnsafeError):
+        records.verification_from_json(records.verification_to_json(result).replace('"ok": true', '"ok": 1'), "t")

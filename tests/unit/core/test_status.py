@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -288,3 +289,17 @@ def test_an_instance_held_by_a_lifecycle_hook_shows_the_hook_beside_its_state() 
     # Without the hooks (they could not be read) the state stands alone.
     plain = build(group, [up(0, members), up(1, members), up(2, members)])
     assert [r.hook for r in plain.rows] == [None, None, None] and "Pending:Wait " in render_text(plain)
+
+
+def test_the_recovery_point_and_the_last_drill_follow_the_backups_line() -> None:
+    report = build(
+        asg(inst(0), inst(1), inst(2)),
+        [up(0, THREE), up(1, THREE), up(2, THREE)],
+        [leads(0), leads(1), leads(2)],
+    )
+    recovery = ("recovery point: revision 42 (9s ago) through 3 deltas", "restore drill: passed 1h ago")
+    report = dataclasses.replace(report, backups="backups: newest s3://b/k, 5m old", recovery=recovery)
+    text = render_text(report, colour=False)
+    assert "backups: newest s3://b/k, 5m old\n  recovery point: revision 42 (9s ago)" in text
+    assert "\n  restore drill: passed 1h ago\n" in text
+    assert to_json(report)["recovery"] == list(recovery)
