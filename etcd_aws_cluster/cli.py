@@ -67,7 +67,8 @@ COMMANDS = {
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
     "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run)",
-    "restore": "list the snapshots under backup_url (--list), or restore one on this instance (every instance)",
+    "restore": "list the snapshots and restorable ranges under backup_url (--list), or restore one (and its deltas, "
+    "or to a point in time: --at, --revision) on this instance (every instance)",
 }
 
 
@@ -186,7 +187,9 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
 
 def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--list", action="store_true", help="list the snapshots by lineage, newest first; change nothing"
+        "--list",
+        action="store_true",
+        help="list the snapshots by lineage, newest first, and each lineage's restorable range; change nothing",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(

@@ -416,19 +416,21 @@ class Backups:
         for info in candidates:
             needed = 2 * info.db_bytes + RESTORE_HEADROOM
             scratch.ensure_free(data_dir, needed, f"restoring {self.store.where(info.key)}")
-            target = restore_tool.RestoreTarget(
-                data_dir,
-                ctx.me.instance_id,
-                render_initial_cluster(initial),
-                restore_token(info),
-                ctx.endpoints.peer_url(ctx.me.private_ip),
-            )
             try:
                 self.store.download(info, download)
                 done = Restored(info, info)
                 if apply_deltas or point is not None:
                     done = self._apply_deltas(tool, download, replayed, info, point)
                 source = download if done.info is info else replayed
+                # The token, like everything of the new cluster, comes from the snapshot the record names (the
+                # one uploaded with the deltas applied): an instance that follows the record gets the same.
+                target = restore_tool.RestoreTarget(
+                    data_dir,
+                    ctx.me.instance_id,
+                    render_initial_cluster(initial),
+                    restore_token(done.info),
+                    ctx.endpoints.peer_url(ctx.me.private_ip),
+                )
                 # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
                 # dir: the data dir gets nothing unless it passed. A member's raw db (a survivor's upload) has no
                 # sha256 trailer; its manifest says so.

@@ -129,10 +129,14 @@ def apply(
                     f"replaying revision {revision.revision} of {info.key}, etcd made revision {got}: the copy no "
                     "longer follows the history (a lease that expired in it?)"
                 )
-            progress = replace(progress, revision=got, at=revision.at, revisions=progress.revisions + 1, keys=None)
-        if fresh:
-            whole = progress.revision == delta.header.last
-            progress = replace(progress, deltas=progress.deltas + 1, keys=delta.keys if whole else None)
+            progress = replace(
+                progress,
+                revision=got,
+                at=revision.at,
+                revisions=progress.revisions + 1,
+                deltas=progress.deltas + 1 if revision is fresh[0] else progress.deltas,
+                keys=delta.keys if got == delta.header.last else None,  # counted at the delta's end
+            )
     return progress
 
 
