@@ -203,7 +203,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def _report(ctx: Context, restored: Restored, point: Point | None) -> str:
     info = restored.info
-    lines = [f"restored {restored.summary()}", f"into {restore_data_dir(ctx)}; wrote {ctx.settings.output}."]
+    lines = [
+        f"restored {info.key} (revision {info.revision}) into {restore_data_dir(ctx)}; wrote {ctx.settings.output}.",
+        f"{restored.summary()}.",
+    ]
     if point is not None:
         lines.append(
             f"The point asked was {point}; the restored data is a new lineage "
