@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etcd_aws_cluster.adapters import restore_tool, scratch, snapshot_save, throwaway_etcd
 from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
@@ -28,6 +29,9 @@ from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
 from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta, format_time
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 # Room a restore needs beyond twice the snapshot (the download and the restored db): etcd preallocates its first
@@ -520,7 +524,7 @@ class Backups:
             data_dir = download.parent
             scratch.ensure_free(data_dir, 2 * info.db_bytes + RESTORE_HEADROOM, f"applying deltas to {where}")
             replayer = Replayer(
-                client=EtcdClient(ctx.session, Tls(), "v3"),
+                client=EtcdClient(loopback_session(), Tls(), "v3"),
                 tool=tool,
                 etcd=throwaway_etcd.find_etcd(tool, info.etcd_version, ctx.environ),
                 etcdctl=snapshot_save.find_etcdctl(ctx.settings.etcdutl, ctx.environ),
@@ -626,6 +630,15 @@ class Restored:
         if self.failed is not None:
             text += f"; the deltas could NOT be applied: {self.failed}"
         return text
+
+
+def loopback_session() -> requests.Session:
+    """A session for the throwaway etcd on 127.0.0.1: no proxy from the environment may carry its calls."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, where: str) -> None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -199,3 +203,69 @@ def test_the_throwaway_etcd_is_removed_when_it_cannot_start(tmp_path: Path) -> N
         with throwaway_etcd.running(garbage, tool, etcd, workdir, ready=lambda u: None, timeout=20):
             raise AssertionError("it started from garbage")
     assert not (tmp_path / ".replay-9").exists()
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+from etcd_aws_cluster import cli
+from etcd_aws_cluster.adapters import restore_tool, throwaway_etcd
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
+import requests
+
+signal.signal(signal.SIGTERM, cli._terminate)
+snapshot, tool_path, binary, workdir = map(Path, sys.argv[1:5])
+tool = restore_tool.find_tool(tool_path, {"PATH": str(tool_path.parent)})
+etcd = throwaway_etcd.EtcdBinary(binary, (3, 4, 0))
+client = EtcdClient(requests.Session(), Tls(), "v3")
+try:
+    with throwaway_etcd.running(snapshot, tool, etcd, workdir, ready=lambda u: client.revision(u, 2), timeout=30) as t:
+        print(t.pid, flush=True)
+        time.sleep(60)
+except cli.Terminated:
+    sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_the_throwaway_etcd_goes_with_the_agent(signum: int, sim: SimFactory, tmp_path: Path) -> None:
+    """SIGTERM unwinds the agent, which stops etcd and removes its dir; SIGKILL leaves the dir (the next run's
+    sweep removes it) but the kernel kills etcd with its parent."""
+    binary = etcd_binaries.etcd34()
+    if binary is None:
+        pytest.skip("etcd 3.4 (Debian etcd-server) not installed")
+    tool = etcd_binaries.snapshot_tool(binary)
+    assert tool is not None
+    asg = sim(1, binary)
+    asg.bootstrap_static()
+    snapshot = tmp_path / "snap.db"
+    snapshot.write_bytes(b"".join(EtcdClient(requests.Session(), Tls()).snapshot(asg.nodes[0].client_url, 5)))
+    workdir = tmp_path / ".replay-77"
+    argv = [sys.executable, "-c", CHILD, str(snapshot), str(tool), str(binary), str(workdir)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]) as child:
+        try:
+            assert child.stdout is not None
+            etcd_pid = int(child.stdout.readline())
+            os.kill(etcd_pid, 0)  # running
+            child.send_signal(signum)
+            assert child.wait(30) == (143 if signum == signal.SIGTERM else -signal.SIGKILL)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pid_alive(etcd_pid):
+        time.sleep(0.1)
+    assert not pid_alive(etcd_pid)
+    assert workdir.exists() == (signum == signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (not yet reaped by init) is dead too
+    state = (
+        Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}/stat").exists() else "X"
+    )
+    return state not in ("Z", "X")
