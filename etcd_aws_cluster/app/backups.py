@@ -24,6 +24,7 @@ from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.app.replay import Point, Progress, Replayer
+from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
 from etcd_aws_cluster.core import deltas, records
@@ -58,6 +59,9 @@ S3_ANSWER_WITHIN = 0.75
 # a slow S3 (a loaded host, a cold connection) must still be read there, a hanging one costs the reboot seconds.
 RECORD_READ_ANSWER_WITHIN = 3.0
 RECORD_BUDGET = 10.0  # the most a record update after the change may take
+# Applying deltas runs about 1,000 revisions a second (one transaction each, docs in README): it may take this
+# share of the time left, so that saving, uploading and restoring the result still fit the run.
+REPLAY_SHARE = 0.5
 
 
 def insurance_budget(remaining: float) -> float:
@@ -530,6 +534,7 @@ class Backups:
                 etcdctl=snapshot_save.find_etcdctl(ctx.settings.etcdutl, ctx.environ),
                 deadline=ctx.deadline,
                 call_timeout=ctx.call_timeout,
+                apply_deadline=Deadline(ctx.deadline.remaining() * REPLAY_SHARE, clock=ctx.deadline.clock),
             )
             workdir = scratch.scratch_path(data_dir, scratch.REPLAY_PREFIX)
             started = ctx.deadline.elapsed()

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # keys at a revision of its own) while the replay runs; the restored cluster then counts it down from its TTL.
 LEASE_TTL_FLOOR = 60
 START_TIMEOUT = 60.0  # the most the throwaway etcd's restore and start may take
+TIME_UP = "the time for applying deltas ran out (about 1,000 revisions a second; a longer `timeout` applies more)"
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,13 @@ def apply(
     for info, delta in deltas:
         if isinstance(delta, AgentError):
             return replace(progress, stopped=f"delta {info.key} could not be read: {delta}")
-        if deadline is not None and deadline.expired:
-            return replace(progress, stopped="the run's deadline passed")
         ttls = dict(delta.leases)
         fresh = [r for r in delta.revisions if r.revision > progress.revision]
         for revision in fresh:
             if point is not None and not core_deltas.wanted(revision, until_revision=point.revision, until_at=point.at):
                 return progress
+            if deadline is not None and deadline.expired:
+                return replace(progress, stopped=TIME_UP)
             if revision.revision != progress.revision + 1:
                 missing = f"{progress.revision + 1}..{revision.revision - 1}"
                 return replace(progress, stopped=f"revisions {missing} are missing from the deltas ({info.key} jumps)")
@@ -169,8 +170,9 @@ class Replayer:
     tool: RestoreTool
     etcd: EtcdBinary
     etcdctl: RestoreTool | None
-    deadline: Deadline
+    deadline: Deadline  # the run's: the throwaway's start, the calls, the save
     call_timeout: float
+    apply_deadline: Deadline | None = None  # when applying stops, leaving the run time to upload and restore
 
     def run(
         self,
@@ -204,7 +206,7 @@ class Replayer:
             version = status.version if status is not None and status.version else info.etcd_version
             base = self.client.revision(etcd.client_url, self.call_timeout)
             target = _Gateway(self.client, etcd.client_url, self.call_timeout)
-            progress = apply(target, _chained(first, deltas), base, point, self.deadline)
+            progress = apply(target, _chained(first, deltas), base, point, self.apply_deadline or self.deadline)
             self._check_count(etcd.client_url, progress)
             if progress.revisions == 0:
                 return Replayed(progress, None, version)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from etcd_aws_cluster.app.replay import LEASE_TTL_FLOOR, Point, ReplayBroken, apply, read_in_order
+from etcd_aws_cluster.app.replay import LEASE_TTL_FLOOR, TIME_UP, Point, ReplayBroken, apply, read_in_order
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, AwsError
 from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaHeader, DeltaInfo, Op, Revision
@@ -133,7 +133,7 @@ def test_a_point_in_time_ends_the_replay_there(point: Point) -> None:
     assert progress.keys is None  # counted at 5, not at 3
 
 
-def test_a_passed_deadline_stops_between_deltas() -> None:
+def test_a_passed_deadline_stops_the_replay() -> None:
     clock = [0.0]
     deadline = Deadline(10, clock=lambda: clock[0])
     etcd = FakeEtcd(0)
@@ -144,7 +144,23 @@ def test_a_passed_deadline_stops_between_deltas() -> None:
         yield delta(3, 4, [rev(3), rev(4)])
 
     progress = apply(etcd, chain(), 0, deadline=deadline)
-    assert progress.revision == 2 and progress.stopped == "the run's deadline passed"
+    assert progress.revision == 2 and progress.stopped == TIME_UP
+
+
+def test_a_passed_deadline_stops_inside_a_delta() -> None:
+    clock = [0.0]
+    etcd = FakeEtcd(0)
+    real_txn = etcd.txn
+
+    def slow_txn(ops: Sequence[Op]) -> int:
+        clock[0] += 4.0
+        return real_txn(ops)
+
+    etcd.txn = slow_txn  # type: ignore[method-assign]
+    progress = apply(
+        etcd, [delta(1, 9, [rev(n) for n in range(1, 10)])], 0, deadline=Deadline(10, clock=lambda: clock[0])
+    )
+    assert progress.revision == 3 and progress.stopped == TIME_UP
 
 
 def test_point_describes_itself() -> None:
