@@ -9,6 +9,7 @@ point in time as a new lineage, and refuse a point out of reach before anything 
 from __future__ import annotations
 
 import base64
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -128,9 +129,9 @@ def lone_cluster(sim: SimFactory, etcd_binary: Path, moto_url: str) -> Backed:
     return backed
 
 
-def restore(asg: SimulatedAsg, backed: Backed, *args: str) -> tuple[int, str, str]:
+def restore(asg: SimulatedAsg, backed: Backed, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     node = asg.nodes[0]
-    result = asg.run_agent(node, "restore", *args, timeout=120, env=backed.env)
+    result = asg.run_agent(node, "restore", *args, timeout=120, env={**backed.env, **(env or {})})
     return result.returncode, result.stdout, result.stderr
 
 
@@ -139,7 +140,9 @@ def restart_from_restore(asg: SimulatedAsg) -> None:
     asg.wait_healthy(1, timeout=60)
 
 
-def test_restore_by_hand_stops_at_a_damaged_delta_and_restores_points_in_time(sim: SimFactory, moto_url: str) -> None:
+def test_restore_by_hand_stops_at_a_damaged_delta_and_restores_points_in_time(
+    sim: SimFactory, moto_url: str, tmp_path: Path
+) -> None:
     binary = etcd_binaries.available().get(etcd_binaries.etcd_provision.SID_ETCD_VERSION)
     assert binary is not None
     backed = lone_cluster(sim, binary, moto_url)
@@ -170,6 +173,19 @@ def test_restore_by_hand_stops_at_a_damaged_delta_and_restores_points_in_time(si
     code, out, err = restore(asg, backed, "--at", format_time(snapshot.taken_at - timedelta(hours=1)))
     assert code == 6 and "is outside what lineage" in err, err
     assert asg.etcd_running(node) and asg.get("/third/9") == third["/third/9"]
+
+    # no etcd that fits the snapshot on this host (a restore tool alone in its dir; the PATH's etcd is older, or
+    # none): the deltas cannot be applied, and the snapshot alone is restored, loudly
+    lone_tool = tmp_path / "tool-alone" / "etcdutl"
+    lone_tool.parent.mkdir()
+    shutil.copy2(backed.env["ETCD_AWS_CLUSTER_ETCDUTL"], lone_tool)
+    asg.stop_etcd(node)
+    code, out, err = restore(asg, backed, env={"ETCD_AWS_CLUSTER_ETCDUTL": str(lone_tool)})
+    assert code == 0, err
+    assert f"the deltas after {snapshot.key} could not be applied" in err and "snapshot ALONE" in err, err
+    assert f"restored {snapshot.key} (revision {snapshot.revision})" in out and "could NOT be applied" in out, out
+    restart_from_restore(asg)
+    assert asg.get("/base/2") is not None and asg.get("/first/0") is None
 
     # the second delta rots in S3: the restore keeps the first delta's revisions and says where and why it stopped
     rotten = deltas[1]
