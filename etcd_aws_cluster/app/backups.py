@@ -550,7 +550,7 @@ class Backups:
             if progress.stopped is not None:
                 log.error(
                     "restore: the deltas after %s stop early: %s. Restoring what they reach: revision %d (%s); "
-                    "the writes after it are lost",
+                    "the writes after it are not restored",
                     info.key,
                     progress.stopped,
                     progress.revision,
