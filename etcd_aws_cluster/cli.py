@@ -66,7 +66,8 @@ COMMANDS = {
     "reconcile": "remove members whose instance left the ASG, and failed joins, under the quorum guard (timer)",
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
-    "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run)",
+    "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run; "
+    "--follow: deltas of every change, until stopped)",
     "restore": "list the snapshots and restorable ranges under backup_url (--list), or restore one (and its deltas, "
     "or to a point in time: --at, --revision) on this instance (every instance)",
 }
@@ -182,6 +183,15 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="upload only from the leader, and only when the newest snapshot is older than backup_interval; "
         "then apply retention (what etcd-aws-cluster-backup.timer runs on every member)",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="run until stopped, on every member: the leader watches every change and uploads it as a delta every "
+        "backup_delta_interval seconds (sooner past backup_delta_max_bytes), and a full snapshot every "
+        "backup_interval; the others stand by and take over when they lead, without a gap in revisions. "
+        "SIGTERM uploads what is pending, then exits 0. --timeout bounds each step, not the run "
+        "(etcd-aws-cluster-backup-follow.service)",
     )
 
 

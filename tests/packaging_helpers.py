@@ -23,6 +23,7 @@ OPTIONAL_UNITS = (
     "etcd-aws-cluster-ready.service",
     "etcd-aws-cluster-backup.service",
     "etcd-aws-cluster-backup.timer",
+    "etcd-aws-cluster-backup-follow.service",
     "etcd-aws-cluster-gateway.service",
 )
 ALL_UNITS = (UNIT.name, *OPTIONAL_UNITS)

@@ -126,6 +126,31 @@ def write(path: Path, update: Update) -> None:
         atomic_file.write(str(path), metrics.render(metrics.merge(samples, update)))
 
 
+def delta_uploaded(asg: str, lag: float, revision: int, at: float) -> Update:
+    """The series of a delta `backup --follow` uploaded: how long its oldest change waited, when (Unix time) and
+    the revision its deltas reach."""
+    update = Update()
+    for name, value in (
+        ("backup_delta_lag_seconds", lag),
+        ("backup_delta_last_success_timestamp_seconds", at),
+        ("backup_delta_last_revision", revision),
+    ):
+        update.replace_family(name, [sample(name, value, asg=asg)])
+    return update
+
+
+def write_now(settings: Settings, update: Update) -> None:
+    """Merge `update` into the metrics file while the command runs (backup --follow, which runs until stopped).
+    Logs, never raises."""
+    path = metrics_path(settings)
+    if path is None:
+        return
+    try:
+        write(path, update)
+    except (AgentError, OSError) as exc:
+        log.warning("metrics file %s not updated: %s", path, exc)
+
+
 def read(path: Path) -> list[Sample]:
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:

@@ -218,7 +218,7 @@ class Replayer:
         difference means the copy is not the history (logged loudly; its revisions all matched, so it stays)."""
         if progress.keys is None or progress.revisions == 0:
             return
-        counted = self.client.count_keys(url, progress.revision, self.call_timeout)
+        counted = self.client.key_count(url, progress.revision, self.call_timeout)
         if counted != progress.keys:
             log.error(
                 "replay: %d keys are live at revision %d, the follower counted %d there: check the restored data",

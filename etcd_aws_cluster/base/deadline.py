@@ -18,6 +18,11 @@ class Deadline:
     def __post_init__(self) -> None:
         self.started = self.clock()
 
+    def restart(self) -> None:
+        """Give the deadline its whole `seconds` again from now: a long-running command (backup --follow) bounds
+        each step of its loop, not its whole life."""
+        self.started = self.clock()
+
     def remaining(self) -> float:
         return max(0.0, self.started + self.seconds - self.clock())
 

@@ -3,13 +3,20 @@
 By hand it always takes one. With `--scheduled` (the backup timer, on every member) only the leader uploads,
 and only when the newest snapshot is older than backup_interval, so a group of five uploads one copy per
 period; retention then deletes what backup_keep_last / backup_keep_daily_days do not keep.
+
+`--follow` (etcd-aws-cluster-backup-follow.service, on every member) runs until stopped: the leader's follower
+uploads every change as deltas between full snapshots (app/follow.py). Its run's timeout bounds each step of the
+loop, not the loop; SIGTERM makes it upload what it has and exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
 
 from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.app.context import Context
@@ -59,6 +66,8 @@ def _local_member(ctx: Context, cluster: ClusterView) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
+    if getattr(args, "follow", False):
+        return follow(ctx)
     backups = require_backups(ctx)
     ctx.metrics.backup_interval(ctx.asg_name, ctx.settings.backup_interval)
     cluster = ctx.observe(ctx.find_asg())
@@ -80,3 +89,31 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         f"sha256 {info.sha256}\n"
     )
     return 0
+
+
+def follow(ctx: Context) -> int:
+    """Follow the changes until SIGTERM (or SIGINT): then upload what is pending and return 0."""
+    from etcd_aws_cluster.app.follow import Follower, Timing
+
+    backups = require_backups(ctx)
+    ctx.metrics.backup_interval(ctx.asg_name, ctx.settings.backup_interval)
+    stop = threading.Event()
+
+    def stopping(signum: int, _frame: FrameType | None) -> None:
+        log.info("follow: %s: uploading what is pending, then exiting", signal.Signals(signum).name)
+        # From another thread: the handler runs in the main thread, which may hold the event's lock right now
+        threading.Thread(target=stop.set, name="stop").start()
+
+    previous = {signum: signal.signal(signum, stopping) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        timing = Timing.of(ctx.settings)
+        log.info(
+            "follow: deltas every %.0fs (or past %d bytes), full snapshots every %.0fs, from the leader only",
+            timing.interval,
+            timing.max_bytes,
+            timing.snapshot_interval,
+        )
+        return Follower(ctx, backups, stop, timing).run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

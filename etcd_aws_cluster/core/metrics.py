@@ -64,8 +64,18 @@ _FAMILIES = (
         ("asg",),
     ),
     Family(
-        "backup_delta_lag_seconds", "gauge", "How far the followed changes lag behind etcd (backup --follow).", ("asg",)
+        "backup_delta_lag_seconds",
+        "gauge",
+        "How long the oldest change of the last delta waited before it was uploaded (backup --follow).",
+        ("asg",),
     ),
+    Family(
+        "backup_delta_last_success_timestamp_seconds",
+        "gauge",
+        "When this host last uploaded a delta (backup --follow; Unix time).",
+        ("asg",),
+    ),
+    Family("backup_delta_last_revision", "gauge", "The last revision of the last delta this host uploaded.", ("asg",)),
     Family(
         "backup_verified_timestamp_seconds",
         "gauge",

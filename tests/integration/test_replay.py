@@ -122,7 +122,7 @@ def test_a_replay_keeps_revisions_leases_and_values(sim: SimFactory, etcd_binary
         put(url, f"/after/many/{n}", f"v{n}")
     end = client.revision(url, 5)
     assert multi == start + 3 and deleted == start + 5 and end == start + 25
-    assert client.count_keys(url, start, 5) == 2 and client.count_keys(url, None, 5) == 23
+    assert client.key_count(url, start, 5) == 2 and client.key_count(url, end, 5) == 23
 
     revisions = history(url, start + 1, at=datetime.now(timezone.utc), step=timedelta(seconds=1))
     assert [r.revision for r in revisions] == list(range(start + 1, end + 1))

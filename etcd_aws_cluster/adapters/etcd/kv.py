@@ -1,5 +1,5 @@
 """etcd's KV and lease API as a replay of deltas uses it: one transaction per revision, leases granted with the ids
-they had, and the live key count at a revision (JSON gateway, v3 only)."""
+they had, the store's revision (JSON gateway, v3 only). The key count at a revision is watch.py's `key_count`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport
 from etcd_aws_cluster.core.deltas import Op
 from etcd_aws_cluster.core.model import EtcdFailure
 
-# The whole keyspace: from the empty key's successor "\0" to the end ("\0" as range_end means "every key >= key").
-ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode()}
 LEASE_EXISTS = "lease already exists"
 
 
@@ -73,19 +71,8 @@ class KvApi(Transport):
             raise
         return True
 
-    def count_keys(self, client_url: str, revision: int | None, timeout: float) -> int:
-        """How many keys were live at `revision` (now, when None)."""
-        body: dict[str, Any] = {**ALL_KEYS, "count_only": True}
-        if revision is not None:
-            body["revision"] = str(revision)
-        url, answer = self._kv_call(client_url, "kv/range", body, timeout)
-        count = _uint64(answer.get("count", "0"))
-        if count is None:
-            raise EtcdRequestError(f"{url} answered a malformed count", failure=EtcdFailure.ANSWER)
-        return count
-
     def revision(self, client_url: str, timeout: float) -> int:
         """The store's current revision (the header of a count of nothing)."""
-        body = {"key": _b64(b"\0"), "count_only": True}
+        body = {"key": _b64(b"\0"), "count_only": True}  # counts nothing; its header has the revision
         url, answer = self._kv_call(client_url, "kv/range", body, timeout)
         return self._revision(url, answer)

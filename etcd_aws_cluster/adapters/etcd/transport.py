@@ -110,8 +110,16 @@ class Transport:
         return self._prefixes[0].lstrip("/") if len(self._prefixes) == 1 else "auto"
 
     def _call(
-        self, method: str, url: str, timeout: float, body: Any = None, *, stream: bool = False
+        self,
+        method: str,
+        url: str,
+        timeout: float,
+        body: Any = None,
+        *,
+        stream: bool = False,
+        read_timeout: float | None = None,
     ) -> requests.Response:
+        """One request; `timeout` bounds the connection and each read, unless `read_timeout` bounds the reads."""
         import requests
 
         try:
@@ -119,7 +127,7 @@ class Transport:
                 method,
                 url,
                 json=body,
-                timeout=timeout,
+                timeout=timeout if read_timeout is None else (timeout, read_timeout),
                 verify=self.tls.verify(),
                 cert=self.tls.cert(),
                 allow_redirects=False,

@@ -180,3 +180,24 @@ def test_run_update_names_the_command_and_its_result() -> None:
     assert 'etcd_aws_cluster_last_run_exit_code{command="leave"} 8' in text
     assert 'etcd_aws_cluster_last_run_timestamp_seconds{command="leave"} 1700000000' in text
     assert update.adds[key("runs_total", command="leave", result="lock")].value == 1
+
+
+def test_a_delta_upload_is_written_while_the_follower_runs_and_the_runs_end_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    metrics.write_now(settings(metrics_file=path), metrics.delta_uploaded("etcd", 1.5, 1234, 1700000000.0))
+    got = values(path)
+    assert got[key("backup_delta_lag_seconds", asg="etcd")] == 1.5
+    assert got[key("backup_delta_last_revision", asg="etcd")] == 1234
+    assert got[key("backup_delta_last_success_timestamp_seconds", asg="etcd")] == 1700000000.0
+    finish(end(path, "backup", 0))  # the follower's run ends: its own series are added, the delta's stay
+    after = values(path)
+    assert after[key("backup_delta_last_revision", asg="etcd")] == 1234
+    assert after[key("last_run_exit_code", command="backup")] == 0
+    check_metrics(path.read_text())
+
+
+def test_a_delta_metric_that_cannot_be_written_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "m.prom"
+    path.mkdir()
+    metrics.write_now(settings(metrics_file=path), metrics.delta_uploaded("etcd", 1.0, 1, 1.0))
+    assert "not updated" in caplog.text
