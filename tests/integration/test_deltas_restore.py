@@ -1,5 +1,5 @@
-"""Issue 17 items 3 (the restore side) and 4 end to end: the agent, real etcd, S3 in moto, deltas built from the
-cluster's own history (tests/harness/deltas.py, as `backup --follow` writes them).
+"""Issue 17 items 3 (the restore side) and 4 end to end: the agent, real etcd, S3 in moto, deltas written by
+`backup --follow` or built from the cluster's own history (tests/harness/deltas.py, where a test needs them exact).
 
 A key written after the newest snapshot and captured in a delta comes back after every instance is lost, with the
 revisions it had; `restore` by hand stops at a damaged delta and says so; `restore --at` and `--revision` restore a
@@ -19,13 +19,14 @@ import pytest
 import requests
 
 from etcd_aws_cluster.adapters.restore_tool import BUMP_REVISION, find_tool
-from etcd_aws_cluster.core.deltas import DeltaInfo
+from etcd_aws_cluster.core.deltas import DeltaInfo, chain
 from etcd_aws_cluster.core.records import SnapshotInfo, format_time
 from tests.harness import etcd_binaries
 from tests.harness.deltas import current_revision, history, make_delta, split
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
 from tests.integration.helpers import boot, decisions
+from tests.integration.test_backup_follow import Followers, covered_within, leader_of
 from tests.integration.test_backup_restore import (
     BUCKET,
     Backed,
@@ -75,19 +76,29 @@ def upload_deltas(backed: Backed, snapshot: SnapshotInfo, size: int) -> list[Del
 
 
 @pytest.mark.etcd_also("3.6")
-def test_a_key_in_a_delta_comes_back_after_every_instance_is_lost(
-    sim: SimFactory, etcd_binary: Path, moto_url: str
+def test_a_key_written_seconds_before_every_instance_is_lost_comes_back(
+    sim: SimFactory, etcd_binary: Path, moto_url: str, tmp_path: Path
 ) -> None:
+    """The issue's case, with `backup --follow` on every member writing the deltas."""
     backed = booted(sim, etcd_binary, moto_url)
     asg = backed.asg
     before = put_keys(asg, "/before", 5)
-    backed.backup(asg.nodes[0])
-    (snapshot,) = backed.store.list_snapshots()
-    after = put_keys(asg, "/after", 12)  # written after the newest snapshot: only the deltas hold them
+    followers = Followers(backed, tmp_path, {**backed.env, "ETCD_AWS_CLUSTER_BACKUP_DELTA_INTERVAL": "1"})
+    followers.start()
+    try:
+        followers.wait(leader_of(asg.nodes), r"following from revision \d+, after the snapshot just taken")
+        (snapshot,) = backed.store.list_snapshots()
+        after = put_keys(asg, "/after", 12)  # written after the newest snapshot: only the deltas hold them
+        last = current_revision(asg.nodes[0].client_url)
+        covered_within(backed, last, timeout=30)
+    finally:
+        for proc in followers.procs.values():  # the instances are lost: nothing flushes
+            proc.kill()
+            proc.wait()
+            asg.registry.forget(proc.pid)
     originals = {key: kv(asg.nodes[0], key) for key in after}
-    deltas = upload_deltas(backed, snapshot, 5)
-    last = deltas[-1].last
-    assert len(deltas) >= 3 and last == current_revision(asg.nodes[0].client_url)
+    found = chain(snapshot.revision, backed.store.list_deltas(), snapshot.lineage)
+    assert found.last == last and found.deltas
 
     new = replace_everyone(asg)
     results = run_concurrently(asg, new, backed.env)
@@ -99,7 +110,8 @@ def test_a_key_in_a_delta_comes_back_after_every_instance_is_lost(
     (consolidated,) = chosen  # every instance restored the same snapshot: the one with the deltas applied
     assert consolidated != snapshot.key
     logs = "".join(err for _, err in results.values())
-    assert f"snapshot {snapshot.key} + {len(deltas)} deltas up to revision {last}" in logs, logs
+    assert f"snapshot {snapshot.key} + {len(found.deltas)} deltas up to revision {last}" in logs, logs
+    assert "the follower counted" not in logs and "stop early" not in logs, logs  # the key count held
     for node in new:
         asg.start_etcd(node)
     asg.wait_healthy(3, timeout=60)
@@ -117,7 +129,7 @@ def test_a_key_in_a_delta_comes_back_after_every_instance_is_lost(
     assert record is not None and record.newest_snapshot == consolidated and record.lineage == snapshot.lineage
     stored = {info.key: info for info in backed.store.list_snapshots()}
     assert stored[consolidated].revision == last and stored[consolidated].lineage == snapshot.lineage
-    assert stored[consolidated].taken_at == backed.store.read_delta(deltas[-1]).last_at  # its last revision's time
+    assert stored[consolidated].taken_at == backed.store.read_delta(found.deltas[-1]).last_at  # its last revision's
     # an instance that lost the record race deleted its own upload: one snapshot holds the deltas' revisions
     assert [info.key for info in stored.values() if info.revision == last] == [consolidated]
 
