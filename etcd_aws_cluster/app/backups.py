@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from etcd_aws_cluster.adapters import restore_tool, scratch, snapshot_save, throwaway_etcd
 from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
@@ -23,16 +22,13 @@ from etcd_aws_cluster.adapters.hostfs import local_data_dir
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
-from etcd_aws_cluster.app.replay import Point, Progress, Replayer
+from etcd_aws_cluster.app.replay import Point, Progress, Replayer, loopback_session
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
 from etcd_aws_cluster.core import deltas, records
 from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta, format_time
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
-
-if TYPE_CHECKING:
-    import requests
 
 log = logging.getLogger(__name__)
 # Room a restore needs beyond twice the snapshot (the download and the restored db): etcd preallocates its first
@@ -635,15 +631,6 @@ class Restored:
         if self.failed is not None:
             text += f"; the deltas could NOT be applied: {self.failed}"
         return text
-
-
-def loopback_session() -> requests.Session:
-    """A session for the throwaway etcd on 127.0.0.1: no proxy from the environment may carry its calls."""
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False
-    return session
 
 
 def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, where: str) -> None:

@@ -12,11 +12,13 @@ follows the history, and the replay fails (the caller falls back to the snapshot
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from etcd_aws_cluster.adapters import snapshot_save, throwaway_etcd
 from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
@@ -28,11 +30,16 @@ from etcd_aws_cluster.core import deltas as core_deltas
 from etcd_aws_cluster.core.deltas import Delta, DeltaInfo, Op, Revision
 from etcd_aws_cluster.core.records import SnapshotInfo, format_time
 
+if TYPE_CHECKING:
+    import requests
+
 log = logging.getLogger(__name__)
 # A lease granted for a replay lives at least this long: it must not expire (etcd would revoke it, deleting its
 # keys at a revision of its own) while the replay runs; the restored cluster then counts it down from its TTL.
 LEASE_TTL_FLOOR = 60
 START_TIMEOUT = 60.0  # the most the throwaway etcd's restore and start may take
+LEASE_TICK = 0.25  # how often the lease keeper looks for leases due (etcd's shortest TTL is about 1.5 s)
+LEASE_LIST_EVERY = 2.0  # how often it lists the leases again
 TIME_UP = "the time for applying deltas ran out (about 1,000 revisions a second; a longer `timeout` applies more)"
 
 
@@ -161,6 +168,49 @@ class _Gateway:
         return self.client.grant_lease(self.url, lease_id, ttl, self.timeout)
 
 
+class LeaseKeeper:
+    """Keeps every lease of the throwaway etcd alive while a replay runs, in a thread of its own: a lease that
+    expired there would be revoked at a revision of etcd's own (its keys deleted), and the copy would no longer
+    follow the history. Each lease is refreshed at a third of its TTL; the list is read again every
+    LEASE_LIST_EVERY seconds (the replay grants leases as it goes). Best effort: what it misses, the revision
+    check catches."""
+
+    def __init__(self, client: EtcdClient, url: str, timeout: float) -> None:
+        self.client, self.url, self.timeout = client, url, timeout
+        self.due: dict[int, float] = {}  # lease id -> when to refresh it next
+        self.next_listing = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lease keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._refresh(time.monotonic())  # before the first revision: a short lease may be close to its end
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(LEASE_TICK):
+            self._refresh(time.monotonic())
+
+    def _refresh(self, now: float) -> None:
+        try:
+            if now >= self.next_listing:
+                self.due = {lease: self.due.get(lease, now) for lease in self.client.leases(self.url, self.timeout)}
+                self.next_listing = now + LEASE_LIST_EVERY
+            for lease, when in list(self.due.items()):
+                if when <= now:
+                    ttl = self.client.keep_alive(self.url, lease, self.timeout)
+                    if ttl is None:
+                        del self.due[lease]
+                    else:
+                        self.due[lease] = now + max(LEASE_TICK, ttl / 3)
+        except AgentError as exc:
+            log.debug("replay: keeping the leases alive: %s", exc)
+
+
 @dataclass
 class Replayer:
     """Replays chains of deltas on this host: etcd's restore tool, the host's etcd binary and (where the host has
@@ -206,7 +256,9 @@ class Replayer:
             version = status.version if status is not None and status.version else info.etcd_version
             base = self.client.revision(etcd.client_url, self.call_timeout)
             target = _Gateway(self.client, etcd.client_url, self.call_timeout)
-            progress = apply(target, _chained(first, deltas), base, point, self.apply_deadline or self.deadline)
+            keeper = LeaseKeeper(EtcdClient(loopback_session(), Tls(), "v3"), etcd.client_url, self.call_timeout)
+            with keeper:
+                progress = apply(target, _chained(first, deltas), base, point, self.apply_deadline or self.deadline)
             self._check_count(etcd.client_url, progress)
             if progress.revisions == 0:
                 return Replayed(progress, None, version)
@@ -239,6 +291,15 @@ class Replayer:
         with out.open("xb") as handle:
             for chunk in self.client.snapshot(url, self.call_timeout):
                 handle.write(chunk)
+
+
+def loopback_session() -> requests.Session:
+    """A session for the throwaway etcd on 127.0.0.1: no proxy from the environment may carry its calls."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def _chained(

@@ -269,3 +269,35 @@ def pid_alive(pid: int) -> bool:
         Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}/stat").exists() else "X"
     )
     return state not in ("Z", "X")
+
+
+def test_a_short_lease_of_the_snapshot_outlives_a_slow_replay(sim: SimFactory, tmp_path: Path) -> None:
+    """A lease of 2 s in the snapshot, a replay that takes longer (a slow delta read): the lease keeper keeps it
+    alive, so etcd revokes nothing of its own and every revision lands where it was."""
+    binary = etcd_binaries.available().get(etcd_binaries.etcd_provision.SID_ETCD_VERSION)
+    assert binary is not None
+    asg = sim(1, binary)
+    asg.bootstrap_static()
+    url = asg.nodes[0].client_url
+    client = EtcdClient(requests.Session(), Tls(), "v3")
+    client.grant_lease(url, 0x77, 2, 5)
+    put(url, "/short-lived", "x", 0x77)
+    snapshot = tmp_path / "snap.db"
+    snapshot.write_bytes(b"".join(client.snapshot(url, 5)))
+    start = client.revision(url, 5)
+    for n in range(4):
+        put(url, f"/k/{n}", "v")
+    revisions = history(url, start + 1)
+    deltas = [make_delta(part, lineage=LINEAGE, cluster_id=1) for part in split(revisions, 2)]
+    chain = [info_of(d, n) for n, d in enumerate(deltas)]
+
+    def slow(delta_info: DeltaInfo) -> Delta:
+        if delta_info.key == chain[1].key:
+            time.sleep(4)  # twice the lease's TTL
+        return deltas[chain.index(delta_info)]
+
+    replay, tool = replayer(binary)
+    info = SnapshotInfo("snap", revisions[0].at, start, 1, "3.5.30", "0" * 64, 1, (), INSTANCE)
+    result = replay.run(snapshot, info, chain, slow, tmp_path / ".replay-5", tmp_path / "slow.db")
+    assert result.progress.revision == start + 4 and result.progress.stopped is None
+    assert [kv[0] for kv in served(replay, tool, result, tmp_path / ".check-5")][:1] == ["/k/0"]

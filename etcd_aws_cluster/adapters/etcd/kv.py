@@ -71,6 +71,29 @@ class KvApi(Transport):
             raise
         return True
 
+    def leases(self, client_url: str, timeout: float) -> list[int]:
+        """The ids of every lease etcd holds (3.3+)."""
+        url, answer = self._kv_call(client_url, "lease/leases", {}, timeout)
+        raw = answer.get("leases") or []
+        ids = (
+            [_uint64(item.get("ID")) if isinstance(item, dict) else None for item in raw]
+            if isinstance(raw, list)
+            else [None]
+        )
+        if any(lease is None for lease in ids):
+            raise EtcdRequestError(f"{url} answered a malformed lease list", failure=EtcdFailure.ANSWER)
+        return [lease for lease in ids if lease is not None]
+
+    def keep_alive(self, client_url: str, lease_id: int, timeout: float) -> int | None:
+        """Refresh lease `lease_id` once (the gateway's keep-alive stream, one message); its TTL, None when it is
+        gone."""
+        url, answer = self._kv_call(client_url, "lease/keepalive", {"ID": str(lease_id)}, timeout)
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise EtcdRequestError(f"{url} answered a malformed keep-alive", failure=EtcdFailure.ANSWER)
+        ttl = _uint64(result.get("TTL", "0"))
+        return ttl or None
+
     def revision(self, client_url: str, timeout: float) -> int:
         """The store's current revision (the header of a count of nothing)."""
         body = {"key": _b64(b"\0"), "count_only": True}  # counts nothing; its header has the revision
