@@ -183,7 +183,6 @@ class LeaseKeeper:
         self.thread = threading.Thread(target=self._run, name="lease keeper", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
-        self._refresh(time.monotonic())  # before the first revision: a short lease may be close to its end
         self.thread.start()
         return self
 
@@ -192,8 +191,10 @@ class LeaseKeeper:
         self.thread.join()
 
     def _run(self) -> None:
-        while not self.stop.wait(LEASE_TICK):
+        while True:  # at once first: a short lease of the snapshot may be near its end (etcd's start counts)
             self._refresh(time.monotonic())
+            if self.stop.wait(LEASE_TICK):
+                return
 
     def _refresh(self, now: float) -> None:
         try:
