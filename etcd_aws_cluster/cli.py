@@ -8,6 +8,7 @@ Heavy imports (pydantic, boto3, requests) wait until after parsing, so --help is
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import importlib
 import logging
@@ -67,7 +68,8 @@ COMMANDS = {
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
     "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run; "
     "--follow: deltas of every change, until stopped)",
-    "restore": "list the snapshots under backup_url (--list), or restore one on this instance (every instance)",
+    "restore": "list the snapshots and restorable ranges under backup_url (--list), or restore one (and its deltas, "
+    "or to a point in time: --at, --revision) on this instance (every instance)",
 }
 
 
@@ -195,14 +197,48 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
 
 def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--list", action="store_true", help="list the snapshots by lineage, newest first; change nothing"
+        "--list",
+        action="store_true",
+        help="list the snapshots by lineage, newest first, and each lineage's restorable range; change nothing",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--snapshot",
         metavar="KEY",
-        help="the snapshot to restore, of any lineage (default: the newest of the cluster record's lineage)",
+        help="exactly this snapshot, of any lineage, without deltas (default: the newest of the cluster record's "
+        "lineage and the deltas after it)",
+    )
+    which.add_argument(
+        "--at",
+        metavar="TIME",
+        type=_utc_time,
+        help="point in time (ISO 8601 UTC, e.g. 2026-12-07T10:15:00Z): the snapshot at or before it and the deltas "
+        "up to it, uploaded as a new lineage",
+    )
+    which.add_argument(
+        "--revision",
+        metavar="N",
+        type=_positive_int,
+        help="point in time as etcd's revision N: like --at",
     )
     _output_option(parser)
+
+
+def _utc_time(text: str) -> datetime.datetime:
+    """An ISO 8601 time with an explicit UTC offset (Z or +00:00): a restore must not guess a time zone."""
+    try:
+        value = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-12-07T10:15:00Z)") from None
+    if value.tzinfo is None or value.utcoffset() != datetime.timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} names no UTC offset: write it in UTC, ending in Z")
+    return value.astimezone(datetime.timezone.utc)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a revision (a positive integer)")
+    return int(text)
 
 
 COMMAND_ARGUMENTS["backup"] = _backup_options

@@ -24,9 +24,11 @@ STAGING_PREFIX = ".restoring-"  # + pid: a restore's output before it moves into
 DOWNLOAD_PREFIX = ".snapshot-"  # + pid + .db: a downloaded snapshot (s3.download's .part beside it)
 HANDOFF_PREFIX = ".handoff-"  # + pid + .db: a survivor's copy of its member/snap/db
 SPOOL_PREFIX = ".spool-"  # + pid + .db: a backup's snapshot before its upload
-PREFIXES = (STAGING_PREFIX, DOWNLOAD_PREFIX, HANDOFF_PREFIX, SPOOL_PREFIX)
+# + pid: a replay's throwaway etcd (its data dir and log); + pid + .db: the snapshot saved from it
+REPLAY_PREFIX = ".replay-"
+PREFIXES = (STAGING_PREFIX, DOWNLOAD_PREFIX, HANDOFF_PREFIX, SPOOL_PREFIX, REPLAY_PREFIX)
 # The pid in a scratch name; earlier agents named theirs after the data dir, beside it (.<name>.restoring-<pid>).
-SCRATCH_NAME = re.compile(r"\.(?:[^/]*\.)?(?:restoring|snapshot|handoff|spool)-(?P<pid>[0-9]{1,10})(?:[.-].*)?")
+SCRATCH_NAME = re.compile(r"\.(?:[^/]*\.)?(?:restoring|snapshot|handoff|spool|replay)-(?P<pid>[0-9]{1,10})(?:[.-].*)?")
 MIB = 1024 * 1024
 
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etcd_aws_cluster.adapters import restore_tool, scratch, snapshot_save
+from etcd_aws_cluster.adapters import restore_tool, scratch, snapshot_save, throwaway_etcd
 from etcd_aws_cluster.adapters.compression import CorruptSnapshotError
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
 from etcd_aws_cluster.adapters.hostfs import local_data_dir
 from etcd_aws_cluster.adapters.s3 import BackupStore, connect_s3
 from etcd_aws_cluster.adapters.wal import read_ids
 from etcd_aws_cluster.app.context import Context
+from etcd_aws_cluster.app.replay import Point, Progress, Replayer, loopback_session
+from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AgentError, ConfigError, EtcdError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.base.retry import RECORD_WRITE, attempts
 from etcd_aws_cluster.core import deltas, records
-from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta
+from etcd_aws_cluster.core.records import ClusterRecord, SnapshotInfo, SnapshotMeta, format_time
 from etcd_aws_cluster.core.view import ClusterView, render_initial_cluster
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,9 @@ S3_ANSWER_WITHIN = 0.75
 # a slow S3 (a loaded host, a cold connection) must still be read there, a hanging one costs the reboot seconds.
 RECORD_READ_ANSWER_WITHIN = 3.0
 RECORD_BUDGET = 10.0  # the most a record update after the change may take
+# Applying deltas runs about 1,000 revisions a second (one transaction each, docs in README): it may take this
+# share of the time left, so that saving, uploading and restoring the result still fit the run.
+REPLAY_SHARE = 0.5
 
 
 def insurance_budget(remaining: float) -> float:
@@ -386,50 +393,189 @@ class Backups:
         when there is none): checked before any data is moved."""
         return restore_tool.find_tool(self.ctx.settings.etcdutl, snapshot_versions=[i.etcd_version for i in candidates])
 
-    def restore(self, candidates: tuple[SnapshotInfo, ...], initial: tuple[tuple[str, str], ...]) -> SnapshotInfo:
+    def restore(
+        self,
+        candidates: tuple[SnapshotInfo, ...],
+        initial: tuple[tuple[str, str], ...],
+        *,
+        apply_deltas: bool = True,
+        point: Point | None = None,
+    ) -> Restored:
         """Restore the first of `candidates` whose checksum and db hold into the data dir, as this instance's
         member of a new cluster of `initial`. Everything that can be checked is checked before the data dir is
-        touched; everything written on the way stays inside it (scratch.py)."""
+        touched; everything written on the way stays inside it (scratch.py).
+
+        With `apply_deltas`, the deltas of the snapshot's lineage after it are applied first (app/replay.py) and the
+        result, uploaded as a snapshot of the same lineage, is what is restored and what the record names, so
+        every other instance restores the same bytes; when that fails the snapshot alone is restored, loudly.
+        With a `point`, the deltas up to it are applied and the result is uploaded as a NEW lineage (a fork), and
+        nothing is restored unless that worked."""
         ctx = self.ctx
         data_dir = restore_data_dir(ctx)
         tool = self.tool_for(candidates)
         log.info("restore: using %s into %s", tool, data_dir)
         restore_tool.prepare_data_dir(data_dir)
         download = scratch.scratch_path(data_dir, scratch.DOWNLOAD_PREFIX, ".db")
+        replayed = scratch.scratch_path(data_dir, scratch.REPLAY_PREFIX, ".db")
         for info in candidates:
             needed = 2 * info.db_bytes + RESTORE_HEADROOM
             scratch.ensure_free(data_dir, needed, f"restoring {self.store.where(info.key)}")
-            where = self.store.where(info.key)
-            target = restore_tool.RestoreTarget(
-                data_dir,
-                ctx.me.instance_id,
-                render_initial_cluster(initial),
-                restore_token(info),
-                ctx.endpoints.peer_url(ctx.me.private_ip),
-            )
             try:
                 self.store.download(info, download)
+                done = Restored(info, info)
+                if apply_deltas or point is not None:
+                    done = self._apply_deltas(tool, download, replayed, info, point)
+                source = download if done.info is info else replayed
+                # The token, like everything of the new cluster, comes from the snapshot the record names (the
+                # one uploaded with the deltas applied): an instance that follows the record gets the same.
+                target = restore_tool.RestoreTarget(
+                    data_dir,
+                    ctx.me.instance_id,
+                    render_initial_cluster(initial),
+                    restore_token(done.info),
+                    ctx.endpoints.peer_url(ctx.me.private_ip),
+                )
                 # The db's check (`snapshot status` against the manifest) runs beside the restore into the staging
                 # dir: the data dir gets nothing unless it passed. The download checked etcd's sha256 trailer (a
                 # member's raw db, a survivor's upload, has none; its manifest says so): the tool need not again.
                 restore_tool.restore(
                     tool,
-                    download,
+                    source,
                     target,
-                    skip_hash_check=True,
-                    verify=functools.partial(check_db, tool, download, info, where),
+                    # the replay's saved snapshot was not read by the download: etcd's tool checks its trailer
+                    skip_hash_check=source is download or not done.info.hash_trailer,
+                    verify=functools.partial(check_db, tool, source, done.info, self.store.where(done.info.key)),
                 )
             except CorruptSnapshotError as exc:
                 log.error("restore: %s; trying the snapshot before it", exc)
                 continue
             finally:
                 download.unlink(missing_ok=True)
-            log.info("restore: restored %s (revision %d) into %s", info.key, info.revision, data_dir)
-            return info
+                replayed.unlink(missing_ok=True)
+            log.info(
+                "restore: restored %s (revision %d) into %s; %s",
+                done.info.key,
+                done.info.revision,
+                data_dir,
+                done.summary(),
+            )
+            return done
         raise UnsafeError(
             f"none of the {len(candidates)} snapshots under backup_url passes its checksum and db check; refusing "
             "to start an empty cluster. Check the bucket (`etcd-aws-cluster restore --list`)"
         )
+
+    # --- deltas -----------------------------------------------------------------------------------------
+    def discard(self, restored: Restored) -> None:
+        """Delete the snapshot a restore uploaded (its deltas applied) once the record names another restore: no
+        instance restores it, and it must not look like the newest data of its lineage. Best effort."""
+        if restored.info.key == restored.base.key:
+            return
+        try:
+            self.store.delete([restored.info])
+            log.info("restore: deleted %s, which the record does not name", self.store.where(restored.info.key))
+        except AgentError as exc:
+            log.warning("restore: could not delete %s (%s)", self.store.where(restored.info.key), exc)
+
+    def _apply_deltas(
+        self, tool: restore_tool.RestoreTool, download: Path, out: Path, info: SnapshotInfo, point: Point | None
+    ) -> Restored:
+        """The deltas after `info` (downloaded to `download`) applied, the result saved to `out` and uploaded: what
+        to restore instead of `info`. Without a point, a failure leaves `info` alone to restore (said loudly)."""
+        try:
+            return self._replay(tool, download, out, info, point)
+        except CorruptSnapshotError:
+            raise
+        except AgentError as exc:
+            if point is not None:
+                raise
+            out.unlink(missing_ok=True)
+            log.error(
+                "restore: the deltas after %s could not be applied (%s); restoring the snapshot ALONE: the data "
+                "up to revision %d (%s), the writes after it are not restored",
+                info.key,
+                exc,
+                info.revision,
+                format_time(info.taken_at),
+            )
+            return Restored(info, info, failed=str(exc))
+
+    def _replay(
+        self, tool: restore_tool.RestoreTool, download: Path, out: Path, info: SnapshotInfo, point: Point | None
+    ) -> Restored:
+        ctx = self.ctx
+        where = self.store.where(info.key)
+        found = deltas.chain(info.revision, self.store.list_deltas(), info.lineage)
+        if found.gap_after is not None:
+            log.warning(
+                "restore: the deltas of lineage %s stop at revision %d: no delta holds the revision after it, the "
+                "later ones cannot be applied",
+                records.lineage_name(info.lineage),
+                found.gap_after,
+            )
+        if point is not None:
+            found = deltas.until(found, revision=point.revision, at=point.at)
+        if not found.deltas and point is None:
+            return Restored(info, info)
+        check_db(tool, download, info, where)  # a corrupt snapshot goes to the next candidate before any replay
+        progress = Progress(info.revision, info.revision, None)
+        snapshot: Path | None = None
+        version = info.etcd_version
+        if found.deltas:
+            data_dir = download.parent
+            scratch.ensure_free(data_dir, 2 * info.db_bytes + RESTORE_HEADROOM, f"applying deltas to {where}")
+            replayer = Replayer(
+                client=EtcdClient(loopback_session(), Tls(), "v3"),
+                tool=tool,
+                etcd=throwaway_etcd.find_etcd(tool, info.etcd_version, ctx.environ),
+                etcdctl=snapshot_save.find_etcdctl(ctx.settings.etcdutl, ctx.environ),
+                deadline=ctx.deadline,
+                call_timeout=ctx.call_timeout,
+                apply_deadline=Deadline(ctx.deadline.remaining() * REPLAY_SHARE, clock=ctx.deadline.clock),
+            )
+            workdir = scratch.scratch_path(data_dir, scratch.REPLAY_PREFIX)
+            started = ctx.deadline.elapsed()
+            result = replayer.run(download, info, found.deltas, self.store.read_delta, workdir, out, point)
+            progress, snapshot, version = result.progress, result.snapshot, result.etcd_version
+            log.info(
+                "restore: replayed %d revisions of %d deltas onto %s in %.1fs",
+                progress.revisions,
+                progress.deltas,
+                info.key,
+                ctx.deadline.elapsed() - started,
+            )
+            if progress.stopped is not None:
+                log.error(
+                    "restore: the deltas after %s stop early: %s. Restoring what they reach: revision %d (%s); "
+                    "the writes after it are not restored",
+                    info.key,
+                    progress.stopped,
+                    progress.revision,
+                    format_time(progress.at or info.taken_at),
+                )
+        if snapshot is None and point is None:
+            return Restored(info, info, progress)
+        lineage = records.new_lineage(ctx.now()) if point is not None else info.lineage
+        source = snapshot if snapshot is not None else download
+        status = restore_tool.db_status(tool, source)
+        meta = SnapshotMeta(
+            taken_at=progress.at or info.taken_at,
+            revision=status.revision,
+            cluster_id=info.cluster_id,
+            etcd_version=version,
+            members=info.members,
+            source_instance=ctx.me.instance_id,
+            hash_trailer=info.hash_trailer if snapshot is None else True,
+            db_hash=status.hash,
+            lineage=lineage,
+        )
+        if self.store.snapshot_key(meta) == info.key:  # a fork of this instance's own snapshot, as it is
+            meta = replace(meta, taken_at=meta.taken_at + datetime.timedelta(microseconds=1))
+        with source.open("rb") as handle:
+            uploaded = self.store.upload(handle, meta, check_trailer=meta.hash_trailer)
+        if source is download:  # restored from the replay's copy of the same bytes
+            os.replace(download, out)
+        return Restored(uploaded, info, progress)
 
 
 @dataclass(frozen=True)
@@ -450,6 +596,42 @@ class GuardedChange:
             backups.write_record(after if isinstance(after, ClusterView) else after())
 
         backups.record_after(what or self.what, write)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore put into the data dir: `info`, the snapshot the record names (one uploaded by this restore
+    when it applied deltas), the snapshot it began from (`base`), how far its deltas got, and why they could not
+    be applied when they could not (`failed`: the snapshot alone was restored)."""
+
+    info: SnapshotInfo
+    base: SnapshotInfo
+    progress: Progress | None = None
+    failed: str | None = None
+
+    @property
+    def revision(self) -> int:
+        return self.progress.revision if self.progress is not None else self.base.revision
+
+    @property
+    def at(self) -> datetime.datetime:
+        at = self.progress.at if self.progress is not None else None
+        return at or self.base.taken_at
+
+    def summary(self) -> str:
+        """The recovery point, for the log and the command's output."""
+        count = self.progress.deltas if self.progress is not None else 0
+        text = (
+            f"snapshot {self.base.key} + {count} deltas up to revision {self.revision} ({format_time(self.at)}): "
+            "the recovery point"
+        )
+        if self.info.key != self.base.key:
+            text += f"; uploaded as {self.info.key} (lineage {records.lineage_name(self.info.lineage)})"
+        if self.progress is not None and self.progress.stopped is not None:
+            text += f"; the deltas stopped early: {self.progress.stopped}"
+        if self.failed is not None:
+            text += f"; the deltas could NOT be applied: {self.failed}"
+        return text
 
 
 def check_db(tool: restore_tool.RestoreTool, path: Path, info: SnapshotInfo, where: str) -> None:

@@ -160,7 +160,9 @@ class Runner:
                 moved = move_aside(directory, self.ctx.now())
                 log.warning("restoring the newest data: moved this node's etcd data %s to %s", directory, moved)
         started = self.ctx.deadline.elapsed()
-        info = backups.restore(plan.restore, plan.initial_cluster)
+        deltas = recovery.applies_deltas(facts.record, plan.restore[0])
+        restored = backups.restore(plan.restore, plan.initial_cluster, apply_deltas=deltas)
+        info = restored.info
         self.ctx.metrics.restored(info.revision, self.ctx.deadline.elapsed() - started, self.ctx.now().timestamp())
         replaced = recovery.replaced_clusters(facts.record, facts.handoffs, facts.local_ids)
         try:
@@ -169,8 +171,9 @@ class Runner:
             # Another decision was recorded first: deciding again must not see this restore as "local data"
             moved = move_aside(restore_data_dir(self.ctx), self.ctx.now())
             log.warning("the record names another decision: moved the data just restored aside to %s", moved)
+            backups.discard(restored)
             raise
-        return replace(plan, reason=f"{plan.reason}; restored {info.key}")
+        return replace(plan, reason=f"{plan.reason}; restored {restored.summary()}")
 
     def _change_membership(self, plan: Plan, facts: Facts) -> tuple[Plan, bool]:
         ctx, me = self.ctx, self.ctx.me

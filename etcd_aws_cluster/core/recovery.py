@@ -105,6 +105,14 @@ def joining_restore(facts: Facts, record: ClusterRecord, initial: tuple[tuple[st
     )
 
 
+def applies_deltas(record: ClusterRecord | None, first: SnapshotInfo) -> bool:
+    """Whether a restore that begins with snapshot `first` applies the deltas after it. Not when it follows a
+    restore another instance recorded (no cluster id yet, that very snapshot): that one already holds the deltas it
+    could reach, and every instance must restore exactly its bytes, even where this one could read a delta that
+    the other could not."""
+    return record is None or record.cluster_id is not None or record.newest_snapshot != first.key
+
+
 def follow_window(timeout: float) -> timedelta:
     """How long a record without a cluster id is followed: twice the run's `timeout` (6 min by default), so that an
     instance whose boot started up to a `timeout` after the writer's still takes part in what it decided."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import importlib
 import types
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,33 @@ def test_help_lists_every_exit_code_of_the_table(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     for code, meaning in EXIT_CODES:
         assert f"  {code}  {meaning}" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-07T10:15:00Z", datetime(2026, 12, 7, 10, 15, tzinfo=timezone.utc)),
+        ("2026-12-07T10:15:00.250000+00:00", datetime(2026, 12, 7, 10, 15, 0, 250000, tzinfo=timezone.utc)),
+    ],
+)
+def test_restore_at_takes_an_iso_8601_utc_time(text: str, expected: datetime) -> None:
+    assert cli.build_parser().parse_args(["restore", "--at", text]).at == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["restore", "--at", "2026-12-07T10:15:00"],  # no offset: a restore never guesses a time zone
+        ["restore", "--at", "2026-12-07T10:15:00+01:00"],
+        ["restore", "--at", "yesterday"],
+        ["restore", "--revision", "0"],
+        ["restore", "--revision", "-3"],
+        ["restore", "--revision", "12", "--at", "2026-12-07T10:15:00Z"],
+        ["restore", "--snapshot", "k", "--revision", "12"],
+    ],
+)
+def test_restore_refuses_a_point_that_is_not_one(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "restore" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """etcd's client API as the agent uses it, split like etcd's own client: transport (HTTP, TLS, errors), cluster
-(membership), maintenance (status, snapshots) and watch (the changes, for `backup --follow`). `EtcdClient` is all four
-over one session."""
+(membership), maintenance (status, snapshots), watch (the changes, for `backup --follow`) and kv (transactions,
+leases: a replay of deltas). `EtcdClient` is all of them over one session."""
 
 from __future__ import annotations
 
 from etcd_aws_cluster.adapters.etcd.cluster import ClusterApi
+from etcd_aws_cluster.adapters.etcd.kv import KvApi
 from etcd_aws_cluster.adapters.etcd.maintenance import MaintenanceApi
 from etcd_aws_cluster.adapters.etcd.transport import MAX_ANSWER_BYTES, EtcdRequestError, Tls
 from etcd_aws_cluster.adapters.etcd.watch import Watch, WatchApi, WatchCompacted, WatchMessage
@@ -22,5 +23,5 @@ __all__ = [
 ]
 
 
-class EtcdClient(ClusterApi, MaintenanceApi, WatchApi):
-    """Talks to one cluster through any of its members' client URLs (membership, status, snapshots, watches)."""
+class EtcdClient(ClusterApi, MaintenanceApi, WatchApi, KvApi):
+    """Talks to one cluster through any of its members' client URLs (membership, status, snapshots, watches, kv)."""

@@ -265,6 +265,8 @@ def test_the_sweep_removes_what_dead_runs_left_and_keeps_the_rest(tmp_path: Path
         data_dir / f"..snapshot-{dead}.db.x1y2.part.0A1b2C3d",
         data_dir / f".handoff-{dead}.db",
         data_dir / f".spool-{dead}.db",
+        data_dir / f".replay-{dead}",  # a replay's throwaway etcd (its agent killed)
+        data_dir / f".replay-{dead}.db",
         tmp_path / f".default.restoring-{dead}",  # an earlier agent's, beside the data dir
         tmp_path / f"..default.snapshot-{dead}.db.abc.part",
     ]
@@ -272,12 +274,14 @@ def test_the_sweep_removes_what_dead_runs_left_and_keeps_the_rest(tmp_path: Path
         data_dir / "member" / "wal",
         data_dir / ".stale-20240506T070809Z",
         data_dir / f".spool-{alive}.db",
+        data_dir / f".replay-{alive}",
         data_dir / "lost+found",
         tmp_path / f".other.restoring-{dead}",  # beside, but not of this data dir
     ]
     for path in leftovers + kept:
         path.mkdir(parents=True)
     (data_dir / f".restoring-{dead}" / "member").mkdir()
+    (data_dir / f".replay-{dead}" / "data" / "member").mkdir(parents=True)
     gone = scratch.sweep([data_dir])
     assert sorted(gone) == sorted(leftovers)
     assert all(p.exists() for p in kept)

@@ -192,3 +192,26 @@ def test_a_decision_that_lost_the_race_is_decided_again_without_a_pause() -> Non
     with pytest.raises(RecordRaceError, match="deciding again"):
         backups.write_record(VIEW, members=(("i-0123456789abcdef0", "http://10.0.0.1:2380"),))
     assert store.writes == 1 and clock.sleeps == []
+
+
+def test_a_restore_says_its_recovery_point() -> None:
+    from etcd_aws_cluster.app.backups import Restored
+    from etcd_aws_cluster.app.replay import Progress
+
+    at = datetime(2026, 12, 7, 10, 0, tzinfo=timezone.utc)
+    base = SnapshotInfo("s/base", at, 10, 0xABC, "3.5.30", "0" * 64, 10, (), "i-0123456789abcdef0", lineage=None)
+    alone = Restored(base, base)
+    assert (
+        alone.summary()
+        == "snapshot s/base + 0 deltas up to revision 10 (2026-12-07T10:00:00.000000Z): the recovery point"
+    )
+    later = at + timedelta(seconds=42)
+    merged = SnapshotInfo("s/merged", later, 25, 0xABC, "3.5.30", "1" * 64, 10, (), "i-0123456789abcdef0")
+    done = Restored(merged, base, Progress(10, 25, later, revisions=15, deltas=2, stopped="delta d/3 is damaged"))
+    assert (done.revision, done.at) == (25, later)
+    assert done.summary() == (
+        "snapshot s/base + 2 deltas up to revision 25 (2026-12-07T10:00:42.000000Z): the recovery point; uploaded as "
+        "s/merged (lineage legacy (written before lineages)); the deltas stopped early: delta d/3 is damaged"
+    )
+    failed = Restored(base, base, failed="no etcd binary")
+    assert failed.summary().endswith("; the deltas could NOT be applied: no etcd binary")

@@ -308,3 +308,12 @@ def test_a_restore_record_names_every_cluster_whose_data_it_replaced() -> None:
     assert recovery.replaced_clusters(RECORDED, handoffs, (100, 11)) == (7, 9, 11)  # recorded, hand-offs', its own
     assert recovery.replaced_clusters(restore_record(replaces=(7, 8))) == (7, 8)  # a restore of a restore: kept on
     assert recovery.replaced_clusters(None) == ()
+
+
+def test_a_restore_applies_deltas_unless_it_follows_a_recorded_restore_of_that_very_snapshot() -> None:
+    first = snap(7)
+    restoring = ClusterRecord("etcd", None, (), first.key, first.taken_at)
+    assert recovery.applies_deltas(None, first)
+    assert not recovery.applies_deltas(restoring, first)  # the restorer applied what it could reach: its bytes
+    assert recovery.applies_deltas(replace(restoring, cluster_id=0xABC), first)  # a running cluster's record
+    assert recovery.applies_deltas(replace(restoring, newest_snapshot="s/0"), first)
