@@ -67,7 +67,7 @@ COMMANDS = {
     "status": "the ASG's instances and the cluster's members side by side; exit 0 healthy, 10 degraded, 11 no quorum",
     "leave": "remove this instance's own member (at termination); refuses with exit 6 if that would break quorum",
     "backup": "snapshot the cluster through this member and upload it to backup_url (--scheduled: the timer's run; "
-    "--follow: deltas of every change, until stopped)",
+    "--follow: deltas of every change, until stopped; --verify: a restore drill of the newest backup)",
     "restore": "list the snapshots and restorable ranges under backup_url (--list), or restore one (and its deltas, "
     "or to a point in time: --at, --revision) on this instance (every instance)",
 }
@@ -192,6 +192,14 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         "backup_interval; the others stand by and take over when they lead, without a gap in revisions. "
         "SIGTERM uploads what is pending, then exits 0. --timeout bounds each step, not the run "
         "(etcd-aws-cluster-backup-follow.service)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="a restore drill: restore the newest snapshot and its deltas into scratch with etcd's own tools, "
+        "check revision, db hash and key count against what was recorded, and store the result beside the "
+        "snapshot (`status` shows it); exit 9 when the drill fails. With --scheduled only the leader drills "
+        "(etcd-aws-cluster-verify.timer)",
     )
 
 

@@ -24,6 +24,8 @@ OPTIONAL_UNITS = (
     "etcd-aws-cluster-backup.service",
     "etcd-aws-cluster-backup.timer",
     "etcd-aws-cluster-backup-follow.service",
+    "etcd-aws-cluster-verify.service",
+    "etcd-aws-cluster-verify.timer",
     "etcd-aws-cluster-gateway.service",
 )
 ALL_UNITS = (UNIT.name, *OPTIONAL_UNITS)

@@ -147,6 +147,7 @@ def test_unit_lets_the_agent_write_its_file_the_etcd_data_dir_and_its_lock() -> 
         "etcd-aws-cluster.service",
         "etcd-aws-cluster-backup.service",
         "etcd-aws-cluster-backup-follow.service",
+        "etcd-aws-cluster-verify.service",
         "etcd-aws-cluster-reconcile.service",
         "etcd-aws-cluster-leave.service",
         "etcd-aws-cluster-ready.service",

@@ -477,6 +477,21 @@ class Backups:
         except AgentError as exc:
             log.warning("restore: could not delete %s (%s)", self.store.where(restored.info.key), exc)
 
+    def replayer(self, tool: restore_tool.RestoreTool, info: SnapshotInfo, *, apply_share: float = 1.0) -> Replayer:
+        """What replays deltas onto `info` on this host (app/replay.py): its etcd binary (EtcdError naming what to
+        install when none fits), etcdctl where there is one, the run's deadline; applying may take `apply_share`
+        of the time left."""
+        ctx = self.ctx
+        return Replayer(
+            client=EtcdClient(loopback_session(), Tls(), "v3"),
+            tool=tool,
+            etcd=throwaway_etcd.find_etcd(tool, info.etcd_version, ctx.environ),
+            etcdctl=snapshot_save.find_etcdctl(ctx.settings.etcdutl, ctx.environ),
+            deadline=ctx.deadline,
+            call_timeout=ctx.call_timeout,
+            apply_deadline=Deadline(ctx.deadline.remaining() * apply_share, clock=ctx.deadline.clock),
+        )
+
     def _apply_deltas(
         self, tool: restore_tool.RestoreTool, download: Path, out: Path, info: SnapshotInfo, point: Point | None
     ) -> Restored:
@@ -524,15 +539,7 @@ class Backups:
         if found.deltas:
             data_dir = download.parent
             scratch.ensure_free(data_dir, 2 * info.db_bytes + RESTORE_HEADROOM, f"applying deltas to {where}")
-            replayer = Replayer(
-                client=EtcdClient(loopback_session(), Tls(), "v3"),
-                tool=tool,
-                etcd=throwaway_etcd.find_etcd(tool, info.etcd_version, ctx.environ),
-                etcdctl=snapshot_save.find_etcdctl(ctx.settings.etcdutl, ctx.environ),
-                deadline=ctx.deadline,
-                call_timeout=ctx.call_timeout,
-                apply_deadline=Deadline(ctx.deadline.remaining() * REPLAY_SHARE, clock=ctx.deadline.clock),
-            )
+            replayer = self.replayer(tool, info, apply_share=REPLAY_SHARE)
             workdir = scratch.scratch_path(data_dir, scratch.REPLAY_PREFIX)
             started = ctx.deadline.elapsed()
             result = replayer.run(download, info, found.deltas, self.store.read_delta, workdir, out, point)

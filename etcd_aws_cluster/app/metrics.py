@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from etcd_aws_cluster.app.settings import Settings
     from etcd_aws_cluster.core.model import AsgView
-    from etcd_aws_cluster.core.records import SnapshotInfo
+    from etcd_aws_cluster.core.records import SnapshotInfo, Verification
     from etcd_aws_cluster.core.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,20 @@ class RunMetrics:
         name = "backup_newest_snapshot_timestamp_seconds"
         self.update.replace_family(name, [sample(name, taken_at, asg=asg)])
         self.backup_age = age
+
+    def verified(self, asg: str, result: Verification) -> None:
+        """A restore drill's result: whether it passed, and the recovery point it proved (when it passed)."""
+        self.update.replace_family(
+            "backup_verification_success", [sample("backup_verification_success", 1 if result.ok else 0, asg=asg)]
+        )
+        if result.ok:
+            at = result.recovered_at.timestamp()
+            self.update.replace_family(
+                "backup_verified_timestamp_seconds", [sample("backup_verified_timestamp_seconds", at, asg=asg)]
+            )
+            self.update.replace_family(
+                "backup_verified_revision", [sample("backup_verified_revision", result.revision, asg=asg)]
+            )
 
     def restored(self, revision: int, seconds: float, at: float) -> None:
         self.update.increment(sample("restores_total", 1))

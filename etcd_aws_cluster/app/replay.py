@@ -79,6 +79,7 @@ class Replayed:
     progress: Progress
     snapshot: Path | None
     etcd_version: str
+    live_keys: int | None = None  # a drill's count of the live keys at the revision it reached
 
 
 class Target(Protocol):
@@ -234,12 +235,15 @@ class Replayer:
         workdir: Path,
         out: Path,
         point: Point | None = None,
+        *,
+        drill: bool = False,
     ) -> Replayed:
         """Replay `chain` (read one delta at a time with `read`) onto `snapshot` (the db of `info`) in `workdir`,
-        saving the result to `out` when any revision was applied."""
+        saving the result to `out` when any revision was applied. A `drill` (backup --verify) starts the throwaway
+        etcd even without deltas, counts the live keys at the end, and saves nothing."""
         deltas = read_in_order(chain, read)
         first = next(deltas, None)
-        if first is None or isinstance(first[1], AgentError):
+        if not drill and (first is None or isinstance(first[1], AgentError)):
             # nothing to apply (or the first delta is already unreadable): no throwaway etcd for that
             why = None if first is None else f"delta {first[0].key} could not be read: {first[1]}"
             return Replayed(Progress(info.revision, info.revision, None, stopped=why), None, info.etcd_version)
@@ -258,9 +262,13 @@ class Replayer:
             base = self.client.revision(etcd.client_url, self.call_timeout)
             target = _Gateway(self.client, etcd.client_url, self.call_timeout)
             keeper = LeaseKeeper(EtcdClient(loopback_session(), Tls(), "v3"), etcd.client_url, self.call_timeout)
+            pending = _chained(first, deltas) if first is not None else iter(())
             with keeper:
-                progress = apply(target, _chained(first, deltas), base, point, self.apply_deadline or self.deadline)
+                progress = apply(target, pending, base, point, self.apply_deadline or self.deadline)
             self._check_count(etcd.client_url, progress)
+            if drill:
+                live = self.client.key_count(etcd.client_url, progress.revision, self.call_timeout)
+                return Replayed(progress, None, version, live_keys=live)
             if progress.revisions == 0:
                 return Replayed(progress, None, version)
             self._save(etcd.client_url, out)

@@ -28,6 +28,7 @@ class ErrorKind(Enum):
     CORRUPT_SNAPSHOT = ("corrupt snapshot", 6, "a snapshot does not match the size or sha256 its manifest promises")
     OUTPUT = ("output", 7, "the output file could not be written")
     LOCK = ("lock", 8, "another run holds the lock")
+    DRILL_FAILED = ("drill failed", 9, "a restore drill (backup --verify) did not restore what the backups recorded")
 
     def __init__(self, label: str, exit_code: int, meaning: str) -> None:
         self.label = label
@@ -80,6 +81,12 @@ class RecordRaceError(UnsafeError):
     first. A boot decides again; a refresh is applied again to the fresh record."""
 
     kind = ErrorKind.RECORD_CHANGED
+
+
+class DrillFailedError(AgentError):
+    """A restore drill did not restore what the backups recorded: a restore today may not either."""
+
+    kind = ErrorKind.DRILL_FAILED
 
 
 class OutputError(AgentError):

@@ -4,6 +4,9 @@ By hand it always takes one. With `--scheduled` (the backup timer, on every memb
 and only when the newest snapshot is older than backup_interval, so a group of five uploads one copy per
 period; retention then deletes what backup_keep_last / backup_keep_daily_days do not keep.
 
+`--verify` (etcd-aws-cluster-verify.timer) is a restore drill: the newest snapshot and its deltas restored into
+scratch with etcd's own tools and checked against what was recorded (app/drill.py); exit 9 when it fails.
+
 `--follow` (etcd-aws-cluster-backup-follow.service, on every member) runs until stopped: the leader's follower
 uploads every change as deltas between full snapshots (app/follow.py). Its run's timeout bounds each step of the
 loop, not the loop; SIGTERM makes it upload what it has and exit 0.
@@ -21,6 +24,7 @@ from types import FrameType
 from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.app.context import Context
 from etcd_aws_cluster.base.errors import ConfigError, EtcdError
+from etcd_aws_cluster.core.records import format_time
 from etcd_aws_cluster.core.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -66,8 +70,12 @@ def _local_member(ctx: Context, cluster: ClusterView) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
+    if getattr(args, "follow", False) and getattr(args, "verify", False):
+        raise ConfigError("--follow and --verify are two different runs: give one")
     if getattr(args, "follow", False):
         return follow(ctx)
+    if getattr(args, "verify", False):
+        return verify(ctx, scheduled=bool(getattr(args, "scheduled", False)))
     backups = require_backups(ctx)
     ctx.metrics.backup_interval(ctx.asg_name, ctx.settings.backup_interval)
     cluster = ctx.observe(ctx.find_asg())
@@ -117,3 +125,26 @@ def follow(ctx: Context) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def verify(ctx: Context, *, scheduled: bool) -> int:
+    """A restore drill of the newest snapshot and its deltas (app/drill.py); 0 when it passed, 9 when not."""
+    from etcd_aws_cluster.app import drill
+
+    backups = require_backups(ctx)
+    if scheduled:
+        cluster = ctx.observe(ctx.find_asg())
+        _local_member(ctx, cluster)
+        if not _is_leader(ctx):
+            log.info("scheduled drill: this member is not the leader; the leader drills")
+            return 0
+    result = drill.verify(backups)
+    ctx.metrics.verified(ctx.asg_name, result)
+    where = backups.store.where(result.snapshot)
+    log.info("drill of %s: %s: %s", where, "passed" if result.ok else "FAILED", result.verdict)
+    drill.require_passed(result, where)
+    sys.stdout.write(
+        f"drill passed: {where} + {result.deltas} deltas restore to revision {result.revision} "
+        f"({format_time(result.recovered_at)}), {result.keys} keys\n"
+    )
+    return 0

@@ -5,7 +5,8 @@ One scenario checks, in order: with no snapshot yet the leader takes one first a
 a listed delta within the delta interval plus the upload; a leader change during steady writes loses no revision
 (the deltas cover every revision without a hole, and revisions held twice hold the same events); SIGTERM uploads
 what is pending and exits 0 on every member; a start revision etcd has compacted starts a full snapshot at once,
-and deltas go on after it.
+and deltas go on after it; a restore drill (`backup --verify`) of the snapshot and its deltas passes and `status`
+shows it, and fails with exit 9 once a delta is damaged.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from etcd_aws_cluster.core.deltas import Delta, Revision
 from etcd_aws_cluster.core.metrics import parse
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node
-from tests.integration.helpers import wait_for_log
-from tests.integration.test_backup_restore import Backed, booted
+from tests.integration.helpers import run_ok, wait_for_log
+from tests.integration.test_backup_restore import BUCKET, Backed, booted
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd_also("3.6")]
 
@@ -222,6 +223,31 @@ def test_follow_uploads_deltas_hands_over_without_a_gap_flushes_on_sigterm_and_s
         while reached() < after:
             assert time.monotonic() < waited, f"the metrics file says the deltas reach {reached()}, not {after}"
             time.sleep(0.05)
+        assert set(followers.terminate().values()) == {0}
+
+        # -- a restore drill of the newest snapshot and its deltas passes; status shows the proved recovery point
+        drilled = backed.backup(nodes[0], "--verify")
+        assert "drill passed" in drilled.stdout, drilled.stdout
+        result = backed.store.read_last_verification()
+        reach = deltas.chain(newest.revision, backed.store.list_deltas(), lineage)
+        assert result is not None and result.ok, result
+        assert (result.snapshot, result.revision) == (newest.key, reach.last) and result.deltas >= 1
+        assert result.revision >= after and result.keys is not None and result.keys > 50
+        shown = run_ok(asg, nodes[1], "status", env=backed.env).stdout
+        assert f"recovery point: revision {reach.last}" in shown and "restore drill: passed" in shown, shown
+
+        # -- a damaged delta: the drill fails (exit 9), stores why, and the metric says so
+        damaged = reach.deltas[-1]
+        backed.s3.put_object(Bucket=BUCKET, Key=damaged.key, Body=b"not a delta")
+        failed = asg.run_agent(nodes[0], "backup", "--verify", env=backed.env, timeout=90)
+        assert failed.returncode == 9, failed.stderr
+        assert "error (drill failed)" in failed.stderr and "stopped early" in failed.stderr, failed.stderr
+        result = backed.store.read_last_verification()
+        assert result is not None and not result.ok and result.revision < damaged.last
+        success = [
+            s.value for s in parse(nodes[0].metrics_file.read_text()) if s.name.endswith("_verification_success")
+        ]
+        assert success == [0.0]
     finally:
         for proc in followers.procs.values():
             if proc.poll() is None:

@@ -61,6 +61,7 @@ def test_the_exit_code_table_is_derived_from_the_kinds() -> None:
         (6, "refused: proceeding could split the cluster or lose quorum"),
         (7, "the output file could not be written"),
         (8, "another run holds the lock"),
+        (9, "a restore drill (backup --verify) did not restore what the backups recorded"),
     )
     # every kind's exit code is in the table, described by the first kind of that code
     described = dict(EXIT_CODES)
