@@ -108,7 +108,7 @@ integration: setup
 demo: setup
 	$(PY) scripts/demo.py $(if $(ETCD_VERSION),--etcd $(ETCD_VERSION))
 
-# Boot-path targets (writes docs/benchmarks.md), then backup and restore of a >= 200 MB db against etcd's own tools
+# Boot-path targets and backup --follow's delta lag (writes docs/benchmarks.md), then backup and restore of a >= 200 MB db against etcd's own tools
 # on etcd 3.4 and 3.5.30 (docs/benchmarks-backup.md); non-zero on a miss.
 bench: setup
 	$(PY) scripts/bench.py

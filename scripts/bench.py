@@ -14,15 +14,20 @@ c. peak RSS of every agent run.
 d. start-up time of ``python -m etcd_aws_cluster --help`` and of the ``etcd-aws-cluster --help`` console script.
 f. with backup_url set: the join of a replacement with S3 healthy (moto) and with S3 hanging (an endpoint that
    accepts connections and never answers), paired: healing must not wait on S3.
+g. continuous backups: ``backup --follow`` on every member of a running 3-node group (moto S3); the delta lag of
+   writes through different members (from the write to a listed delta that holds its revision), the deltas' count
+   and stored size, the followers' peak RSS, and their exit status at SIGTERM.
 
 Run with ``make bench`` or ``.venv/bin/python scripts/bench.py [--etcd 3.4|3.5] [--reps N] [--output PATH]``.
-Exit status 0 when the benchmark ran (whatever the numbers), 1 when it broke (docs/benchmarks.md is then kept).
+Exit status 0 when every target is met, 1 when one is missed (the report is still written) or when the benchmark
+broke (docs/benchmarks.md is then kept).
 Everything runs on 127.0.0.0/8 (moto, fake IMDS, etcd); every process started is stopped by PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import datetime
 import importlib.metadata
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +56,9 @@ from tests.harness.moto_server import FAKE_CREDENTIALS, MotoServer  # noqa: E402
 from tests.harness.procs import ProcessRegistry  # noqa: E402
 from tests.harness.silent_server import SilentServer  # noqa: E402
 from tests.harness.sim import Node, SimulatedAsg  # noqa: E402
+
+if TYPE_CHECKING:
+    from etcd_aws_cluster.adapters.s3 import BackupStore
 
 SIZES = (3, 5, 7, 9)
 PROBE_TIMEOUT = 1.0
@@ -64,6 +73,14 @@ TARGET_WALL = 0.5
 TARGET_HELP = 0.3
 TARGET_RSS_MIB = 80.0
 TARGET_S3_HANG_EXTRA = 1.0  # a join with S3 hanging, over the same join with S3 healthy
+FOLLOW_INTERVAL = 2.0  # ETCD_AWS_CLUSTER_BACKUP_DELTA_INTERVAL of section g
+FOLLOW_WRITES = 10
+FOLLOW_WRITE_GAP = 1.3  # seconds between the writes: not a multiple of the interval, so the writes land at every
+# point of a delta's interval, first of a batch (waits the whole interval) as well as later ones
+FOLLOW_POLL = 0.05  # how often the bench lists the deltas
+FOLLOW_COVER_TIMEOUT = 30.0  # a write still in no listed delta by then breaks the bench
+FOLLOW_STOP_TIMEOUT = 70.0  # a follower's last delta may take 60 s (app/follow.FINAL_BUDGET) before it exits
+TARGET_DELTA_LAG_EXTRA = 2.0  # the max delta lag, over the delta interval (see follow_section for why 2 s)
 S3_REPS = 3
 BENCH_BUCKET = "bench-backups"
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
@@ -114,6 +131,35 @@ class Results:
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
     s3_join: dict[str, list[Run]] = field(default_factory=dict)  # "healthy" / "hanging" -> paired join runs
+    follow: FollowResult | None = None
+
+
+@dataclass
+class FollowResult:
+    """Section g: `backup --follow` on a 3-node group."""
+
+    interval: float  # backup_delta_interval
+    lags: list[float]  # per write, seconds from the write to a listed delta holding its revision
+    opened: list[bool]  # per write: its revision was its delta's first (it waited the whole interval)
+    delta_sizes: list[int]  # stored bytes of every delta of the run
+    revisions_per_delta: list[int] = field(default_factory=list)
+    peak_rss_kib: dict[str, int] = field(default_factory=dict)  # "leader" / "standing by" -> VmHWM before SIGTERM
+    exits: list[int] = field(default_factory=list)
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # at the section's start
+
+    @property
+    def median_lag(self) -> float:
+        return statistics.median(self.lags)
+
+    @property
+    def max_lag(self) -> float:
+        return max(self.lags)
+
+    @property
+    def added(self) -> list[float]:
+        """Lag minus the interval of the writes that opened their delta: what the watch, the upload and the
+        listing add to the wait the interval sets."""
+        return [lag - self.interval for lag, opened in zip(self.lags, self.opened) if opened]
 
 
 # -- measuring one process ---------------------------------------------------------------------------------
@@ -407,6 +453,232 @@ def s3_section(res: Results) -> list[str]:
     return out
 
 
+def bench_follow(moto: MotoServer, etcd: Path, res: Results, log: Callable[[str], None]) -> None:
+    """`backup --follow` on every member of a running 3-node group: the delta lag of writes through different
+    members (see measure_delta_lag), the deltas stored, the followers' peak RSS; every follower must exit 0 at
+    SIGTERM."""
+    import boto3
+
+    from etcd_aws_cluster.adapters.s3 import BackupStore
+
+    moto.reset()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=BENCH_BUCKET)
+    url = f"s3://{BENCH_BUCKET}/etcd"
+    env = {"ETCD_AWS_CLUSTER_BACKUP_URL": url, "ETCD_AWS_CLUSTER_BACKUP_DELTA_INTERVAL": str(FOLLOW_INTERVAL)}
+    tool = etcd_binaries.snapshot_tool(etcd)
+    if tool is not None:
+        env["ETCD_AWS_CLUSTER_ETCDUTL"] = str(tool)
+    load = os.getloadavg()
+    with SimulatedAsg(moto.url, 3, etcd) as asg:
+        expect(agents_at_once(asg, asg.nodes, "bootstrap 3 with backup_url", env), "new")
+        start_cluster(asg, asg.nodes, 3)
+        store = BackupStore(s3, url, asg.name, region="us-east-1")
+        leader = leader_of(asg)
+        logs = {node.instance_id: node.workdir / "follow.log" for node in asg.nodes}
+        followers = {
+            node.instance_id: asg.start_agent(node, "backup", "--follow", env=env, log_path=logs[node.instance_id])
+            for node in asg.nodes
+        }
+        wait_logged(followers[leader.instance_id], logs[leader.instance_id], r"following from revision \d+")
+        log(f"backup --follow on 3 members; the leader ({leader.ip}) follows; {FOLLOW_WRITES} writes")
+        lags, opened = measure_delta_lag(asg, store)
+        if leader_of(asg) is not leader:
+            raise BenchFailed("the etcd leader changed during the delta lag measurement: the lags are not comparable")
+        peak = {node.instance_id: peak_rss_kib(followers[node.instance_id].pid) for node in asg.nodes}
+        exits = []
+        for proc in followers.values():
+            proc.send_signal(signal.SIGTERM)
+        for instance_id, proc in followers.items():
+            try:
+                exits.append(proc.wait(timeout=FOLLOW_STOP_TIMEOUT))
+            except subprocess.TimeoutExpired:
+                raise BenchFailed(
+                    f"backup --follow ({instance_id}) still running {FOLLOW_STOP_TIMEOUT:.0f}s after SIGTERM"
+                ) from None
+            asg.registry.forget(proc.pid)
+        if any(exits):
+            tails = "\n".join(logs[i].read_text(errors="replace")[-1500:] for i in followers)
+            raise BenchFailed(f"backup --follow exited {exits} at SIGTERM, not 0 everywhere:\n{tails}")
+        listed = store.list_deltas()
+    standby = [kib for instance_id, kib in peak.items() if instance_id != leader.instance_id]
+    res.follow = FollowResult(
+        interval=FOLLOW_INTERVAL,
+        lags=lags,
+        opened=opened,
+        delta_sizes=[d.size for d in listed],
+        revisions_per_delta=[d.last - d.first + 1 for d in listed],
+        peak_rss_kib={"leader": peak[leader.instance_id], "standing by (max of 2)": max(standby)},
+        exits=exits,
+        load=load,
+    )
+    log(
+        f"delta lag, interval {FOLLOW_INTERVAL:g}s: median {res.follow.median_lag:.2f}s, max "
+        f"{res.follow.max_lag:.2f}s; {len(listed)} deltas; followers exited {exits}"
+    )
+
+
+def wait_logged(proc: subprocess.Popen[str], path: Path, pattern: str, timeout: float = HEALTHY_TIMEOUT) -> None:
+    """Wait until the process logging to `path` has logged a match of `pattern`; BenchFailed if it exits first or
+    the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, path.read_text(errors="replace") if path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = path.read_text(errors="replace")[-2000:] if path.exists() else ""
+            raise BenchFailed(f"{path.name}: no {pattern!r} within {timeout:.0f}s (exit {proc.poll()}):\n{tail}")
+        time.sleep(0.05)
+
+
+def measure_delta_lag(asg: SimulatedAsg, store: BackupStore) -> tuple[list[float], list[bool]]:
+    """FOLLOW_WRITES writes FOLLOW_WRITE_GAP seconds apart, each through the next member; meanwhile the deltas are
+    listed every FOLLOW_POLL seconds. A write's lag: from just before it was sent until a listing that returned a
+    delta holding its revision had returned; and whether the write opened its delta (see opened_a_delta). In the
+    order of the writes."""
+    nodes = asg.nodes
+    outstanding: dict[int, float] = {}  # revision -> when its write was sent
+    lags: dict[int, float] = {}
+    started = time.monotonic()
+    deadline = started + FOLLOW_WRITES * FOLLOW_WRITE_GAP + FOLLOW_COVER_TIMEOUT
+    writes = 0
+    with requests.Session() as http:
+        http.trust_env = False
+        while writes < FOLLOW_WRITES or outstanding:
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"revisions {sorted(outstanding)} in no listed delta after {FOLLOW_COVER_TIMEOUT}s")
+            if writes < FOLLOW_WRITES and time.monotonic() >= started + writes * FOLLOW_WRITE_GAP:
+                sent = time.monotonic()
+                outstanding[put_revision(http, nodes[writes % len(nodes)], f"/bench/lag/{writes}")] = sent
+                writes += 1
+            spans = [(d.first, d.last) for d in store.list_deltas()]
+            lags.update(newly_covered(outstanding, spans, time.monotonic()))
+            for revision in lags:
+                outstanding.pop(revision, None)
+            time.sleep(FOLLOW_POLL)
+    in_order = sorted(lags)
+    spans = [(d.first, d.last) for d in store.list_deltas()]
+    return [lags[r] for r in in_order], opened_a_delta(in_order, spans)
+
+
+def newly_covered(outstanding: dict[int, float], spans: Iterable[tuple[int, int]], now: float) -> dict[int, float]:
+    """Of the outstanding revisions (revision -> when it was written), those a listed delta (first, last) holds,
+    each with its lag at `now`."""
+    listed = list(spans)
+    return {
+        revision: now - written
+        for revision, written in outstanding.items()
+        if any(first <= revision <= last for first, last in listed)
+    }
+
+
+def opened_a_delta(revisions: Sequence[int], spans: Iterable[tuple[int, int]]) -> list[bool]:
+    """For each of the bench's revisions: was it the first of them in the delta (first, last) that holds it (it
+    waited that delta's whole interval)? A delta's range also holds revisions no write of the bench made (it
+    starts where the one before ended), so its first revision does not tell."""
+    listed = list(spans)
+    return [
+        not any(
+            first <= earlier < revision for earlier in revisions for first, last in listed if first <= revision <= last
+        )
+        for revision in revisions
+    ]
+
+
+def put_revision(http: requests.Session, node: Node, key: str) -> int:
+    """Write `key` through `node`'s etcd (v3 JSON gateway); the revision the write made."""
+    body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(b"v").decode()}
+    answer = http.post(f"{node.client_url}/v3/kv/put", json=body, timeout=5)
+    if answer.status_code != 200:
+        raise BenchFailed(f"a write through {node.ip} failed: {answer.status_code} {answer.text[:200]}")
+    return int(answer.json()["header"]["revision"])
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a running process: its peak resident set so far (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def spread(values: Sequence[float], sign: str = "") -> str:
+    """'median / max' in seconds, or '-' for none."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):{sign}.3f} / {max(values):{sign}.3f} s"
+
+
+def follow_section(res: Results) -> list[str]:
+    follow = res.follow
+    if follow is None:
+        return []
+    out = ["", "## g. Continuous backups: `backup --follow`", ""]
+    out.append(
+        "A running 3-node group bootstrapped by the agent with `backup_url` (moto's S3 on loopback), "
+        f"`backup_delta_interval` {follow.interval:g} s (`ETCD_AWS_CLUSTER_BACKUP_DELTA_INTERVAL`), "
+        "`etcd-aws-cluster backup --follow` started on every member (the leader takes the first full snapshot and "
+        f"follows from it, the others stand by). Then {len(follow.lags)} writes {FOLLOW_WRITE_GAP} s apart (not a "
+        "multiple of the interval: some writes open a batch and wait the whole interval, others join one), each "
+        "through the next member. A write's delta lag is the time from just before the write is sent until a "
+        f"listing of the deltas (one every {FOLLOW_POLL * 1000:.0f} ms) that holds its revision has returned: the "
+        "recovery point of a write between full snapshots. The etcd leader stayed the same throughout. Load "
+        f"average at the section's start: {_load(follow.load)} (1/5/15 min, {len(os.sched_getaffinity(0))} CPUs "
+        "shared by 3 etcd, 3 followers, moto and the bench)."
+    )
+    out.append("")
+    opening = [lag for lag, opened in zip(follow.lags, follow.opened) if opened]
+    joining = [lag for lag, opened in zip(follow.lags, follow.opened) if not opened]
+    rows = [
+        ("writes", f"{len(follow.lags)} ({len(opening)} opened a delta, {len(joining)} joined one)"),
+        ("delta lag, median / max", spread(follow.lags)),
+        ("delta lag of the writes that opened their delta (waited the whole interval), median / max", spread(opening)),
+        (
+            "the same minus the interval (what the watch, the upload and the listing add), median / max",
+            spread(follow.added, "+"),
+        ),
+        ("delta lag of the writes that joined a delta, median / max", spread(joining)),
+        (
+            "every lag in write order (* opened its delta), s",
+            ", ".join(f"{lag:.2f}{'*' if opened else ''}" for lag, opened in zip(follow.lags, follow.opened)),
+        ),
+        ("deltas stored", str(len(follow.delta_sizes))),
+        ("revisions per delta, median", f"{statistics.median(follow.revisions_per_delta or [0]):g}"),
+        (
+            "stored bytes per delta, median / max",
+            f"{statistics.median(follow.delta_sizes or [0]):.0f} / {max(follow.delta_sizes or [0])}",
+        ),
+    ]
+    rows += [(f"peak RSS of a follower, {role}", f"{kib / 1024:.1f} MiB") for role, kib in follow.peak_rss_kib.items()]
+    rows.append(("exit status at SIGTERM", ", ".join(str(code) for code in follow.exits)))
+    out.append(table(("", ""), rows))
+    out += [
+        "",
+        "A write waits in the follower until the oldest pending change is `backup_delta_interval` old: a write "
+        "that opens a delta waits the whole interval, one that joins it less, so the max lag is an opening write's "
+        "and the median depends on how the writes fall. The target allows the max "
+        f"{TARGET_DELTA_LAG_EXTRA:g} s over the interval for what follows that wait: etcd's watch delivering the "
+        "change, the follower's loop looking at the clock (every 0.25 s, app/follow.TICK), asking etcd whether its "
+        "member still leads, compressing and PUTting the delta; then the bench's own listing, up to one poll late. "
+        "Here that adds a few hundred ms at most (the row above); a small PUT to real S3 takes tens to a few "
+        "hundred ms more, and the rest leaves room for a loaded 2-CPU machine. What the limit is there to catch: "
+        "a write whose delta misses its turn and waits a second interval (with the "
+        f"{follow.interval:g} s interval here, that is at least {2 * follow.interval:g} s plus the same overhead, "
+        "past the limit), or a watch or an upload that stalls; one failed upload retried after its 1 s backoff "
+        "(app/follow.RETRY_BASE) would still pass. Peak RSS is each "
+        "follower's VmHWM (/proc/PID/status) just before SIGTERM: the followers run "
+        "for the whole section, so it is their steady state with this small load, not a bound under a heavy one.",
+    ]
+    return out
+
+
 def bench_startup(python: str, console: Path, res: Results, log: Callable[[str], None]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ETCD_AWS_CLUSTER_"))}
     commands = {
@@ -602,6 +874,15 @@ def targets(res: Results) -> list[Target]:
             TARGET_S3_HANG_EXTRA,
         )
     )
+    if res.follow is not None:
+        found.append(
+            Target(
+                f"backup --follow: a write in a listed delta, max over {len(res.follow.lags)} writes "
+                f"(delta interval {res.follow.interval:g} s + {TARGET_DELTA_LAG_EXTRA:g} s)",
+                res.follow.max_lag,
+                res.follow.interval + TARGET_DELTA_LAG_EXTRA,
+            )
+        )
     return found
 
 
@@ -736,7 +1017,7 @@ def startup_section(res: Results) -> list[str]:
 
 def report(res: Results, etcd: Path, duration: float) -> str:
     out = intro_section(res, etcd) + wall_section(res) + hung_section(res) + rss_section(res)
-    out += startup_section(res) + s3_section(res)
+    out += startup_section(res) + s3_section(res) + follow_section(res)
     out += ["", "## Notes", "", *res.notes, "", f"Benchmark duration: {duration:.0f} s.", ""]
     return "\n".join(out)
 
@@ -802,6 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_bootstrap(moto, etcd, args.reps, res, log)
                 bench_hung(moto, etcd, args.reps, res, log)
                 bench_s3_hang(moto, etcd, args.reps, res, log)
+                bench_follow(moto, etcd, res, log)
     except BenchFailed as exc:
         print(f"\nbench: FAILED: {exc}", file=sys.stderr)
         print(f"(every process the bench started has been stopped; {args.output} is unchanged)", file=sys.stderr)

@@ -61,3 +61,38 @@ def test_a_join_that_waits_on_a_hanging_s3_misses_its_target(bench: ModuleType) 
     name = "a join with S3 hanging, extra over the same join with S3 healthy (paired median)"
     assert name not in [t.name for t in bench.targets(results(bench, 0.3, s3_extra=0.8)) if t.missed]
     assert name in [t.name for t in bench.targets(results(bench, 0.3, s3_extra=1.2)) if t.missed]
+
+
+def follow_result(bench: ModuleType, lags: list[float]) -> object:
+    return bench.FollowResult(
+        interval=2.0,
+        lags=lags,
+        opened=[n % 2 == 0 for n in range(len(lags))],
+        delta_sizes=[300, 310],
+        revisions_per_delta=[2, 2],
+        peak_rss_kib={"leader": 80 * 1024},
+        exits=[0, 0, 0],
+    )
+
+
+def test_a_delta_lag_past_the_interval_plus_its_allowance_misses_its_target(bench: ModuleType) -> None:
+    name = "backup --follow: a write in a listed delta, max over 4 writes (delta interval 2 s + 2 s)"
+    res = results(bench, 0.3)
+    res.follow = follow_result(bench, [2.3, 0.8, 3.9, 0.8])
+    assert name in [t.name for t in bench.targets(res) if not t.missed]
+    text = bench.report(res, Path("/usr/bin/etcd"), 1.0)
+    assert "## g. Continuous backups" in text
+    assert "| 3.100 / 3.900 s |" in text  # the opening writes' lags
+    assert "| +1.100 / +1.900 s |" in text  # the same minus the interval
+    res.follow = follow_result(bench, [2.3, 0.8, 4.1, 0.8])  # one write waited a second interval
+    assert name in [t.name for t in bench.targets(res) if t.missed]
+
+
+def test_a_write_counts_as_covered_once_a_listed_delta_holds_its_revision(bench: ModuleType) -> None:
+    outstanding = {10: 100.0, 11: 101.0, 14: 102.0}
+    assert bench.newly_covered(outstanding, [(5, 9), (8, 12)], now=103.0) == {10: 3.0, 11: 2.0}  # 14: no delta yet
+
+
+def test_a_write_opened_its_delta_when_no_earlier_write_is_in_it(bench: ModuleType) -> None:
+    # deltas 5-11 (from the snapshot on: 5-9 are no write of the bench's) and 12-15
+    assert bench.opened_a_delta([10, 11, 13, 15], [(5, 11), (12, 15)]) == [True, False, True, False]
