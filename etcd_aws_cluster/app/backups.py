@@ -513,7 +513,16 @@ class Backups:
                 info.revision,
                 format_time(info.taken_at),
             )
-            return Restored(info, info, failed=str(exc))
+            progress = Progress(info.revision, info.revision, None)
+            try:  # the restored data lacks deltas of its lineage: it begins a lineage of its own (a fork)
+                return replace(
+                    self._upload_result(tool, download, out, info, progress, None, fork=True), failed=str(exc)
+                )
+            except CorruptSnapshotError:
+                raise
+            except AgentError as again:
+                log.error("restore: the snapshot alone could not be uploaded as a new lineage either (%s)", again)
+                return Restored(info, info, failed=str(exc))
 
     def _replay(
         self, tool: restore_tool.RestoreTool, download: Path, out: Path, info: SnapshotInfo, point: Point | None
@@ -530,7 +539,7 @@ class Backups:
             )
         if point is not None:
             found = deltas.until(found, revision=point.revision, at=point.at)
-        if not found.deltas and point is None:
+        if not found.deltas and point is None and found.gap_after is None:
             return Restored(info, info)
         check_db(tool, download, info, where)  # a corrupt snapshot goes to the next candidate before any replay
         progress = Progress(info.revision, info.revision, None)
@@ -560,16 +569,38 @@ class Backups:
                     progress.revision,
                     format_time(progress.at or info.taken_at),
                 )
-        if snapshot is None and point is None:
+        # What is restored without every delta of its lineage (a point in time, a damaged delta, a gap) is a new
+        # history: it begins a lineage of its own, so that no later restore carries it forward with the deltas
+        # it left out (the cluster restored from it never had those writes).
+        fork = point is not None or progress.stopped is not None or found.gap_after is not None
+        if snapshot is None and not fork:
             return Restored(info, info, progress)
-        lineage = records.new_lineage(ctx.now()) if point is not None else info.lineage
+        return self._upload_result(tool, download, out, info, progress, snapshot, fork=fork, version=version)
+
+    def _upload_result(
+        self,
+        tool: restore_tool.RestoreTool,
+        download: Path,
+        out: Path,
+        info: SnapshotInfo,
+        progress: Progress,
+        snapshot: Path | None,
+        *,
+        fork: bool,
+        version: str | None = None,
+    ) -> Restored:
+        """Upload what a restore of `info` restores: the replay's `snapshot` (or the downloaded db itself when no
+        revision was applied), in `info`'s lineage or, with `fork`, a new one; the restore then takes it from
+        `out`."""
+        ctx = self.ctx
+        lineage = records.new_lineage(ctx.now()) if fork else info.lineage
         source = snapshot if snapshot is not None else download
         status = restore_tool.db_status(tool, source)
         meta = SnapshotMeta(
             taken_at=progress.at or info.taken_at,
             revision=status.revision,
             cluster_id=info.cluster_id,
-            etcd_version=version,
+            etcd_version=version or info.etcd_version,
             members=info.members,
             source_instance=ctx.me.instance_id,
             hash_trailer=info.hash_trailer if snapshot is None else True,
@@ -582,6 +613,15 @@ class Backups:
             uploaded = self.store.upload(handle, meta, check_trailer=meta.hash_trailer)
         if source is download:  # restored from the replay's copy of the same bytes
             os.replace(download, out)
+        if fork and info.lineage != lineage:
+            log.warning(
+                "restore: uploaded as %s, the first snapshot of a new lineage %s: the deltas of lineage %s after "
+                "revision %d are left out (restore them by hand: `restore --list`)",
+                self.store.where(uploaded.key),
+                lineage,
+                records.lineage_name(info.lineage),
+                progress.revision,
+            )
         return Restored(uploaded, info, progress)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import shutil
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,14 @@ def restore(asg: SimulatedAsg, backed: Backed, *args: str, env: dict[str, str] |
     return result.returncode, result.stdout, result.stderr
 
 
+def back_to_lineage(backed: Backed, snapshot: SnapshotInfo) -> None:
+    """The record follows `snapshot`'s lineage again (as after its restore), so that the next restore applies its
+    deltas: a restore that forked a new lineage left them behind on purpose."""
+    record, etag = backed.store.read_record_tagged()
+    assert record is not None
+    backed.store.write_record(replace(record, lineage=snapshot.lineage, newest_snapshot=snapshot.key), etag)
+
+
 def restart_from_restore(asg: SimulatedAsg) -> None:
     asg.start_etcd(asg.nodes[0])
     asg.wait_healthy(1, timeout=60)
@@ -195,9 +204,15 @@ def test_restore_by_hand_stops_at_a_damaged_delta_and_restores_points_in_time(
     code, out, err = restore(asg, backed, env={"ETCD_AWS_CLUSTER_ETCDUTL": str(lone_tool)})
     assert code == 0, err
     assert f"the deltas after {snapshot.key} could not be applied" in err and "snapshot ALONE" in err, err
-    assert f"restored {snapshot.key} (revision {snapshot.revision})" in out and "could NOT be applied" in out, out
+    assert f"restored {snapshot.key} (revision {snapshot.revision})" not in out and "could NOT be applied" in out, out
     restart_from_restore(asg)
     assert asg.get("/base/2") is not None and asg.get("/first/0") is None
+    # the data lacks the deltas of its lineage: it begins a lineage of its own, so no later restore carries it
+    # forward with the deltas it left out
+    alone = backed.store.read_record()
+    assert alone is not None and alone.lineage not in (None, snapshot.lineage), alone
+    assert "a new lineage" in err and f"uploaded as s3://{BUCKET}/{alone.newest_snapshot}" in err, err
+    back_to_lineage(backed, snapshot)
 
     # the second delta rots in S3: the restore keeps the first delta's revisions and says where and why it stopped
     rotten = deltas[1]
@@ -212,7 +227,9 @@ def test_restore_by_hand_stops_at_a_damaged_delta_and_restores_points_in_time(
     assert all(asg.get(key) == value for key, value in first.items())
     assert all(asg.get(key) is None for key in second)
     record = backed.store.read_record()
-    assert record is not None and record.lineage == snapshot.lineage  # consolidation: the same lineage
+    assert record is not None and record.lineage not in (None, snapshot.lineage)  # short of the deltas: a fork
+    assert {i.revision for i in backed.store.list_snapshots() if i.key == record.newest_snapshot} == {deltas[0].last}
+    back_to_lineage(backed, snapshot)
 
     # to a time: the revisions received up to then (the deltas' revisions are 1 s apart from the first's time)
     at = deltas[0].last_at - timedelta(seconds=4.5)  # revision first+4's time + 0.5 s
