@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 log = logging.getLogger(__name__)
+# boto3 sessions are not thread-safe: one lock makes them and the clients made from them
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: dict[str, Any] = {}
 T = TypeVar("T")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -76,14 +79,19 @@ def _refuse_late_attempts(deadline: Deadline) -> Callable[..., None]:
 
 def aws_session(region: str) -> Any:
     """A boto3 session whose data path puts our trimmed EC2 model (DescribeInstances only) first: see
-    scripts/trim_ec2_model.py. One per run is enough: clients made from one session share its loaded data."""
-    import boto3
-    import botocore.session
+    scripts/trim_ec2_model.py. One per region and process: clients made from one session share its loaded data
+    (endpoints, partitions, retry rules), 7 MiB less for the S3 client of a boot with backups than a session of
+    its own."""
+    with _SESSION_LOCK:
+        if region not in _SESSIONS:
+            import boto3
+            import botocore.session
 
-    with aws_errors("creating the AWS session"):
-        core = botocore.session.get_session()
-        core.set_config_variable("data_path", str(DATA_DIR))
-        return boto3.session.Session(botocore_session=core, region_name=region)
+            with aws_errors("creating the AWS session"):
+                core = botocore.session.get_session()
+                core.set_config_variable("data_path", str(DATA_DIR))
+                _SESSIONS[region] = boto3.session.Session(botocore_session=core, region_name=region)
+        return _SESSIONS[region]
 
 
 def make_client(
@@ -113,7 +121,7 @@ def make_client(
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
     session = session or aws_session(region)
-    with aws_errors(f"creating the {service} client"):
+    with aws_errors(f"creating the {service} client"), _SESSION_LOCK:  # a session makes one client at a time
         client = session.client(service, config=config, endpoint_url=endpoint)
     if deadline is not None:
         client.meta.events.register("before-send", _refuse_late_attempts(deadline))
