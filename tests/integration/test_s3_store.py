@@ -25,7 +25,7 @@ from etcd_aws_cluster.app.backups import Backups
 from etcd_aws_cluster.base.deadline import Deadline
 from etcd_aws_cluster.base.errors import AwsError, RecordRaceError, UnsafeError
 from etcd_aws_cluster.core import records
-from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaHeader, Op, Revision
+from etcd_aws_cluster.core.deltas import DamagedDeltaError, Delta, DeltaHeader, DeltaInfo, Op, Revision
 from etcd_aws_cluster.core.model import AsgView, Endpoints
 from etcd_aws_cluster.core.records import ClusterRecord, Handoff, SnapshotMeta, handoff_to_json
 from etcd_aws_cluster.core.view import ClusterView
@@ -462,3 +462,31 @@ def test_a_decision_that_lost_the_race_to_the_same_decision_takes_the_winners_re
     taken = backups.write_record(view, members=MEMBERS)  # the same new cluster, recorded first by a peer
     assert store.attempts == 1 and taken == store.read_record()
     assert taken.lineage == LINEAGE  # one lineage for the one new cluster
+
+
+def test_retention_deletes_the_snapshots_it_does_not_keep_and_the_deltas_no_kept_snapshot_needs(
+    s3: S3Client, store: BackupStore
+) -> None:
+    def snapshot(revision: int, hours: int) -> records.SnapshotInfo:
+        return store.upload(
+            [etcd_db(b"db %d" % revision)], replace(meta(revision, NOW - timedelta(hours=hours)), lineage=LINEAGE)
+        )
+
+    def delta(first: int, last: int, lineage: str | None = LINEAGE) -> DeltaInfo:
+        revisions = (Revision(last, NOW, (Op("put", b"/k/%d" % last, b"v"),)),)
+        return store.put_delta(Delta(DeltaHeader(lineage, 0xABC, first, last, INSTANCE), revisions))
+
+    oldest, middle, newest = snapshot(10, 3), snapshot(20, 2), snapshot(30, 1)
+    before = [delta(5, 10), delta(11, 15), delta(16, 20)]  # only the oldest snapshot needs 11..20
+    kept = [delta(21, 25), delta(26, 32), delta(33, 40)]  # the middle one's way to the newest, and after it
+    stray = delta(1, 50, lineage=None)  # a lineage without any snapshot
+    ctx = SimpleNamespace(
+        now=lambda: NOW,
+        deadline=Deadline(30.0),
+        settings=SimpleNamespace(backup_keep_last=2, backup_keep_daily_days=0),
+    )
+    gone = Backups(cast("Context", ctx), store).prune()
+    assert gone == (oldest,)
+    assert store.list_snapshots() == (newest, middle)
+    assert set(store.list_deltas()) == set(kept)
+    assert {d.key for d in (*before, stray)}.isdisjoint(d.key for d in store.list_deltas())
