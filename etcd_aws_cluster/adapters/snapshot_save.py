@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from etcd_aws_cluster.adapters import restore_tool
-from etcd_aws_cluster.adapters.etcd import Tls
+from etcd_aws_cluster.adapters.etcd import EtcdClient, Tls
 from etcd_aws_cluster.adapters.restore_tool import RestoreTool
-from etcd_aws_cluster.base.errors import ConfigError
+from etcd_aws_cluster.base.errors import ConfigError, EtcdError
 
 log = logging.getLogger(__name__)
 DIAL_TIMEOUT = 5  # seconds
@@ -51,3 +51,27 @@ def save(etcdctl: RestoreTool, client_url: str, tls: Tls, path: Path, timeout: f
             args += [flag, str(value)]
     args += ["snapshot", "save", str(path)]
     restore_tool.run_tool(etcdctl, args, f"saving the snapshot of {client_url} with etcdctl", timeout)
+
+
+def save_or_stream(
+    etcdctl: RestoreTool | None,
+    client: EtcdClient,
+    client_url: str,
+    path: Path,
+    timeout: float,
+    call_timeout: float,
+    what: str,
+) -> bool:
+    """Save the snapshot of the member at `client_url` to `path`: with `etcdctl` where there is one (True), else,
+    or when it fails, through etcd's JSON gateway (False; slower). `what` names the caller in the warning."""
+    if etcdctl is not None:
+        try:
+            save(etcdctl, client_url, client.tls, path, timeout)
+            return True
+        except EtcdError as exc:
+            log.warning("%s: %s; taking the snapshot through etcd's JSON gateway instead", what, exc)
+            path.unlink(missing_ok=True)
+    with path.open("xb") as out:
+        for chunk in client.snapshot(client_url, call_timeout):
+            out.write(chunk)
+    return False

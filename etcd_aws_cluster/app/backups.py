@@ -175,18 +175,12 @@ class Backups:
         etcdctl = snapshot_save.find_etcdctl(ctx.settings.etcdutl)
         if etcdctl is None:
             log.info("backup: no etcdctl on this host; taking the snapshot through etcd's JSON gateway (slower)")
-        else:
-            try:
-                snapshot_save.save(etcdctl, url, ctx.etcd.tls, spool, ctx.deadline.remaining())
-                log.info("backup: snapshot saved by %s", etcdctl)
-                return True
-            except EtcdError as exc:
-                log.warning("backup: %s; taking the snapshot through etcd's JSON gateway instead", exc)
-                spool.unlink(missing_ok=True)
-        with spool.open("xb") as out:
-            for chunk in ctx.etcd.snapshot(url, ctx.call_timeout):
-                out.write(chunk)
-        return False
+        saved = snapshot_save.save_or_stream(
+            etcdctl, ctx.etcd, url, spool, ctx.deadline.remaining(), ctx.call_timeout, "backup"
+        )
+        if saved:
+            log.info("backup: snapshot saved by %s", etcdctl)
+        return saved
 
     def _spool_place(self, meta: SnapshotMeta) -> tuple[Path, restore_tool.RestoreTool] | None:
         """Where to spool this snapshot, and the tool to read it with; None to stream it."""

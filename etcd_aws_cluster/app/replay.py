@@ -290,16 +290,9 @@ class Replayer:
 
     def _save(self, url: str, out: Path) -> None:
         """The throwaway etcd's snapshot into `out`: with etcdctl where the host has one, else its JSON gateway."""
-        if self.etcdctl is not None:
-            try:
-                snapshot_save.save(self.etcdctl, url, Tls(), out, self.deadline.cap(600.0))
-                return
-            except EtcdError as exc:
-                log.warning("replay: %s; saving the snapshot through etcd's JSON gateway instead", exc)
-                out.unlink(missing_ok=True)
-        with out.open("xb") as handle:
-            for chunk in self.client.snapshot(url, self.call_timeout):
-                handle.write(chunk)
+        snapshot_save.save_or_stream(
+            self.etcdctl, self.client, url, out, self.deadline.cap(600.0), self.call_timeout, "replay"
+        )
 
 
 def loopback_session() -> requests.Session:

@@ -4,6 +4,7 @@ v3 JSON gateway's prefixes (/v3, /v3beta) found once per run."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ class Tls:
             raise ConfigError("cert_file and key_file must be set together")
 
 
-def _caused_by_refusal(exc: BaseException) -> bool:
+def causes(exc: BaseException) -> Iterator[object]:
+    """`exc` and everything it wraps (causes, contexts, urllib3's `reason`, arguments), each once: requests hides
+    the OS error of a failed connection or read several layers down."""
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -81,11 +84,17 @@ def _caused_by_refusal(exc: BaseException) -> bool:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, ConnectionRefusedError) or (isinstance(item, OSError) and item.errno == errno.ECONNREFUSED):
-            return True
+        yield item
         if isinstance(item, BaseException):
             stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
-    return "Connection refused" in str(exc)
+
+
+def _caused_by_refusal(exc: BaseException) -> bool:
+    refused = any(
+        isinstance(item, ConnectionRefusedError) or (isinstance(item, OSError) and item.errno == errno.ECONNREFUSED)
+        for item in causes(exc)
+    )
+    return refused or "Connection refused" in str(exc)
 
 
 def _uint64(value: Any) -> int | None:

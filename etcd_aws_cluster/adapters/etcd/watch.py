@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64, causes
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.core.deltas import Op, Revision
 from etcd_aws_cluster.core.model import EtcdFailure
@@ -198,18 +198,7 @@ def _is_read_timeout(exc: BaseException) -> bool:
     ReadTimeoutError."""
     from urllib3.exceptions import ReadTimeoutError
 
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, (ReadTimeoutError, TimeoutError, socket.timeout)):
-            return True
-        if isinstance(item, BaseException):
-            stack.extend([item.__cause__, item.__context__, *item.args])
-    return False
+    return any(isinstance(item, (ReadTimeoutError, TimeoutError, socket.timeout)) for item in causes(exc))
 
 
 def _socket_of(response: requests.Response) -> socket.socket | None:
