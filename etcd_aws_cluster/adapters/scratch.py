@@ -81,6 +81,12 @@ def sweep_spools(data_dir: Path) -> list[Path]:
     return _sweep_dir(data_dir, None, (SPOOL_PREFIX,))
 
 
+def sweep_drills(directory: Path) -> list[Path]:
+    """A killed drill's download and throwaway etcd dir in `directory`: a drill, which runs without the host lock,
+    removes only these, and only of pids that no longer run."""
+    return _sweep_dir(directory, None, (DOWNLOAD_PREFIX, REPLAY_PREFIX))
+
+
 def _sweep_dir(directory: Path, legacy_of: str | None, prefixes: tuple[str, ...] = PREFIXES) -> list[Path]:
     try:
         names = os.listdir(directory)

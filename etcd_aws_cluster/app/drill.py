@@ -81,7 +81,7 @@ def _drill(backups: Backups, info: SnapshotInfo, reach: deltas.Chain) -> Drilled
     store = backups.store
     tool = backups.tool_for((info,))
     where = place(backups)
-    scratch.sweep([where])
+    scratch.sweep_drills(where)
     scratch.ensure_free(where, 3 * info.db_bytes + RESTORE_HEADROOM, f"a restore drill of {store.where(info.key)}")
     download = scratch.scratch_path(where, scratch.DOWNLOAD_PREFIX, ".db")
     try:

@@ -296,3 +296,22 @@ def test_a_backup_sweeps_only_dead_spools(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f".spool-{os.getpid()}.db", f".restoring-{dead}", f"..snapshot-{dead}.db.a.part"]
     )
+
+
+def test_a_drill_sweeps_only_dead_drills_downloads_and_replays(tmp_path: Path) -> None:
+    dead = dead_pid()
+    mine = os.getpid()
+    for name in (
+        f".snapshot-{dead}.db",
+        f".replay-{dead}",
+        f".replay-{mine}",
+        f".restoring-{dead}",
+        f".spool-{dead}.db",
+    ):
+        (tmp_path / name).mkdir() if name.startswith(".replay") else (tmp_path / name).touch()
+    assert sorted(scratch.sweep_drills(tmp_path)) == sorted(
+        [tmp_path / f".snapshot-{dead}.db", tmp_path / f".replay-{dead}"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".replay-{mine}", f".restoring-{dead}", f".spool-{dead}.db"]
+    )
