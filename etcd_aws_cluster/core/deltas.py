@@ -333,16 +333,20 @@ def chain(start: int, deltas: Iterable[DeltaInfo], lineage: str | None) -> Chain
     """The deltas of `lineage` that carry a snapshot at revision `start` forward, as far as they reach without a
     hole: at each step the one covering the next revision that reaches furthest (overlaps, e.g. two leaders'
     deltas around a hand-over, hold the same history and are skipped, not applied twice)."""
-    ordered = of_lineage(deltas, lineage)
+    ordered = of_lineage(deltas, lineage)  # by first revision: one pass, whatever the number of deltas
     taken: list[DeltaInfo] = []
     reached = start
+    seen = 0
+    furthest: DeltaInfo | None = None  # of the deltas that begin at or before the next revision
     while True:
-        covering = [d for d in ordered if d.first <= reached + 1 <= d.last]
-        if not covering:
+        while seen < len(ordered) and ordered[seen].first <= reached + 1:
+            if furthest is None or (ordered[seen].last, ordered[seen].key) > (furthest.last, furthest.key):
+                furthest = ordered[seen]
+            seen += 1
+        if furthest is None or furthest.last <= reached:
             break
-        best = max(covering, key=lambda d: (d.last, d.key))
-        taken.append(best)
-        reached = best.last
+        taken.append(furthest)
+        reached = furthest.last
     later = [d for d in ordered if d.first > reached + 1]
     return Chain(start, tuple(taken), reached, reached if later else None)
 
