@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from tests.harness import etcd_binaries  # noqa: E402
-from tests.harness.moto_server import FAKE_CREDENTIALS, MotoServer  # noqa: E402
+from tests.harness.moto_server import MotoServer, s3_client  # noqa: E402
 from tests.harness.procs import ProcessRegistry  # noqa: E402
 from tests.harness.silent_server import SilentServer  # noqa: E402
 from tests.harness.sim import Node, SimulatedAsg  # noqa: E402
@@ -381,16 +381,9 @@ def bench_s3_hang(moto: MotoServer, etcd: Path, reps: int, res: Results, log: Ca
     """A 3-node cluster with backup_url; one instance replaced at a time, the replacement's agent seeing S3
     healthy or hanging (ASG/EC2 stay on moto), alternately. The gone member is removed by hand and etcd's guard
     waited out first, so that both joins do the same etcd work: one add."""
-    import boto3
 
     moto.reset()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = s3_client(moto.url)
     s3.create_bucket(Bucket=BENCH_BUCKET)
     env = {"ETCD_AWS_CLUSTER_BACKUP_URL": f"s3://{BENCH_BUCKET}/etcd"}
     res.s3_join = {"healthy": [], "hanging": []}
@@ -457,18 +450,11 @@ def bench_follow(moto: MotoServer, etcd: Path, res: Results, log: Callable[[str]
     """`backup --follow` on every member of a running 3-node group: the delta lag of writes through different
     members (see measure_delta_lag), the deltas stored, the followers' peak RSS; every follower must exit 0 at
     SIGTERM."""
-    import boto3
 
     from etcd_aws_cluster.adapters.s3 import BackupStore
 
     moto.reset()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = s3_client(moto.url)
     s3.create_bucket(Bucket=BENCH_BUCKET)
     url = f"s3://{BENCH_BUCKET}/etcd"
     env = {"ETCD_AWS_CLUSTER_BACKUP_URL": url, "ETCD_AWS_CLUSTER_BACKUP_DELTA_INTERVAL": str(FOLLOW_INTERVAL)}

@@ -41,7 +41,7 @@ from bench import LAUNCHER  # noqa: E402  (scripts/ is this script's own directo
 
 from etcd_aws_cluster.adapters import restore_tool  # noqa: E402
 from tests.harness import etcd_binaries  # noqa: E402
-from tests.harness.moto_server import FAKE_CREDENTIALS, MotoServer  # noqa: E402
+from tests.harness.moto_server import FAKE_CREDENTIALS, MotoServer, s3_client  # noqa: E402
 from tests.harness.procs import ProcessRegistry  # noqa: E402
 from tests.harness.sim import SimulatedAsg  # noqa: E402
 
@@ -244,15 +244,8 @@ def run(label: str, etcd: Path, db_mb: int, work: Path, repeat: int) -> tuple[li
         fill(node.client_url, db_mb)
         env = {**os.environ, **FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": moto.url, "ETCDCTL_API": "3"}
         env["PYTHONPATH"] = str(ROOT)
-        import boto3
 
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        s3 = s3_client(moto.url)
         s3.create_bucket(Bucket=BUCKET)
         backup_url = f"s3://{BUCKET}/etcd"
         registry, py, n = asg.registry, sys.executable, iter(range(100))

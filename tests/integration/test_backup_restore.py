@@ -15,17 +15,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
 import requests
-from botocore.config import Config
 
 from etcd_aws_cluster.adapters.s3 import BackupStore
 from etcd_aws_cluster.core import records
 from etcd_aws_cluster.core.records import SnapshotInfo, SnapshotMeta
 from tests.harness import etcd_binaries
 from tests.harness.fixtures import SimFactory
-from tests.harness.moto_server import FAKE_CREDENTIALS
+from tests.harness.moto_server import s3_client as moto_s3_client
 from tests.harness.sim import REGION, Node, SimulatedAsg
 from tests.integration.helpers import (
     boot,
@@ -52,14 +50,8 @@ AGENT_TIMEOUT = 150.0
 
 
 def s3_client(moto_url: str) -> S3Client:
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_url,
-        region_name=FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client: S3Client = moto_s3_client(moto_url)
+    return client
 
 
 @dataclasses.dataclass
