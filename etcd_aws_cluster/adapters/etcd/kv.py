@@ -30,21 +30,6 @@ def _request(op: Op) -> dict[str, Any]:
 class KvApi(Transport):
     """Writes in transactions, leases and key counts (v3 only)."""
 
-    def _kv_call(self, client_url: str, path: str, body: dict[str, Any], timeout: float) -> tuple[str, Any]:
-        """POST a v3 KV/lease call on the first gateway prefix that serves it; (url, answer)."""
-        for prefix in [p for p in self._prefixes if p != "/v2"]:
-            url = f"{client_url}{prefix}/{path}"
-            response = self._call("POST", url, timeout, body)
-            if response.status_code == 404:
-                continue
-            if response.status_code != 200:
-                raise self._error(response, url)
-            answer = self._json(response, url)
-            if not isinstance(answer, dict):
-                raise EtcdRequestError(f"{url} answered something other than an object", failure=EtcdFailure.ANSWER)
-            return url, answer
-        raise EtcdRequestError(f"{client_url} serves no v3 gateway for {path}", failure=EtcdFailure.HTTP, status=404)
-
     def _revision(self, url: str, answer: dict[str, Any]) -> int:
         header = answer.get("header")
         revision = _uint64(header.get("revision")) if isinstance(header, dict) else None
@@ -56,7 +41,7 @@ class KvApi(Transport):
         """Apply `ops` (puts with their leases, deletes of single keys) as ONE unconditional transaction; returns the
         revision etcd's answer names (the new one when the transaction changed anything)."""
         body = {"success": [_request(op) for op in ops]}
-        url, answer = self._kv_call(client_url, "kv/txn", body, timeout)
+        url, answer = self._post_v3(client_url, ("kv/txn",), body, timeout)
         if answer.get("succeeded") is not True:
             raise EtcdRequestError(f"{url}: an unconditional transaction did not succeed", failure=EtcdFailure.ANSWER)
         return self._revision(url, answer)
@@ -64,7 +49,7 @@ class KvApi(Transport):
     def grant_lease(self, client_url: str, lease_id: int, ttl: int, timeout: float) -> bool:
         """Grant lease `lease_id` with `ttl` seconds; False when a lease of that id exists already."""
         try:
-            self._kv_call(client_url, "lease/grant", {"ID": str(lease_id), "TTL": str(ttl)}, timeout)
+            self._post_v3(client_url, ("lease/grant",), {"ID": str(lease_id), "TTL": str(ttl)}, timeout)
         except EtcdRequestError as exc:
             if LEASE_EXISTS in str(exc):
                 return False
@@ -73,7 +58,7 @@ class KvApi(Transport):
 
     def leases(self, client_url: str, timeout: float) -> list[int]:
         """The ids of every lease etcd holds (3.3+)."""
-        url, answer = self._kv_call(client_url, "lease/leases", {}, timeout)
+        url, answer = self._post_v3(client_url, ("lease/leases",), {}, timeout)
         raw = answer.get("leases") or []
         ids = (
             [_uint64(item.get("ID")) if isinstance(item, dict) else None for item in raw]
@@ -87,7 +72,7 @@ class KvApi(Transport):
     def keep_alive(self, client_url: str, lease_id: int, timeout: float) -> int | None:
         """Refresh lease `lease_id` once (the gateway's keep-alive stream, one message); its TTL, None when it is
         gone."""
-        url, answer = self._kv_call(client_url, "lease/keepalive", {"ID": str(lease_id)}, timeout)
+        url, answer = self._post_v3(client_url, ("lease/keepalive",), {"ID": str(lease_id)}, timeout)
         result = answer.get("result")
         if not isinstance(result, dict):
             raise EtcdRequestError(f"{url} answered a malformed keep-alive", failure=EtcdFailure.ANSWER)
@@ -97,5 +82,5 @@ class KvApi(Transport):
     def revision(self, client_url: str, timeout: float) -> int:
         """The store's current revision (the header of a count of nothing)."""
         body = {"key": _b64(b"\0"), "count_only": True}  # counts nothing; its header has the revision
-        url, answer = self._kv_call(client_url, "kv/range", body, timeout)
+        url, answer = self._post_v3(client_url, ("kv/range",), body, timeout)
         return self._revision(url, answer)

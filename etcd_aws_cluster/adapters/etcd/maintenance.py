@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64, stream_result
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.core.model import EndpointStatus, EtcdFailure
 
@@ -95,19 +94,7 @@ def _snapshot_chunks(lines: Iterable[bytes], url: str) -> Iterator[bytes]:
 def _snapshot_message(line: bytes, url: str) -> tuple[bytes, int]:
     if len(line) > SNAPSHOT_LINE_LIMIT:
         raise EtcdRequestError(f"snapshot stream from {url} sent an oversized message", failure=EtcdFailure.ANSWER)
-    try:
-        message = json.loads(line)
-    except ValueError:
-        raise EtcdRequestError(f"snapshot stream from {url} sent malformed JSON", failure=EtcdFailure.ANSWER) from None
-    result = message.get("result") if isinstance(message, dict) else None
-    if not isinstance(result, dict):
-        error = message.get("error") if isinstance(message, dict) else None
-        detail = error.get("message") if isinstance(error, dict) else error
-        raise EtcdRequestError(
-            f"snapshot stream from {url} failed: {validate.shown(detail, 200)}",
-            failure=EtcdFailure.ANSWER,
-            transient=True,
-        )
+    result = stream_result(line, f"snapshot stream from {url}")
     remaining = _uint64(result.get("remaining_bytes", "0"))
     try:
         blob = base64.b64decode(result.get("blob", ""), validate=True)

@@ -4,6 +4,7 @@ v3 JSON gateway's prefixes (/v3, /v3beta) found once per run."""
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,23 @@ def _uint64(value: Any) -> int | None:
     """A uint64 as the JSON gateway sends it (a decimal string); None if it is not one."""
     text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     return int(text) if text.isascii() and text.isdigit() and int(text) < 2**64 else None
+
+
+def stream_result(line: bytes, stream: str) -> dict[str, Any]:
+    """The `result` of one message of a gateway stream (JSON lines, each `{"result": ...}` or `{"error": ...}`);
+    `stream` names it in the error ("snapshot stream from URL")."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise EtcdRequestError(f"{stream} sent malformed JSON", failure=EtcdFailure.ANSWER) from None
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict):
+        error = message.get("error") if isinstance(message, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else error
+        raise EtcdRequestError(
+            f"{stream} failed: {validate.shown(detail, 200)}", failure=EtcdFailure.ANSWER, transient=True
+        )
+    return result
 
 
 class Transport:
@@ -209,4 +227,29 @@ class Transport:
                 raise self._error(response, url)
             self._prefixes = (prefix,)
             return url, self._json(response, url)
+        raise last or EtcdRequestError(f"{client_url} serves no v3 gateway", failure=EtcdFailure.HTTP, status=404)
+
+    def _v3_prefixes(self) -> list[str]:
+        """The v3 gateway prefixes the API setting allows; /v3 when it allows only v2 (calls v2 has no form of)."""
+        return [p for p in self._prefixes if p != "/v2"] or ["/v3"]
+
+    def _post_v3(
+        self, client_url: str, paths: tuple[str, ...], body: dict[str, Any], timeout: float
+    ) -> tuple[str, dict[str, Any]]:
+        """POST `body` to the first of `paths` (under each v3 gateway prefix) that the member serves; (url, its
+        answer, a JSON object)."""
+        last: EtcdRequestError | None = None
+        for prefix in self._v3_prefixes():
+            for path in paths:
+                url = f"{client_url}{prefix}/{path}"
+                response = self._call("POST", url, timeout, body)
+                if response.status_code == 404:
+                    last = self._error(response, url)
+                    continue
+                if response.status_code != 200:
+                    raise self._error(response, url)
+                answer = self._json(response, url)
+                if not isinstance(answer, dict):
+                    raise EtcdRequestError(f"{url} answered a non-object", failure=EtcdFailure.ANSWER)
+                return url, answer
         raise last or EtcdRequestError(f"{client_url} serves no v3 gateway", failure=EtcdFailure.HTTP, status=404)

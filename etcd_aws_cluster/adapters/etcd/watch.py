@@ -15,7 +15,6 @@ import base64
 import binascii
 import contextlib
 import datetime
-import json
 import logging
 import socket
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64, causes
+from etcd_aws_cluster.adapters.etcd.transport import EtcdRequestError, Transport, _uint64, causes, stream_result
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.core.deltas import Op, Revision
 from etcd_aws_cluster.core.model import EtcdFailure
@@ -80,16 +79,9 @@ class Watch:
             for line in self._lines():
                 if line.strip():
                     yield self._message(line)
-        except requests.exceptions.ConnectionError as exc:
-            if self._closed.is_set() or _is_read_timeout(exc):
-                return
-            raise EtcdRequestError(
-                f"watch stream from {self.url} broke: {type(exc).__name__}",
-                failure=EtcdFailure.UNREACHABLE,
-                transient=True,
-            ) from None
         except (requests.RequestException, OSError, ValueError) as exc:
-            if self._closed.is_set():
+            read_timeout = isinstance(exc, requests.exceptions.ConnectionError) and _is_read_timeout(exc)
+            if self._closed.is_set() or read_timeout:
                 return
             raise EtcdRequestError(
                 f"watch stream from {self.url} broke: {type(exc).__name__}",
@@ -125,19 +117,7 @@ class Watch:
 
     def _message(self, line: bytes) -> WatchMessage:
         url = self.url
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise EtcdRequestError(f"watch stream from {url} sent malformed JSON", failure=EtcdFailure.ANSWER) from None
-        result = message.get("result") if isinstance(message, dict) else None
-        if not isinstance(result, dict):
-            error = message.get("error") if isinstance(message, dict) else None
-            detail = error.get("message") if isinstance(error, dict) else error
-            raise EtcdRequestError(
-                f"watch stream from {url} failed: {validate.shown(detail, 200)}",
-                failure=EtcdFailure.ANSWER,
-                transient=True,
-            )
+        result = stream_result(line, f"watch stream from {url}")
         header = result.get("header")
         cluster_id = _uint64(header.get("cluster_id")) if isinstance(header, dict) else None
         if cluster_id is None or not isinstance(header, dict):
@@ -254,7 +234,7 @@ class WatchApi(Transport):
     def lease_ttl(self, client_url: str, lease_id: int, timeout: float) -> int | None:
         """The TTL lease `lease_id` was granted with (seconds); None when the lease no longer exists."""
         body = {"ID": str(lease_id)}
-        answer = self._post_v3(client_url, ("lease/timetolive", "kv/lease/timetolive"), body, timeout)
+        _, answer = self._post_v3(client_url, ("lease/timetolive", "kv/lease/timetolive"), body, timeout)
         granted = _uint64(answer.get("grantedTTL", "0"))
         if granted is None:
             raise EtcdRequestError(
@@ -265,29 +245,8 @@ class WatchApi(Transport):
     def key_count(self, client_url: str, revision: int, timeout: float) -> int:
         """How many keys were live at `revision` (EtcdRequestError once that revision is compacted)."""
         body = {"key": ALL_KEYS, "range_end": ALL_KEYS, "count_only": True, "revision": str(revision)}
-        answer = self._post_v3(client_url, ("kv/range",), body, timeout)
+        _, answer = self._post_v3(client_url, ("kv/range",), body, timeout)
         count = _uint64(answer.get("count", "0"))
         if count is None:
             raise EtcdRequestError(f"etcd at {client_url} sent a malformed key count", failure=EtcdFailure.ANSWER)
         return count
-
-    def _v3_prefixes(self) -> list[str]:
-        return [p for p in self._prefixes if p != "/v2"] or ["/v3"]
-
-    def _post_v3(self, client_url: str, paths: tuple[str, ...], body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """POST `body` to the first of `paths` (under each v3 gateway prefix) that the member serves."""
-        last: EtcdRequestError | None = None
-        for prefix in self._v3_prefixes():
-            for path in paths:
-                url = f"{client_url}{prefix}/{path}"
-                response = self._call("POST", url, timeout, body)
-                if response.status_code == 404:
-                    last = self._error(response, url)
-                    continue
-                if response.status_code != 200:
-                    raise self._error(response, url)
-                answer = self._json(response, url)
-                if not isinstance(answer, dict):
-                    raise EtcdRequestError(f"{url} answered a non-object", failure=EtcdFailure.ANSWER)
-                return answer
-        raise last or EtcdRequestError(f"{client_url} serves no v3 gateway", failure=EtcdFailure.HTTP, status=404)
