@@ -48,6 +48,16 @@ def local_data_dir(candidates: tuple[Path, ...]) -> Path | None:
     return None
 
 
+def unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, ... the first that does not exist: two moves aside in one second (a restore
+    run twice) each keep their own copy (under the host lock, nothing else names one meanwhile)."""
+    found, n = path, 1
+    while found.exists() or found.is_symlink():
+        n += 1
+        found = path.with_name(f"{path.name}-{n}")
+    return found
+
+
 def move_aside(directory: Path, now: datetime.datetime) -> Path:
     """Keep stale etcd data (never delete it) where etcd will not start from it; return where it went.
 
@@ -57,7 +67,7 @@ def move_aside(directory: Path, now: datetime.datetime) -> Path:
     (they warn "found invalid file ... under data dir" and go on; tests/integration/test_safety.py).
     """
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    target = directory.with_name(f"{directory.name}{STALE_PREFIX}{stamp}")
+    target = unused(directory.with_name(f"{directory.name}{STALE_PREFIX}{stamp}"))
     try:
         info = directory.stat()
         try:
@@ -66,7 +76,7 @@ def move_aside(directory: Path, now: datetime.datetime) -> Path:
             if exc.errno not in IN_PLACE_ERRNOS:
                 raise
             log.info("cannot rename %s (%s); moving its member data aside inside it", directory, exc.strerror)
-            return _move_member_inside(directory, directory / f"{STALE_PREFIX}{stamp}", info)
+            return _move_member_inside(directory, unused(directory / f"{STALE_PREFIX}{stamp}"), info)
         directory.mkdir(mode=0o700)
     except OSError as exc:
         raise UnsafeError(

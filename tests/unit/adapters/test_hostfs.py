@@ -58,6 +58,18 @@ def test_stale_data_is_renamed_to_a_sibling(tmp_path: Path) -> None:
     assert local_data_dir((data,)) is None
 
 
+def test_data_moved_aside_twice_in_one_second_keeps_both_copies(tmp_path: Path) -> None:
+    first = move_aside(data_dir_with_wal(tmp_path / "etcd"), NOW)
+    second = move_aside(data_dir_with_wal(tmp_path / "etcd"), NOW)
+    third = move_aside(data_dir_with_wal(tmp_path / "etcd"), NOW)
+    assert (first.name, second.name, third.name) == (
+        "etcd.stale-20240506T070809Z",
+        "etcd.stale-20240506T070809Z-2",
+        "etcd.stale-20240506T070809Z-3",
+    )
+    assert all((moved / "member" / "wal").is_dir() for moved in (first, second, third))
+
+
 @pytest.mark.parametrize(
     "code", [errno.EBUSY, errno.EXDEV, errno.EROFS, errno.EACCES, errno.EPERM], ids=errno.errorcode.get
 )
