@@ -15,6 +15,26 @@ import requests
 from tests.harness.sim import Node, SimulatedAsg, parse_env_file
 
 
+def member_status(node: Node) -> dict[str, Any]:
+    """POST /v3/maintenance/status to `node`'s etcd (no proxy): `leader` and `header.member_id` (decimal strings)."""
+    session = requests.Session()
+    session.trust_env = False
+    with session:
+        answer = session.post(f"{node.client_url}/v3/maintenance/status", json={}, timeout=5)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+
+def leader_of(nodes: Sequence[Node]) -> Node:
+    """The node whose member etcd calls the leader (AssertionError when none is)."""
+    for node in nodes:
+        info = member_status(node)
+        if info.get("leader") and info["leader"] == info["header"]["member_id"]:
+            return node
+    raise AssertionError(f"no leader among {list(nodes)}")
+
+
 def run_ok(
     sim: SimulatedAsg, node: Node, *args: str, timeout: float = 90, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

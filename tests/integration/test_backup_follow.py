@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -28,7 +27,7 @@ from etcd_aws_cluster.core.deltas import Delta, Revision
 from etcd_aws_cluster.core.metrics import parse
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node
-from tests.integration.helpers import run_ok, wait_for_log
+from tests.integration.helpers import leader_of, member_status, run_ok, wait_for_log
 from tests.integration.test_backup_restore import BUCKET, Backed, booted
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd_also("3.6")]
@@ -48,21 +47,6 @@ def put(node: Node, key: str, value: str) -> int:
     answer = requests.post(f"{node.client_url}/v3/kv/put", json={"key": b64(key), "value": b64(value)}, timeout=5)
     answer.raise_for_status()
     return int(answer.json()["header"]["revision"])
-
-
-def status(node: Node) -> dict[str, Any]:
-    answer = requests.post(f"{node.client_url}/v3/maintenance/status", json={}, timeout=5)
-    answer.raise_for_status()
-    body: dict[str, Any] = answer.json()
-    return body
-
-
-def leader_of(nodes: list[Node]) -> Node:
-    for node in nodes:
-        body = status(node)
-        if body["leader"] == body["header"]["member_id"]:
-            return node
-    raise AssertionError("no leader")
 
 
 class Followers:
@@ -158,7 +142,7 @@ def test_follow_uploads_deltas_hands_over_without_a_gap_flushes_on_sigterm_and_s
         writer.start()
         time.sleep(1.5)
         target = next(n for n in nodes if n is not first_leader)
-        target_id = status(target)["header"]["member_id"]
+        target_id = member_status(target)["header"]["member_id"]
         moved = requests.post(
             f"{first_leader.client_url}/v3/maintenance/transfer-leadership", json={"targetID": target_id}, timeout=10
         )

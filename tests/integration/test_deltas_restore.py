@@ -26,8 +26,8 @@ from tests.harness import etcd_binaries
 from tests.harness.deltas import current_revision, history, make_delta, split
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
-from tests.integration.helpers import boot, decisions
-from tests.integration.test_backup_follow import Followers, covered_within, leader_of
+from tests.integration.helpers import boot, decisions, leader_of
+from tests.integration.test_backup_follow import Followers, covered_within
 from tests.integration.test_backup_restore import (
     BUCKET,
     Backed,

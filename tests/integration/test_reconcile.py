@@ -7,14 +7,13 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from tests.harness.fixtures import SimFactory
 from tests.harness.sim import Node, SimulatedAsg
-from tests.integration.helpers import boot, run_ok
+from tests.integration.helpers import boot, leader_of, member_status, run_ok
 
 pytestmark = pytest.mark.integration
 
@@ -37,33 +36,14 @@ def member_ids(asg: SimulatedAsg, node: Node) -> set[str]:
     return {str(m["ID"]) for m in asg.members(node)}
 
 
-def status(node: Node) -> dict[str, Any]:
-    """POST /v3/maintenance/status: `leader` and this member's `header.member_id` (decimal strings)."""
-    session = requests.Session()
-    session.trust_env = False
-    with session:
-        answer = session.post(f"{node.client_url}/v3/maintenance/status", json={}, timeout=2)
-        answer.raise_for_status()
-        result: dict[str, Any] = answer.json()
-        return result
-
-
-def leader_node(nodes: list[Node]) -> Node:
-    for node in nodes:
-        info = status(node)
-        if info.get("leader") and info["leader"] == info["header"]["member_id"]:
-            return node
-    raise AssertionError(f"no leader among {nodes}")
-
-
 def wait_for_one_leader(nodes: list[Node], timeout: float = 20) -> str:
     """Wait until every node reports the same leader, one of them; returns its member id."""
     deadline = time.monotonic() + timeout
     seen: dict[str, str] = {}
     while time.monotonic() < deadline:
         try:
-            seen = {n.instance_id: str(status(n).get("leader", "")) for n in nodes}
-            own = {str(status(n)["header"]["member_id"]) for n in nodes}
+            seen = {n.instance_id: str(member_status(n).get("leader", "")) for n in nodes}
+            own = {str(member_status(n)["header"]["member_id"]) for n in nodes}
         except requests.RequestException:
             time.sleep(0.2)
             continue
@@ -131,8 +111,8 @@ def test_gone_leader_is_removed_and_the_rest_elect_a_new_one(sim: SimFactory, et
     asg = sim(3, etcd_binary)
     boot(asg, asg.nodes)
     asg.wait_healthy(3)
-    leader = leader_node(asg.nodes)
-    leader_id = str(status(leader)["header"]["member_id"])
+    leader = leader_of(asg.nodes)
+    leader_id = str(member_status(leader)["header"]["member_id"])
     rest = [n for n in asg.nodes if n is not leader]
     env: dict[str, str] = {}
     if how == "detached":  # out of the ASG, its etcd still running and still the leader
@@ -142,7 +122,7 @@ def test_gone_leader_is_removed_and_the_rest_elect_a_new_one(sim: SimFactory, et
     else:  # Standby, and the setting says such members go
         asg.enter_standby(leader, decrement=True)
         env["ETCD_AWS_CLUSTER_RECONCILE_REMOVE_STATES"] = "Standby"
-    assert str(status(rest[0])["leader"]) == leader_id
+    assert str(member_status(rest[0])["leader"]) == leader_id
 
     result = reconcile(asg, rest[0], env=env)
     assert result.returncode == 0, result.stderr
