@@ -17,14 +17,14 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from etcd_aws_cluster.base import validate
 from etcd_aws_cluster.base.errors import UnsafeError
-from etcd_aws_cluster.core.records import LINEAGE, SnapshotInfo, format_time
+from etcd_aws_cluster.core.records import LINEAGE, SnapshotInfo
 
 DELTA_FORMAT = "etcd-aws-cluster/delta"
 DELTA_VERSION = 1
@@ -372,15 +372,6 @@ def wanted(revision: Revision, *, until_revision: int | None = None, until_at: d
     return until_at is None or revision.at <= until_at
 
 
-def revisions_after(deltas: Iterable[Delta], applied: int) -> Iterator[Revision]:
-    """The revisions of `deltas` (in chain order) newer than `applied`, each once."""
-    for delta in deltas:
-        for revision in delta.revisions:
-            if revision.revision > applied:
-                applied = revision.revision
-                yield revision
-
-
 def retention(
     snapshots: Iterable[SnapshotInfo], doomed: Iterable[SnapshotInfo], deltas: Iterable[DeltaInfo]
 ) -> tuple[DeltaInfo, ...]:
@@ -448,7 +439,3 @@ def restorable(snapshots: Iterable[SnapshotInfo], deltas: Iterable[DeltaInfo]) -
             )
         )
     return tuple(sorted(found, key=lambda r: (r.newest_at, r.newest_revision), reverse=True))
-
-
-def describe_point(revision: int, at: datetime) -> str:
-    return f"revision {revision} ({format_time(at)})"

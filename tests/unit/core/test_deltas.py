@@ -109,15 +109,6 @@ def test_a_chain_is_cut_at_a_revision_or_a_time() -> None:
     assert deltas.wanted(revision, until_revision=22) and not deltas.wanted(revision, until_revision=21)
 
 
-def test_revisions_after_skips_what_is_applied_and_overlaps() -> None:
-    first = delta()
-    overlapping = Delta(
-        DeltaHeader(LINEAGE, 0xABC, 13, 14, INSTANCE),
-        (Revision(13, T0, (Op("delete", b"/a"),)), Revision(14, T0, (Op("put", b"/c"),))),
-    )
-    assert [r.revision for r in deltas.revisions_after([first, overlapping], 11)] == [13, 14]
-
-
 def test_retention_keeps_the_deltas_kept_snapshots_need_and_only_those() -> None:
     snapshots = [snapshot("s10", 10), snapshot("s20", 20, hours=1), snapshot("s30", 30, hours=2)]
     found = [info(5, 10), info(11, 15), info(16, 25), info(26, 40), info(41, 45), info(1, 50, lineage=None)]
